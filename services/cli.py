@@ -2,10 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import importlib
+import json
 import sys
+from typing import Any, NoReturn
 
+import httpx
+import psycopg
 import typer
+from rich.console import Console
+from rich.table import Table
+
+from services.checker import CannotCheck, run_checks
+from services.common.faults import FaultSpecError, parse_spec
+from services.common.settings import Settings, get_settings
+from services.demo import fault_plan, render, render_report, run_demo
+from services.seed import SeedPlan, reset_and_seed
+from services.supervisor import Supervisor
 
 app = typer.Typer(help="txlab: distributed consistency techniques, side by side, under real faults.",
                   no_args_is_help=True, add_completion=False)
@@ -46,6 +61,146 @@ def scenario(ctx: typer.Context,
     if name not in SCENARIOS:
         raise typer.BadParameter(f"unknown scenario {name!r}; choose from {', '.join(SCENARIOS)}")
     raise typer.Exit(_run_entry(SCENARIOS[name], list(ctx.args)))
+
+
+def _settings() -> Settings:
+    return get_settings()
+
+
+def _fail(message: str, code: int = 2) -> NoReturn:
+    Console(stderr=True).print(f"[red]error:[/red] {message}")
+    raise typer.Exit(code)
+
+
+@app.command()
+def up() -> None:
+    """Start every service as a child process; restart crashed ones; Ctrl-C stops them all."""
+    settings = _settings()
+    console = Console()
+
+    async def run() -> None:
+        async with Supervisor(settings) as sup:
+            table = Table(title="txlab is up")
+            table.add_column("process")
+            table.add_column("url")
+            table.add_column("pid", justify="right")
+            for name, child in sup.children.items():
+                table.add_row(name, sup.settings.url(name), str(child.pid))
+            console.print(table)
+            console.print(f"admin token: {sup.settings.admin_token}  (saved in {sup.settings.token_file})")
+            console.print(f"logs: {sup.settings.log_dir}   Ctrl-C stops everything")
+            await asyncio.Event().wait()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        try:
+            asyncio.run(run())
+        except TimeoutError as exc:
+            _fail(str(exc))
+
+
+@app.command()
+def seed(products: int = typer.Option(50, min=1, max=100_000), customers: int = typer.Option(200, min=1),
+         stock: int = typer.Option(500, min=0), balance_cents: int = typer.Option(500_000, min=0),
+         rng_seed: int = typer.Option(42, "--seed")) -> None:
+    """Empty the databases and create a reproducible catalogue and customer base."""
+    plan = SeedPlan(products=products, customers=customers, stock=stock, balance_cents=balance_cents,
+                    seed=rng_seed)
+    try:
+        n_products, n_customers = reset_and_seed(_settings(), plan)
+    except psycopg.OperationalError as exc:
+        _fail(f"cannot reach PostgreSQL ({exc}); run scripts/local-services")
+    Console().print(f"seeded {n_products} products and {n_customers} customers (seed {rng_seed})")
+
+
+@app.command()
+def check(wait: float = typer.Option(0.0, help="seconds to wait for convergence first"),
+          as_json: bool = typer.Option(False, "--json")) -> None:
+    """Check the invariants; exit 0 when all hold, 1 on a violation, 2 when the system cannot be checked."""
+    try:
+        report = run_checks(_settings(), wait)
+    except CannotCheck as exc:
+        _fail(f"cannot check: {exc}", 2)
+    if as_json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        render_report(report, Console())
+    raise typer.Exit(report.exit_code)
+
+
+@app.command()
+def demo(pattern: str = typer.Option("outbox"), orders: int = typer.Option(200, min=1, max=100_000),
+         concurrency: int = typer.Option(16, min=1, max=512),
+         faults: list[str] = typer.Option(["none"], help="none | random | point=action[:ms][,times=N][,p=P]"),
+         converge_timeout: float = typer.Option(90.0)) -> None:
+    """Run the e-commerce scenario (starting the system when it is not running) and print the results."""
+    console = Console()
+    try:
+        plan = fault_plan(faults)
+    except FaultSpecError as exc:
+        _fail(str(exc))
+    try:
+        result = asyncio.run(run_demo(_settings(), orders=orders, concurrency=concurrency, pattern=pattern,
+                                      faults=plan, converge_timeout=converge_timeout, console=console))
+    except (TimeoutError, psycopg.OperationalError, CannotCheck) as exc:
+        _fail(str(exc))
+    render(result, console)
+    raise typer.Exit(result.report.exit_code if result.report else 2)
+
+
+fault_app = typer.Typer(help="Arm, list and clear fault points through the admin API.", no_args_is_help=True)
+app.add_typer(fault_app, name="fault")
+
+
+def _admin(method: str, path: str, **kwargs: Any) -> Any:
+    settings = _settings()
+    try:
+        r = httpx.request(method, f"{settings.url('admin')}{path}", timeout=10.0,
+                          headers={"authorization": f"Bearer {settings.admin_token}"}, **kwargs)
+    except httpx.HTTPError as exc:
+        _fail(f"admin API at {settings.url('admin')} is unreachable ({exc.__class__.__name__}); is `txlab up` running?")
+    if r.status_code >= 400:
+        _fail(f"{r.status_code}: {r.json().get('detail', r.text)}", 1)
+    return r.json()
+
+
+@fault_app.command("arm")
+def fault_arm(specs: list[str] = typer.Argument(..., help="point=action[:ms][,times=N][,p=P]"),
+              service: str | None = typer.Option(None, help="only in this service")) -> None:
+    """Arm fault points, e.g. `txlab fault arm relay.after_publish=crash,times=1`."""
+    for spec in specs:
+        try:
+            arming = parse_spec(spec)
+        except FaultSpecError as exc:
+            _fail(str(exc))
+        armed = _admin("POST", "/faults", json=arming.request() | {"service": service})
+        Console().print(f"armed {spec} in {', '.join(a['service'] for a in armed)}")
+
+
+@fault_app.command("list")
+def fault_list() -> None:
+    """The armed faults and how often each fired."""
+    table = Table("service", "point", "action", "times", "probability", "fired")
+    for a in _admin("GET", "/faults"):
+        action = f"delay:{a['delay_ms']}" if a["action"] == "delay" else a["action"]
+        table.add_row(a["service"], a["point"], action, str(a["times"] or "∞"), str(a["probability"]),
+                      str(a["fired"]))
+    Console().print(table)
+
+
+@fault_app.command("points")
+def fault_points() -> None:
+    """Every fault point that exists."""
+    table = Table("point", "actions", "services", "where")
+    for p in _admin("GET", "/faults/points"):
+        table.add_row(p["name"], ", ".join(p["actions"]), ", ".join(p["services"]), p["description"])
+    Console().print(table)
+
+
+@fault_app.command("clear")
+def fault_clear(point: str | None = typer.Argument(None)) -> None:
+    """Disarm one point, or all."""
+    _admin("DELETE", "/faults", params={"point": point} if point else {})
+    Console().print(f"disarmed {point or 'all'}")
 
 
 def _mount_optional(module_name: str, name: str) -> None:

@@ -1,0 +1,115 @@
+"""The admin API (token-protected): arm faults in the services, re-send parked outbox rows, check invariants."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
+
+from services.checker import CannotCheck, run_checks
+from services.common.auth import require_token
+from services.common.faults import POINTS, Arming, FaultSpecError
+from services.common.service_app import ArmRequest, install_error_handlers
+from services.common.settings import SERVICES, Settings, get_settings
+
+
+class ArmAcross(ArmRequest):
+    service: str | None = None  # None: every service that has the point
+
+
+async def _fan_out(request: Request, method: str, path: str, services: tuple[str, ...] | list[str],
+                   **kwargs: Any) -> list[Any]:
+    settings: Settings = request.app.state.settings
+    client: httpx.AsyncClient = request.app.state.http
+    headers = {"authorization": f"Bearer {settings.admin_token}"}
+
+    async def one(service: str) -> Any:
+        try:
+            response = await client.request(method, f"{settings.url(service)}{path}", headers=headers, **kwargs)
+        except httpx.HTTPError as exc:
+            raise HTTPException(503, f"the {service} service is unreachable ({exc.__class__.__name__}); "
+                                "it may be restarting, try again") from exc
+        if response.status_code >= 400:
+            raise HTTPException(response.status_code, response.json().get("detail", response.text))
+        return response.json()
+
+    return list(await asyncio.gather(*(one(s) for s in services)))
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.settings = settings
+        app.state.http = httpx.AsyncClient(timeout=10.0)
+        yield
+        await app.state.http.aclose()
+
+    app = FastAPI(title="txlab admin", lifespan=lifespan)
+    install_error_handlers(app)
+    r = APIRouter(dependencies=[Depends(require_token)])
+
+    @r.get("/faults/points")
+    async def points() -> list[dict[str, Any]]:
+        return [{"name": p.name, "description": p.description, "services": list(p.services),
+                 "actions": sorted(p.actions)} for p in POINTS.values()]
+
+    @r.get("/faults")
+    async def armed(request: Request) -> list[dict[str, Any]]:
+        return [a for per in await _fan_out(request, "GET", "/internal/faults", SERVICES) for a in per]
+
+    @r.post("/faults", status_code=201)
+    async def arm(body: ArmAcross, request: Request) -> list[dict[str, Any]]:
+        arming = body.model_dump(exclude={"service"})
+        try:
+            Arming(**arming).validate()
+        except FaultSpecError as exc:
+            raise HTTPException(422, str(exc)) from exc
+        where = POINTS[body.point].services
+        if body.service is not None:
+            if body.service not in where:
+                raise HTTPException(422, f"{body.point} exists only in: {', '.join(where)}")
+            where = (body.service,)
+        return await _fan_out(request, "POST", "/internal/faults", where, json=arming)
+
+    @r.delete("/faults")
+    async def disarm(request: Request, point: str | None = None) -> dict[str, str]:
+        if point is not None and point not in POINTS:
+            raise HTTPException(422, f"unknown fault point {point!r}")
+        await _fan_out(request, "DELETE", "/internal/faults", SERVICES, params={"point": point} if point else {})
+        return {"disarmed": point or "all"}
+
+    @r.get("/outbox/parked")
+    async def parked(request: Request) -> list[dict[str, Any]]:
+        return [row for per in await _fan_out(request, "GET", "/internal/outbox", SERVICES) for row in per]
+
+    @r.post("/outbox/{service}/resend")
+    async def resend(service: str, request: Request, id: uuid.UUID | None = None) -> dict[str, int]:
+        if service not in SERVICES:
+            raise HTTPException(404, f"no service {service!r}; choose one of {', '.join(SERVICES)}")
+        (result,) = await _fan_out(request, "POST", "/internal/outbox/resend", [service],
+                                   params={"id": str(id)} if id else {})
+        return result
+
+    @r.get("/invariants")
+    async def invariants(wait: float = 0.0) -> dict[str, Any]:
+        if not 0 <= wait <= 120:
+            raise HTTPException(422, "wait must be between 0 and 120 seconds")
+        try:
+            return (await asyncio.to_thread(run_checks, settings, wait)).to_dict()
+        except CannotCheck as exc:
+            raise HTTPException(503, f"cannot check: {exc}") from exc
+
+    app.include_router(r)
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok", "service": "admin"}
+
+    return app

@@ -1,0 +1,48 @@
+"""The one message envelope that the outbox, the half-message broker and every relay publish."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class InvalidEnvelope(ValueError):
+    """A message body that is not a well-formed envelope: a poison message."""
+
+
+def new_traceparent() -> str:
+    return f"00-{uuid.uuid4().hex}-{uuid.uuid4().hex[:16]}-01"
+
+
+class Envelope(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    message_id: uuid.UUID = Field(default_factory=uuid.uuid4)
+    type: str
+    occurred_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    order_id: uuid.UUID | None = None
+    causation_id: uuid.UUID | None = None
+    traceparent: str = Field(default_factory=new_traceparent)
+    payload: dict[str, Any] = Field(default_factory=dict)
+
+    def caused(self, type: str, payload: dict[str, Any]) -> Envelope:
+        """A new event caused by this one: same order and trace, causation = this message."""
+        return Envelope(type=type, order_id=self.order_id, causation_id=self.message_id,
+                        traceparent=self.traceparent, payload=payload)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(self.to_dict(), separators=(",", ":")).encode()
+
+    @classmethod
+    def from_bytes(cls, body: bytes) -> Envelope:
+        try:
+            return cls.model_validate_json(body)
+        except ValidationError as exc:
+            raise InvalidEnvelope(str(exc)) from exc

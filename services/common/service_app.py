@@ -1,0 +1,178 @@
+"""The shape every domain service shares: a FastAPI app whose lifespan owns the database engine, the
+bus, the outbox relay, the event consumer and the fault points; plus the token-protected internal routes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import sqlalchemy as sa
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.common.auth import require_token
+from services.common.bus import Bus
+from services.common.db import make_engine
+from services.common.envelope import Envelope
+from services.common.faults import POINTS, Arming, FaultInjector, FaultSpecError, InjectedFault
+from services.common.outbox import OutboxRelay, UnitOfWork, resend_parked, unit_of_work
+from services.common.settings import Settings, get_settings
+
+log = logging.getLogger("txlab.service")
+
+EventHandler = Callable[[UnitOfWork, Envelope], Awaitable[None]]
+MAX_BODY_BYTES = 64 * 1024
+
+
+@dataclass
+class Runtime:
+    """What a running service holds; available to routes as `request.app.state.rt`."""
+
+    service: str
+    settings: Settings
+    engine: AsyncEngine
+    bus: Bus
+    faults: FaultInjector
+    relay: OutboxRelay
+    http: httpx.AsyncClient  # calls to the other services
+
+
+def runtime(request: Request) -> Runtime:
+    return request.app.state.rt
+
+
+async def apply_event(rt: Runtime, handlers: dict[str, EventHandler], envelope: Envelope) -> None:
+    """Apply one event exactly once: inbox claim, effect and emitted events commit in one transaction."""
+    handler = handlers.get(envelope.type)
+    if handler is None:
+        return
+    async with unit_of_work(rt.engine) as uow:
+        if not await uow.claim(envelope):
+            return
+        await handler(uow, envelope)
+        await rt.faults.hit(f"{rt.service}.before_commit")
+
+
+def create_service_app(service: str, router: APIRouter, handlers: dict[str, EventHandler],
+                       settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        faults = FaultInjector(service, settings.data_dir / "faults")
+        engine = make_engine(settings, service)
+        bus = Bus(settings, service, faults)
+        await bus.connect()
+        relay = OutboxRelay(engine, bus, settings, service, faults)
+        http = httpx.AsyncClient(timeout=5.0)
+        rt = Runtime(service, settings, engine, bus, faults, relay, http)
+        app.state.rt = rt
+        relay_task = asyncio.create_task(relay.run(), name=f"{service}-relay")
+        await bus.consume(handlers, lambda env: apply_event(rt, handlers, env))
+        try:
+            yield
+        finally:
+            relay_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await relay_task
+            await bus.close()
+            await http.aclose()
+            await engine.dispose()
+
+    app = FastAPI(title=f"txlab {service} service", lifespan=lifespan)
+    install_error_handlers(app)
+    app.include_router(router)
+    app.include_router(internal_router(service))
+
+    @app.get("/health")
+    async def health(request: Request) -> dict[str, Any]:
+        rt = runtime(request)
+        async with rt.engine.connect() as conn:
+            await conn.execute(sa.text("SELECT 1"))
+        return {"status": "ok", "service": service, "bus": rt.bus.connected}
+
+    return app
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Bad input is a 4xx with a message; an unavailable dependency a 503; never a stack trace."""
+
+    @app.middleware("http")
+    async def limit_body(request: Request, call_next):  # type: ignore[no-untyped-def]
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
+            return JSONResponse({"detail": f"request body larger than {MAX_BODY_BYTES} bytes"}, status_code=413)
+        return await call_next(request)
+
+    @app.exception_handler(InjectedFault)
+    async def injected(_: Request, exc: InjectedFault) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=503)
+
+    @app.exception_handler(OSError)
+    async def unavailable(_: Request, exc: OSError) -> JSONResponse:
+        return JSONResponse({"detail": f"a dependency is unavailable: {exc}"}, status_code=503)
+
+    @app.exception_handler(sa.exc.OperationalError)
+    async def db_unavailable(_: Request, exc: sa.exc.OperationalError) -> JSONResponse:
+        return JSONResponse({"detail": "the database is unavailable"}, status_code=503)
+
+
+class ArmRequest(BaseModel):
+    point: str
+    action: str
+    delay_ms: int = Field(0, ge=0, le=60_000)
+    times: int | None = Field(None, ge=1)
+    probability: float = Field(1.0, gt=0.0, le=1.0)
+
+
+def internal_router(service: str) -> APIRouter:
+    """Routes the admin API fans out to: fault arming and the parked outbox rows."""
+    r = APIRouter(prefix="/internal", dependencies=[Depends(require_token)])
+
+    @r.get("/faults")
+    async def list_faults(request: Request) -> list[dict[str, Any]]:
+        return [vars(a) | {"service": service} for a in runtime(request).faults.armed.values()]
+
+    @r.get("/faults/points")
+    async def points() -> list[dict[str, Any]]:
+        return [{"name": p.name, "description": p.description, "actions": sorted(p.actions)}
+                for p in POINTS.values() if service in p.services]
+
+    @r.post("/faults", status_code=201)
+    async def arm(body: ArmRequest, request: Request) -> dict[str, Any]:
+        try:
+            arming = Arming(**body.model_dump())
+            runtime(request).faults.arm(arming)
+        except FaultSpecError as exc:
+            raise HTTPException(422, str(exc)) from exc
+        return vars(arming) | {"service": service}
+
+    @r.delete("/faults")
+    async def disarm(request: Request, point: str | None = None) -> dict[str, str]:
+        runtime(request).faults.disarm(point)
+        return {"disarmed": point or "all"}
+
+    @r.get("/outbox")
+    async def outbox(request: Request, status: str = "PARKED", limit: int = 100) -> list[dict[str, Any]]:
+        if status not in ("PENDING", "SENT", "PARKED"):
+            raise HTTPException(422, "status must be PENDING, SENT or PARKED")
+        async with runtime(request).engine.connect() as conn:
+            rows = await conn.execute(sa.text(
+                "SELECT id, order_id, routing_key, status, attempts, next_attempt_at, last_error, created_at "
+                "FROM outbox WHERE status = :s ORDER BY created_at LIMIT :n"),
+                {"s": status, "n": max(1, min(limit, 1000))})
+            return [dict(r._mapping) | {"service": service} for r in rows]
+
+    @r.post("/outbox/resend")
+    async def resend(request: Request, id: uuid.UUID | None = None) -> dict[str, int]:
+        return {"resent": await resend_parked(runtime(request).engine, id)}
+
+    return r

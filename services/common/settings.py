@@ -1,0 +1,78 @@
+"""Configuration from `TXLAB_*` environment variables, defaults pointing at 127.0.0.1."""
+
+from __future__ import annotations
+
+import secrets
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+SERVICES = ("order", "inventory", "payment")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TXLAB_", extra="ignore")
+
+    pg: str = "postgresql://postgres@127.0.0.1:5432"
+    amqp: str = "amqp://guest:guest@127.0.0.1:5672/"
+    cache_nodes: str = "redis://127.0.0.1:6380,redis://127.0.0.1:6381,redis://127.0.0.1:6382"
+    admin_token: str = ""  # unset: the token `txlab up` saved under data_dir, else a new random one
+    data_dir: Path = Path(".txlab")
+    host: str = "127.0.0.1"
+    admin_port: int = 8000
+    order_port: int = 8001
+    inventory_port: int = 8002
+    payment_port: int = 8003
+    db_prefix: str = "txlab"  # databases are <prefix>_order, <prefix>_inventory, ...
+    bus_prefix: str = ""  # prepended to every exchange and queue name (isolates test runs)
+    relay_batch: int = 200
+    relay_poll_seconds: float = 1.0
+    relay_max_attempts: int = 8
+    consumer_prefetch: int = 64
+    consumer_max_failures: int = 5  # a message failing this often is dead-lettered to the parking queue
+
+    def model_post_init(self, _context: object) -> None:
+        if not self.admin_token:
+            saved = self.token_file
+            self.admin_token = saved.read_text().strip() if saved.exists() else secrets.token_urlsafe(18)
+
+    @property
+    def token_file(self) -> Path:
+        return self.data_dir / "admin-token"
+
+    def save_token(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.token_file.write_text(self.admin_token)
+        self.token_file.chmod(0o600)
+
+    def child_env(self) -> dict[str, str]:
+        """The environment that gives a child process exactly these settings."""
+        return {f"TXLAB_{name.upper()}": str(value) for name, value in self.model_dump().items()}
+
+    def port(self, service: str) -> int:
+        return int(getattr(self, f"{service}_port"))
+
+    def url(self, service: str) -> str:
+        return f"http://{self.host}:{self.port(service)}"
+
+    def database(self, service: str) -> str:
+        return f"{self.db_prefix}_{service}"
+
+    def dsn(self, service: str, driver: str = "asyncpg") -> str:
+        """SQLAlchemy URL of a service's database (driver `asyncpg` or `psycopg`)."""
+        base = self.pg.split("://", 1)[1].rstrip("/")
+        return f"postgresql+{driver}://{base}/{self.database(service)}"
+
+    def raw_dsn(self, service: str) -> str:
+        """libpq/asyncpg URL of a service's database."""
+        return f"{self.pg.rstrip('/')}/{self.database(service)}"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.data_dir / "logs"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

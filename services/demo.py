@@ -1,0 +1,249 @@
+"""`txlab demo`: the e-commerce scenario end to end, under faults, with a result table.
+
+Places orders from a reproducible set of customers and products (some scarce, some customers poor, so
+both compensations happen), waits for the system to converge, and runs the invariant checker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import statistics
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import psycopg
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from services.checker import Report, convergence_counts, run_checks
+from services.common.faults import Arming, parse_spec
+from services.common.settings import Settings
+from services.seed import SeedPlan, reset_and_seed
+from services.supervisor import Supervisor
+
+RANDOM_FAULTS = (
+    "order.after_local_commit=crash,times=1,p=0.02",
+    "relay.before_publish=crash,times=1,p=0.01",
+    "relay.after_publish=crash,times=1,p=0.02",
+    "inventory.before_commit=crash,times=1,p=0.01",
+    "payment.before_commit=crash,times=1,p=0.01",
+    "bus.deliver=duplicate,p=0.05",
+    "bus.publish=duplicate,p=0.05",
+)
+
+
+def fault_plan(specs: list[str]) -> list[Arming]:
+    """`none`, `random`, or explicit `point=action[...]` specs."""
+    if not specs or specs == ["none"]:
+        return []
+    if specs == ["random"]:
+        specs = list(RANDOM_FAULTS)
+    return [parse_spec(s) for s in specs]
+
+
+@dataclass
+class DemoResult:
+    pattern: str
+    placed: int = 0
+    rejected: int = 0  # POST answered 4xx: not an order
+    place_seconds: float = 0.0
+    convergence_seconds: float = 0.0
+    statuses: dict[str, int] = field(default_factory=dict)
+    post_latencies: list[float] = field(default_factory=list)
+    e2e_latencies: list[float] = field(default_factory=list)
+    faults_fired: dict[str, int] = field(default_factory=dict)
+    client_retries: int = 0
+    report: Report | None = None
+
+    @property
+    def throughput(self) -> float:
+        return self.placed / self.place_seconds if self.place_seconds else 0.0
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
+
+
+class Client:
+    """Places orders like a careful shop front: retries with the same Idempotency-Key until answered."""
+
+    def __init__(self, settings: Settings, retry_for: float = 60.0) -> None:
+        self.settings = settings
+        self.retry_for = retry_for
+        self.http = httpx.AsyncClient(timeout=10.0, limits=httpx.Limits(max_connections=512))
+        self.retries = 0
+
+    async def place(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        key = str(uuid.uuid4())
+        deadline = time.monotonic() + self.retry_for
+        while True:
+            try:
+                r = await self.http.post(f"{self.settings.url('order')}/orders", json=body,
+                                         headers={"Idempotency-Key": key})
+                if r.status_code < 500:
+                    return r.status_code, r.json()
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"order service did not answer for {self.retry_for:.0f}s")
+            self.retries += 1
+            await asyncio.sleep(0.2)
+
+    async def admin(self, method: str, path: str, **kwargs: Any) -> Any:
+        r = await self.http.request(method, f"{self.settings.url('admin')}{path}",
+                                    headers={"authorization": f"Bearer {self.settings.admin_token}"}, **kwargs)
+        r.raise_for_status()
+        return r.json()
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+
+def order_bodies(plan: SeedPlan, count: int, pattern: str, seed: int) -> list[dict[str, Any]]:
+    rng = random.Random(seed)
+    skus = [f"sku-{i:04d}" for i in range(plan.products)]
+    customers = [f"c{i:05d}" for i in range(plan.customers)]
+    return [{"customer_id": rng.choice(customers), "pattern": pattern,
+             "items": [{"sku": s, "qty": rng.randint(1, 3)} for s in rng.sample(skus, rng.randint(1, 3))]}
+            for _ in range(count)]
+
+
+async def system_running(settings: Settings) -> bool:
+    async with httpx.AsyncClient(timeout=1.0) as client:
+        try:
+            return all([(await client.get(f"{settings.url(s)}/health")).status_code == 200
+                        for s in ("order", "inventory", "payment", "admin")])
+        except httpx.HTTPError:
+            return False
+
+
+@contextlib.asynccontextmanager
+async def running_system(settings: Settings, console: Console) -> AsyncIterator[Supervisor | None]:
+    """The running system, or one started for the duration of the block."""
+    if await system_running(settings):
+        yield None
+        return
+    console.print("[dim]starting the services (logs in "
+                  f"{settings.log_dir})…[/dim]")
+    async with Supervisor(settings) as sup:
+        yield sup
+
+
+def e2e_latencies(settings: Settings) -> tuple[dict[str, int], list[float]]:
+    with psycopg.connect(f"{settings.pg.rstrip('/')}/{settings.database('order')}") as conn:
+        statuses = dict(conn.execute("SELECT status, count(*) FROM orders GROUP BY status").fetchall())
+        lat = [r[0] for r in conn.execute(
+            "SELECT extract(epoch FROM decided_at - created_at) FROM orders WHERE decided_at IS NOT NULL")]
+    return statuses, [float(x) for x in lat]
+
+
+async def wait_converged(settings: Settings, timeout: float, progress: Progress | None) -> float:
+    start = time.monotonic()
+    task = progress.add_task("converging", total=None) if progress else None
+    while True:
+        counts = await asyncio.to_thread(convergence_counts, settings)
+        if progress and task is not None:
+            progress.update(task, description="converging: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
+        if not any(counts.values()) or time.monotonic() - start > timeout:
+            return time.monotonic() - start
+        await asyncio.sleep(0.2)
+
+
+async def run_demo(settings: Settings, *, orders: int = 200, concurrency: int = 16, pattern: str = "outbox",
+                   faults: list[Arming] | None = None, plan: SeedPlan | None = None,
+                   converge_timeout: float = 90.0, console: Console | None = None) -> DemoResult:
+    console = console or Console()
+    plan = plan or SeedPlan()
+    result = DemoResult(pattern=pattern)
+    async with running_system(settings, console):
+        await asyncio.to_thread(reset_and_seed, settings, plan)
+        client = Client(settings)
+        try:
+            await client.admin("DELETE", "/faults")
+            for arming in faults or []:
+                await client.admin("POST", "/faults", json=arming.request())
+            bodies = order_bodies(plan, orders, pattern, plan.seed)
+            queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+            for body in bodies:
+                queue.put_nowait(body)
+            with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                          TimeElapsedColumn(), console=console, transient=True) as progress:
+                placing = progress.add_task(f"placing {orders} orders ({pattern})", total=orders)
+
+                async def worker() -> None:
+                    while not queue.empty():
+                        body = queue.get_nowait()
+                        t0 = time.perf_counter()
+                        status, _ = await client.place(body)
+                        result.post_latencies.append(time.perf_counter() - t0)
+                        if status in (200, 201):
+                            result.placed += 1
+                        else:
+                            result.rejected += 1
+                        progress.advance(placing)
+
+                t0 = time.perf_counter()
+                await asyncio.gather(*(worker() for _ in range(max(1, concurrency))))
+                result.place_seconds = time.perf_counter() - t0
+                for armed in await client.admin("GET", "/faults"):
+                    result.faults_fired[armed["point"]] = result.faults_fired.get(armed["point"], 0) + armed["fired"]
+                await client.admin("DELETE", "/faults")
+                result.convergence_seconds = await wait_converged(settings, converge_timeout, progress)
+        finally:
+            result.client_retries = client.retries
+            await client.aclose()
+        result.statuses, result.e2e_latencies = await asyncio.to_thread(e2e_latencies, settings)
+        result.report = await asyncio.to_thread(run_checks, settings)
+    return result
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:.1f} ms"
+
+
+def render(result: DemoResult, console: Console) -> None:
+    table = Table(title=f"txlab demo — pattern {result.pattern}", show_header=True)
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    table.add_row("orders placed", str(result.placed))
+    table.add_row("  paid", str(result.statuses.get("PAID", 0)))
+    table.add_row("  cancelled", str(result.statuses.get("CANCELLED", 0)))
+    table.add_row("  still pending", str(result.statuses.get("PENDING", 0)))
+    table.add_row("requests refused (4xx)", str(result.rejected))
+    table.add_row("throughput (orders placed/s)", f"{result.throughput:.1f}")
+    table.add_row("POST /orders p50 / p99", f"{ms(percentile(result.post_latencies, 50))} / "
+                                            f"{ms(percentile(result.post_latencies, 99))}")
+    table.add_row("end-to-end p50 / p99 (accepted → final)", f"{ms(percentile(result.e2e_latencies, 50))} / "
+                                                             f"{ms(percentile(result.e2e_latencies, 99))}")
+    table.add_row("convergence after the last order", f"{result.convergence_seconds:.2f} s")
+    fired = ", ".join(f"{k}×{v}" for k, v in sorted(result.faults_fired.items()) if v) or "none"
+    table.add_row("faults fired", fired)
+    table.add_row("client retries (same Idempotency-Key)", str(result.client_retries))
+    console.print(table)
+    if result.report:
+        render_report(result.report, console)
+
+
+def render_report(report: Report, console: Console) -> None:
+    table = Table(title="invariants", show_header=True)
+    for col in ("invariant", "holds", "checked", "counts"):
+        table.add_column(col)
+    for inv in report.invariants:
+        counts = ", ".join(f"{k}={v}" for k, v in inv.counts.items())
+        table.add_row(inv.name, "[green]yes[/green]" if inv.holds else f"[red]NO ({len(inv.violations)})[/red]",
+                      str(inv.checked), counts)
+    console.print(table)
+    for inv in report.invariants:
+        for violation in inv.violations[:10]:
+            console.print(f"[red]✗ {inv.name.split(':')[0]}: {violation}[/red]")

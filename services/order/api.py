@@ -1,0 +1,142 @@
+"""Order HTTP routes: place an order (with an Idempotency-Key), read orders."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from typing import Annotated, Any
+
+import httpx
+import sqlalchemy as sa
+from fastapi import APIRouter, Header, HTTPException, Request, Response
+from pydantic import BaseModel, Field, field_validator
+
+from services.common.service_app import Runtime, runtime
+from services.order.placement import PATTERNS, Item, PlaceOrder, place_order
+
+router = APIRouter()
+
+ORDER_COLUMNS = ("id, customer_id, pattern, status, reason, total_cents, stock_status, payment_status, "
+                 "created_at, decided_at")
+
+
+class ItemIn(BaseModel):
+    sku: str = Field(min_length=1, max_length=64)
+    qty: int = Field(ge=1, le=10_000)
+
+
+class OrderIn(BaseModel):
+    customer_id: str = Field(min_length=1, max_length=64)
+    items: list[ItemIn] = Field(min_length=1, max_length=50)
+    pattern: str = "outbox"
+
+    @field_validator("items")
+    @classmethod
+    def distinct_skus(cls, items: list[ItemIn]) -> list[ItemIn]:
+        seen: set[str] = set()
+        for item in items:
+            if item.sku in seen:
+                raise ValueError(f"sku {item.sku!r} appears twice; give one line per sku")
+            seen.add(item.sku)
+        return items
+
+    @field_validator("pattern")
+    @classmethod
+    def known_pattern(cls, pattern: str) -> str:
+        if pattern not in PATTERNS:
+            raise ValueError(f"pattern {pattern!r} is not available; choose one of: {', '.join(PATTERNS)}")
+        return pattern
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()
+
+
+async def _fetch(rt: Runtime, url: str, **params: Any) -> httpx.Response:
+    try:
+        return await rt.http.get(url, params=params)
+    except httpx.HTTPError as exc:
+        raise HTTPException(503, f"cannot reach {url}: {exc.__class__.__name__}") from exc
+
+
+async def _price_items(rt: Runtime, body: OrderIn) -> list[Item]:
+    """Validate the skus and the customer against inventory and payment; price the items."""
+    inventory, payment = rt.settings.url("inventory"), rt.settings.url("payment")
+    products = await _fetch(rt, f"{inventory}/products", sku=[i.sku for i in body.items])
+    if products.status_code != 200:
+        raise HTTPException(503, f"inventory answered {products.status_code}")
+    prices = {p["sku"]: p["price_cents"] for p in products.json()}
+    unknown = [i.sku for i in body.items if i.sku not in prices]
+    if unknown:
+        raise HTTPException(422, f"unknown sku(s): {', '.join(unknown)}")
+    customer = await _fetch(rt, f"{payment}/customers/{body.customer_id}")
+    if customer.status_code == 404:
+        raise HTTPException(422, f"unknown customer {body.customer_id!r}")
+    if customer.status_code != 200:
+        raise HTTPException(503, f"payment answered {customer.status_code}")
+    return [Item(i.sku, i.qty, prices[i.sku]) for i in body.items]
+
+
+async def _load_order(rt: Runtime, where: str, value: Any) -> dict[str, Any] | None:
+    async with rt.engine.connect() as conn:
+        row = (await conn.execute(sa.text(f"SELECT {ORDER_COLUMNS}, request_hash FROM orders WHERE {where} = :v"),
+                                  {"v": value})).first()
+        if row is None:
+            return None
+        items = await conn.execute(sa.text(
+            "SELECT sku, qty, unit_price_cents FROM order_items WHERE order_id = :o ORDER BY sku"), {"o": row.id})
+        return dict(row._mapping) | {"items": [dict(i._mapping) for i in items]}
+
+
+def _public(order: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in order.items() if k != "request_hash"}
+
+
+async def _replay(rt: Runtime, key: str, body: OrderIn, response: Response) -> dict[str, Any] | None:
+    existing = await _load_order(rt, "idempotency_key", key)
+    if existing is None:
+        return None
+    if existing["request_hash"] != body.fingerprint():
+        raise HTTPException(422, "this Idempotency-Key was used for a different request")
+    response.status_code = 200
+    return _public(existing)
+
+
+@router.post("/orders", status_code=201)
+async def create_order(body: OrderIn, request: Request, response: Response,
+                       idempotency_key: Annotated[str | None, Header(max_length=200)] = None) -> dict[str, Any]:
+    """Place an order. A retry with the same Idempotency-Key returns the first order (200), never a second."""
+    rt = runtime(request)
+    if idempotency_key and (replayed := await _replay(rt, idempotency_key, body, response)):
+        return replayed
+    command = PlaceOrder(order_id=uuid.uuid4(), customer_id=body.customer_id, pattern=body.pattern,
+                         items=await _price_items(rt, body), idempotency_key=idempotency_key,
+                         request_hash=body.fingerprint())
+    try:
+        await place_order(rt, command)
+    except sa.exc.IntegrityError:
+        if idempotency_key and (replayed := await _replay(rt, idempotency_key, body, response)):
+            return replayed  # a concurrent retry won the race
+        raise
+    await rt.faults.hit("order.after_local_commit")
+    order = await _load_order(rt, "id", command.order_id)
+    assert order is not None
+    return _public(order)
+
+
+@router.get("/orders/{order_id}")
+async def get_order(order_id: uuid.UUID, request: Request) -> dict[str, Any]:
+    order = await _load_order(runtime(request), "id", order_id)
+    if order is None:
+        raise HTTPException(404, f"no order {order_id}")
+    return _public(order)
+
+
+@router.get("/orders")
+async def list_orders(request: Request, status: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+    if status is not None and status not in ("PENDING", "PAID", "CANCELLED"):
+        raise HTTPException(422, "status must be PENDING, PAID or CANCELLED")
+    query = f"SELECT {ORDER_COLUMNS} FROM orders" + (" WHERE status = :s" if status else "")
+    async with runtime(request).engine.connect() as conn:
+        rows = await conn.execute(sa.text(query + " ORDER BY created_at DESC LIMIT :n"),
+                                  {"s": status, "n": max(1, min(limit, 1000))})
+        return [dict(r._mapping) for r in rows]

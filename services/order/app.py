@@ -1,0 +1,7 @@
+from services.common.service_app import create_service_app
+from services.order.api import router
+from services.order.handlers import HANDLERS
+
+
+def create_app():
+    return create_service_app("order", router, HANDLERS)

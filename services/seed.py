@@ -1,0 +1,63 @@
+"""`txlab seed`: a reproducible catalogue and customer base (the same options give the same data)."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import psycopg
+
+from services.common.db import migrate
+from services.common.settings import Settings
+
+ADJECTIVES = ("red", "blue", "green", "swift", "quiet", "bold", "tiny", "grand", "lucky", "sharp")
+NOUNS = ("kettle", "lamp", "chair", "mug", "pen", "clock", "scarf", "drum", "kite", "bowl")
+
+
+@dataclass(frozen=True)
+class SeedPlan:
+    products: int = 50
+    customers: int = 200
+    stock: int = 500
+    scarce_share: float = 0.1  # products with very little stock: orders for them get cancelled
+    scarce_stock: int = 3
+    balance_cents: int = 500_000
+    poor_share: float = 0.1  # customers who cannot pay for most orders
+    poor_balance_cents: int = 1_500
+    seed: int = 42
+
+    def catalogue(self) -> list[tuple[str, str, int, int]]:
+        rng = random.Random(self.seed)
+        rows = []
+        for i in range(self.products):
+            stock = self.scarce_stock if rng.random() < self.scarce_share else self.stock
+            name = f"{rng.choice(ADJECTIVES)} {rng.choice(NOUNS)}"
+            rows.append((f"sku-{i:04d}", name, rng.randrange(199, 9_999), stock))
+        return rows
+
+    def customer_rows(self) -> list[tuple[str, str, int]]:
+        rng = random.Random(self.seed + 1)
+        return [(f"c{i:05d}", f"customer {i}",
+                 self.poor_balance_cents if rng.random() < self.poor_share else self.balance_cents)
+                for i in range(self.customers)]
+
+
+def reset_and_seed(settings: Settings, plan: SeedPlan) -> tuple[int, int]:
+    """Empty every service database and load the plan's catalogue and customers."""
+    for service in ("order", "inventory", "payment"):
+        migrate(settings, service)
+    base = settings.pg.rstrip("/")
+    with psycopg.connect(f"{base}/{settings.database('order')}") as conn:
+        conn.execute("TRUNCATE orders, order_items, outbox, inbox")
+    with psycopg.connect(f"{base}/{settings.database('inventory')}") as conn:
+        conn.execute("TRUNCATE products, reservations, outbox, inbox")
+        with conn.cursor() as cur:
+            cur.executemany("INSERT INTO products (sku, name, price_cents, initial, available) "
+                            "VALUES (%s, %s, %s, %s, %s)",
+                            [(sku, name, price, stock, stock) for sku, name, price, stock in plan.catalogue()])
+    with psycopg.connect(f"{base}/{settings.database('payment')}") as conn:
+        conn.execute("TRUNCATE customers, payments, outbox, inbox")
+        with conn.cursor() as cur:
+            cur.executemany("INSERT INTO customers (id, name, initial_cents, balance_cents) VALUES (%s, %s, %s, %s)",
+                            [(cid, name, bal, bal) for cid, name, bal in plan.customer_rows()])
+    return plan.products, plan.customers

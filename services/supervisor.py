@@ -1,0 +1,127 @@
+"""`txlab up`: every service as a child process, restarted when it crashes, logs under data_dir/logs."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+
+import httpx
+
+from services.common.db import migrate
+from services.common.settings import SERVICES, Settings
+
+log = logging.getLogger("txlab.supervisor")
+
+PROCESSES = ("inventory", "payment", "order", "admin")
+
+
+@dataclass
+class Child:
+    name: str
+    process: asyncio.subprocess.Process | None = None
+    restarts: int = 0
+    exits: list[int] = field(default_factory=list)
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+
+class Supervisor:
+    """Starts the processes, restarts any that exits unexpectedly, stops them all by pid."""
+
+    def __init__(self, settings: Settings, names: tuple[str, ...] = PROCESSES) -> None:
+        self.settings = settings.model_copy(update={"data_dir": settings.data_dir.resolve()})
+        self.children = {name: Child(name) for name in names}
+        self._watchers: list[asyncio.Task[None]] = []
+        self._stopping = False
+
+    def migrate(self) -> None:
+        for service in SERVICES:
+            migrate(self.settings, service)
+
+    async def start(self, health_timeout: float = 60.0) -> None:
+        self.settings.log_dir.mkdir(parents=True, exist_ok=True)
+        self.settings.save_token()
+        await asyncio.to_thread(self.migrate)
+        for child in self.children.values():
+            await self._spawn(child)
+            self._watchers.append(asyncio.create_task(self._watch(child), name=f"watch-{child.name}"))
+        await self.wait_healthy(health_timeout)
+
+    async def _spawn(self, child: Child) -> None:
+        env = os.environ | self.settings.child_env()
+        logfile = open(self.settings.log_dir / f"{child.name}.log", "ab")
+        try:
+            child.process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "services.run", child.name, env=env, stdout=logfile,
+                stderr=asyncio.subprocess.STDOUT, stdin=asyncio.subprocess.DEVNULL, start_new_session=True)
+        finally:
+            logfile.close()
+
+    async def _watch(self, child: Child) -> None:
+        while not self._stopping:
+            assert child.process is not None
+            code = await child.process.wait()
+            if self._stopping:
+                return
+            child.exits.append(code)
+            child.restarts += 1
+            log.warning("%s exited with %s; restarting (restart #%d)", child.name, code, child.restarts)
+            await asyncio.sleep(min(0.2 * child.restarts, 2.0))
+            if not self._stopping:
+                await self._spawn(child)
+
+    async def wait_healthy(self, timeout: float = 60.0, names: tuple[str, ...] | None = None) -> None:
+        """Return when every process answers GET /health with 200; raise TimeoutError naming the laggards."""
+        deadline = time.monotonic() + timeout
+        pending = set(names or self.children)
+        async with httpx.AsyncClient(timeout=2.0) as client:
+            while pending:
+                for name in list(pending):
+                    with contextlib.suppress(httpx.HTTPError):
+                        if (await client.get(f"{self.settings.url(name)}/health")).status_code == 200:
+                            pending.discard(name)
+                if pending:
+                    if time.monotonic() > deadline:
+                        logs = ", ".join(str(self.settings.log_dir / f"{n}.log") for n in sorted(pending))
+                        raise TimeoutError(f"not healthy after {timeout:.0f}s: {', '.join(sorted(pending))} "
+                                           f"(see {logs})")
+                    await asyncio.sleep(0.1)
+
+    async def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        """Kill one child (it is restarted like after any crash)."""
+        child = self.children[name]
+        if child.process and child.process.returncode is None:
+            child.process.send_signal(sig)
+
+    async def stop(self) -> None:
+        self._stopping = True
+        for task in self._watchers:
+            task.cancel()
+        procs = [c.process for c in self.children.values() if c.process and c.process.returncode is None]
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            try:
+                await asyncio.wait_for(proc.wait(), 8.0)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+
+    async def __aenter__(self) -> Supervisor:
+        try:
+            await self.start()
+        except BaseException:
+            await self.stop()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
