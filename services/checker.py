@@ -5,15 +5,18 @@ Exit codes: 0 every invariant holds, 1 a violation, 2 the system could not be ch
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
+import aio_pika
 import psycopg
 from psycopg.rows import namedtuple_row
 
-from services.common.settings import Settings
+from services.common.bus import BusNames
+from services.common.settings import SERVICES, Settings
 
 OK, VIOLATED, UNCHECKABLE = 0, 1, 2
 
@@ -134,6 +137,29 @@ def check_agreement(settings: Settings) -> Invariant:
     return inv
 
 
+def parked_messages(settings: Settings) -> dict[str, int]:
+    """Messages in each service's parking queue: events a consumer gave up on."""
+
+    async def count() -> dict[str, int]:
+        names = BusNames(settings.bus_prefix)
+        try:
+            connection = await aio_pika.connect(settings.amqp, timeout=5)
+        except (OSError, aio_pika.exceptions.AMQPError) as exc:
+            raise CannotCheck(f"RabbitMQ at {settings.amqp.rsplit('@', 1)[-1]}: {exc!r}") from exc
+        counts = {}
+        async with connection:
+            for service in SERVICES:
+                channel = await connection.channel()
+                try:
+                    queue = await channel.declare_queue(names.parking(service), passive=True)
+                    counts[service] = queue.declaration_result.message_count or 0
+                except aio_pika.exceptions.ChannelClosed:
+                    counts[service] = 0  # never declared: nothing was ever parked
+        return counts
+
+    return asyncio.run(count())
+
+
 def convergence_counts(settings: Settings) -> dict[str, int]:
     """What is still in flight: every count must reach 0 once faults are cleared."""
     counts = {"orders_pending": _query(settings, "order",
@@ -145,6 +171,8 @@ def convergence_counts(settings: Settings) -> dict[str, int]:
             counts[f"{service}_outbox_{r.status.lower()}"] = r.n
         counts[f"{service}_prepared_xacts"] = _query(
             settings, service, "SELECT count(*) AS n FROM pg_prepared_xacts WHERE database = current_database()")[0].n
+    for service, n in parked_messages(settings).items():
+        counts[f"{service}_parked_messages"] = n
     return {k: v for k, v in counts.items() if v or k == "orders_pending"}
 
 

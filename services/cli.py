@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib
 import json
+import signal
 import sys
 from typing import Any, NoReturn
 
@@ -89,13 +89,16 @@ def up() -> None:
             console.print(table)
             console.print(f"admin token: {sup.settings.admin_token}  (saved in {sup.settings.token_file})")
             console.print(f"logs: {sup.settings.log_dir}   Ctrl-C stops everything")
-            await asyncio.Event().wait()
+            stop = asyncio.Event()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+            await stop.wait()
+            console.print("stopping…")
 
-    with contextlib.suppress(KeyboardInterrupt):
-        try:
-            asyncio.run(run())
-        except TimeoutError as exc:
-            _fail(str(exc))
+    try:
+        asyncio.run(run())
+    except TimeoutError as exc:
+        _fail(str(exc))
 
 
 @app.command()

@@ -101,10 +101,19 @@ class Client:
             await asyncio.sleep(0.2)
 
     async def admin(self, method: str, path: str, **kwargs: Any) -> Any:
-        r = await self.http.request(method, f"{self.settings.url('admin')}{path}",
-                                    headers={"authorization": f"Bearer {self.settings.admin_token}"}, **kwargs)
-        r.raise_for_status()
-        return r.json()
+        """Call the admin API; while a service restarts (503), try again for up to `retry_for` seconds."""
+        deadline = time.monotonic() + self.retry_for
+        while True:
+            with contextlib.suppress(httpx.TransportError):
+                r = await self.http.request(method, f"{self.settings.url('admin')}{path}",
+                                            headers={"authorization": f"Bearer {self.settings.admin_token}"},
+                                            **kwargs)
+                if r.status_code != 503 or time.monotonic() > deadline:
+                    r.raise_for_status()
+                    return r.json()
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"admin API did not answer {method} {path} for {self.retry_for:.0f}s")
+            await asyncio.sleep(0.2)
 
     async def aclose(self) -> None:
         await self.http.aclose()

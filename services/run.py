@@ -22,6 +22,7 @@ def serve(name: str) -> None:
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {name} %(levelname)s %(name)s: %(message)s")
     logging.getLogger("aio_pika").setLevel(logging.WARNING)
     logging.getLogger("aiormq").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     uvicorn.run(APPS[name], factory=True, host=settings.host, port=settings.port(name), log_level="warning",
                 access_log=False, timeout_graceful_shutdown=3)
 

@@ -7,8 +7,9 @@ import asyncio
 import contextlib
 import logging
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -43,6 +44,7 @@ class Runtime:
     faults: FaultInjector
     relay: OutboxRelay
     http: httpx.AsyncClient  # calls to the other services
+    stats: Counter[str] = field(default_factory=Counter)  # events applied, duplicates skipped
 
 
 def runtime(request: Request) -> Runtime:
@@ -56,9 +58,11 @@ async def apply_event(rt: Runtime, handlers: dict[str, EventHandler], envelope: 
         return
     async with unit_of_work(rt.engine) as uow:
         if not await uow.claim(envelope):
+            rt.stats["duplicates_skipped"] += 1
             return
         await handler(uow, envelope)
         await rt.faults.hit(f"{rt.service}.before_commit")
+    rt.stats["events_applied"] += 1
 
 
 def create_service_app(service: str, router: APIRouter, handlers: dict[str, EventHandler],
@@ -159,6 +163,11 @@ def internal_router(service: str) -> APIRouter:
     async def disarm(request: Request, point: str | None = None) -> dict[str, str]:
         runtime(request).faults.disarm(point)
         return {"disarmed": point or "all"}
+
+    @r.get("/stats")
+    async def stats(request: Request) -> dict[str, int]:
+        rt = runtime(request)
+        return dict(rt.stats) | {"relay_published": rt.relay.published}
 
     @r.get("/outbox")
     async def outbox(request: Request, status: str = "PARKED", limit: int = 100) -> list[dict[str, Any]]:

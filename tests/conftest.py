@@ -1,0 +1,97 @@
+"""Real servers for every test beyond unit tests: testcontainers when a Docker engine answers, otherwise
+the local PostgreSQL, RabbitMQ and Redis that scripts/local-services prepared. Each test session gets
+fresh database names, a fresh exchange/queue prefix and its own data directory."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from services.common.settings import SERVICES, Settings
+
+
+def docker_answers() -> bool:
+    try:
+        import docker
+
+        docker.from_env(timeout=2).ping()
+        return True
+    except Exception:
+        return False
+
+
+@contextlib.contextmanager
+def containers() -> Iterator[dict[str, str]]:
+    from testcontainers.postgres import PostgresContainer
+    from testcontainers.rabbitmq import RabbitMqContainer
+    from testcontainers.redis import RedisContainer
+
+    pg = PostgresContainer("postgres:15", username="postgres", password="postgres", driver=None)
+    pg.with_command("postgres -c max_prepared_transactions=64")
+    with pg, RabbitMqContainer("rabbitmq:3.12") as mq, RedisContainer("redis:7") as r1, \
+            RedisContainer("redis:7") as r2, RedisContainer("redis:7") as r3:
+        host = pg.get_container_host_ip()
+        yield {
+            "pg": f"postgresql://postgres:postgres@{host}:{pg.get_exposed_port(5432)}",
+            "amqp": f"amqp://guest:guest@{mq.get_container_host_ip()}:{mq.get_exposed_port(5672)}/",
+            "cache_nodes": ",".join(f"redis://{r.get_container_host_ip()}:{r.get_exposed_port(6379)}"
+                                    for r in (r1, r2, r3)),
+        }
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def servers() -> Iterator[dict[str, str]]:
+    if docker_answers() and not os.environ.get("TXLAB_TEST_LOCAL"):
+        with containers() as urls:
+            yield urls
+    else:
+        base = Settings()
+        yield {"pg": base.pg, "amqp": base.amqp, "cache_nodes": base.cache_nodes}
+
+
+@pytest.fixture(scope="session")
+def settings(servers: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    """Settings of an isolated txlab: own databases, own exchanges and queues, own ports and data dir."""
+    tag = f"t{uuid.uuid4().hex[:8]}"
+    s = Settings(**servers, db_prefix=f"txlab_{tag}", bus_prefix=f"{tag}.", admin_token=f"token-{tag}",
+                 data_dir=Path(tmp_path_factory.mktemp("txlab")),
+                 admin_port=free_port(), order_port=free_port(), inventory_port=free_port(),
+                 payment_port=free_port(), relay_poll_seconds=0.5)
+    yield s
+    for service in SERVICES:
+        with psycopg.connect(f"{s.pg.rstrip('/')}/postgres", autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{s.database(service)}" WITH (FORCE)')
+    _delete_bus(s)
+
+
+def _delete_bus(s: Settings) -> None:
+    import asyncio
+
+    import aio_pika
+
+    from services.common.bus import BusNames
+
+    async def delete() -> None:
+        names = BusNames(s.bus_prefix)
+        async with await aio_pika.connect(s.amqp) as conn:
+            channel = await conn.channel()
+            for service in SERVICES:
+                for queue in (names.queue(service), names.parking(service)):
+                    await channel.queue_delete(queue)
+            await channel.exchange_delete(names.exchange)
+            await channel.exchange_delete(names.dlx)
+
+    asyncio.run(delete())
