@@ -16,8 +16,9 @@ from rich.console import Console
 from rich.table import Table
 
 from services.checker import CannotCheck, run_checks
+from services.common.db import migrate as run_migrations
 from services.common.faults import FaultSpecError, parse_spec
-from services.common.settings import Settings, get_settings
+from services.common.settings import SERVICES, Settings, get_settings
 from services.demo import fault_plan, render, render_report, run_demo
 from services.seed import SeedPlan, reset_and_seed
 from services.supervisor import Supervisor
@@ -99,6 +100,18 @@ def up() -> None:
         asyncio.run(run())
     except TimeoutError as exc:
         _fail(str(exc))
+
+
+@app.command()
+def migrate() -> None:
+    """Create the service databases when missing and bring them to the newest schema."""
+    settings = _settings()
+    for service in SERVICES:
+        try:
+            run_migrations(settings, service)
+        except psycopg.OperationalError as exc:
+            _fail(f"cannot reach PostgreSQL ({exc}); run scripts/local-services")
+        Console().print(f"{settings.database(service)}: at head")
 
 
 @app.command()

@@ -41,5 +41,4 @@ def migrate(settings: Settings, service: str) -> None:
 
 
 def make_engine(settings: Settings, service: str, pool_size: int = 10) -> AsyncEngine:
-    return create_async_engine(settings.dsn(service), pool_size=pool_size, max_overflow=pool_size,
-                               pool_pre_ping=True)
+    return create_async_engine(settings.dsn(service), pool_size=pool_size, max_overflow=pool_size)

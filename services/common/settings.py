@@ -24,6 +24,11 @@ class Settings(BaseSettings):
     order_port: int = 8001
     inventory_port: int = 8002
     payment_port: int = 8003
+    # where the other processes are reached; unset: http://<host>:<port> (set in docker-compose)
+    admin_url: str | None = None
+    order_url: str | None = None
+    inventory_url: str | None = None
+    payment_url: str | None = None
     db_prefix: str = "txlab"  # databases are <prefix>_order, <prefix>_inventory, ...
     bus_prefix: str = ""  # prepended to every exchange and queue name (isolates test runs)
     relay_batch: int = 200
@@ -48,13 +53,14 @@ class Settings(BaseSettings):
 
     def child_env(self) -> dict[str, str]:
         """The environment that gives a child process exactly these settings."""
-        return {f"TXLAB_{name.upper()}": str(value) for name, value in self.model_dump().items()}
+        return {f"TXLAB_{name.upper()}": str(value) for name, value in self.model_dump().items()
+                if value is not None}
 
     def port(self, service: str) -> int:
         return int(getattr(self, f"{service}_port"))
 
     def url(self, service: str) -> str:
-        return f"http://{self.host}:{self.port(service)}"
+        return getattr(self, f"{service}_url") or f"http://{self.host}:{self.port(service)}"
 
     def database(self, service: str) -> str:
         return f"{self.db_prefix}_{service}"

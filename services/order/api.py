@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import uuid
 from typing import Annotated, Any
@@ -61,14 +62,14 @@ async def _fetch(rt: Runtime, url: str, **params: Any) -> httpx.Response:
 async def _price_items(rt: Runtime, body: OrderIn) -> list[Item]:
     """Validate the skus and the customer against inventory and payment; price the items."""
     inventory, payment = rt.settings.url("inventory"), rt.settings.url("payment")
-    products = await _fetch(rt, f"{inventory}/products", sku=[i.sku for i in body.items])
+    products, customer = await asyncio.gather(_fetch(rt, f"{inventory}/products", sku=[i.sku for i in body.items]),
+                                              _fetch(rt, f"{payment}/customers/{body.customer_id}"))
     if products.status_code != 200:
         raise HTTPException(503, f"inventory answered {products.status_code}")
     prices = {p["sku"]: p["price_cents"] for p in products.json()}
     unknown = [i.sku for i in body.items if i.sku not in prices]
     if unknown:
         raise HTTPException(422, f"unknown sku(s): {', '.join(unknown)}")
-    customer = await _fetch(rt, f"{payment}/customers/{body.customer_id}")
     if customer.status_code == 404:
         raise HTTPException(422, f"unknown customer {body.customer_id!r}")
     if customer.status_code != 200:

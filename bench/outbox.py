@@ -1,0 +1,73 @@
+"""`txlab bench outbox`: orders/s and latency of the outbox flow next to `pgbench -N` on the same server.
+
+pgbench's simple-update transactions per second are the ceiling of what this PostgreSQL does for small
+write transactions; one order costs ~8 of them across three databases plus ~9 RabbitMQ messages, so the
+ratio says how close the flow runs to the database's own limit, measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import shutil
+import subprocess
+from urllib.parse import urlsplit
+
+from rich.console import Console
+from rich.table import Table
+
+from services.common.settings import get_settings
+from services.demo import ms, percentile, run_demo
+from services.seed import SeedPlan
+
+PGBENCH_DB = "txlab_pgbench"
+
+
+def pgbench_tps(pg_url: str, clients: int, seconds: int) -> float:
+    """Run `pgbench -N` (simple updates, no branch contention) and return its tps."""
+    if shutil.which("pgbench") is None:
+        raise RuntimeError("pgbench is not installed (apt-get install postgresql-contrib)")
+    url = urlsplit(pg_url)
+    conn = ["-h", url.hostname or "127.0.0.1", "-p", str(url.port or 5432), "-U", url.username or "postgres"]
+    env = {"PGPASSWORD": url.password or ""}
+    subprocess.run(["psql", *conn, "-d", "postgres", "-qc", f"DROP DATABASE IF EXISTS {PGBENCH_DB}"],
+                   check=True, capture_output=True, env=env)
+    subprocess.run(["psql", *conn, "-d", "postgres", "-qc", f"CREATE DATABASE {PGBENCH_DB}"],
+                   check=True, capture_output=True, env=env)
+    subprocess.run(["pgbench", *conn, "-i", "-q", "-s", "1", PGBENCH_DB], check=True, capture_output=True, env=env)
+    out = subprocess.run(["pgbench", *conn, "-N", "-c", str(clients), "-j", "2", "-T", str(seconds), PGBENCH_DB],
+                         check=True, capture_output=True, text=True, env=env).stdout
+    subprocess.run(["psql", *conn, "-d", "postgres", "-qc", f"DROP DATABASE {PGBENCH_DB}"], capture_output=True,
+                   env=env)
+    match = re.search(r"tps = ([\d.]+)", out)
+    if not match:
+        raise RuntimeError(f"cannot read pgbench output:\n{out}")
+    return float(match.group(1))
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="txlab bench outbox", description=__doc__)
+    parser.add_argument("--orders", type=int, default=1000)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[8, 32])
+    parser.add_argument("--pgbench-seconds", type=int, default=10)
+    args = parser.parse_args(argv)
+    console = Console(width=max(Console().width, 130))
+    settings = get_settings()
+    plan = SeedPlan(products=200, customers=1000, stock=100_000, scarce_share=0.02, poor_share=0.02)
+    table = Table(title=f"outbox flow vs pgbench -N ({args.orders} orders per run, same PostgreSQL)")
+    for col in ("concurrency", "orders/s", "POST p50", "POST p99", "e2e p50", "e2e p99", "pgbench -N tps",
+                "orders/s ÷ tps", "invariants"):
+        table.add_column(col, justify="right")
+    for c in args.concurrency:
+        console.print(f"[dim]pgbench -N -c {c} for {args.pgbench_seconds}s…[/dim]")
+        tps = pgbench_tps(settings.pg, c, args.pgbench_seconds)
+        result = asyncio.run(run_demo(settings, orders=args.orders, concurrency=c, plan=plan, console=console))
+        holds = result.report is not None and result.report.exit_code == 0
+        table.add_row(str(c), f"{result.throughput:.1f}",
+                      ms(percentile(result.post_latencies, 50)), ms(percentile(result.post_latencies, 99)),
+                      ms(percentile(result.e2e_latencies, 50)), ms(percentile(result.e2e_latencies, 99)),
+                      f"{tps:.0f}", f"{result.throughput / tps:.3f}", "hold" if holds else "[red]VIOLATED[/red]")
+    console.print(table)
+    console.print("one order = 1 POST + ~8 local transactions in 3 databases + ~9 confirmed messages")
+    return 0
