@@ -16,7 +16,7 @@ services:
 	scripts/local-services
 
 demo: $(STAMP) services
-	$(BIN)/txlab demo --start
+	$(BIN)/txlab demo
 
 test: $(STAMP) services
 	$(BIN)/ruff check .

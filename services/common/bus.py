@@ -99,7 +99,10 @@ class Bus:
         exchange = await channel.get_exchange(self.names.exchange)
         for key in routing_keys:
             await queue.bind(exchange, routing_key=key)
-        await queue.consume(lambda message: self._deliver(message, handler))
+        async def deliver(message: AbstractIncomingMessage) -> None:
+            await self._deliver(message, handler)
+
+        await queue.consume(deliver)
 
     async def _deliver(self, message: AbstractIncomingMessage, handler: Handler) -> None:
         try:

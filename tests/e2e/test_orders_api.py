@@ -3,7 +3,9 @@
 import asyncio
 
 import httpx
+import hypothesis
 import pytest
+from hypothesis import strategies as st
 
 from services.checker import run_checks
 
@@ -124,3 +126,21 @@ async def test_insufficient_balance_cancels_the_order_and_releases_the_stock(htt
 async def test_invariants_hold_after_the_api_tests(settings, system):
     report = await asyncio.to_thread(run_checks, settings, 30.0)
     assert report.exit_code == 0, report.to_dict()
+
+
+JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=12),
+                    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+                    max_leaves=8)
+ITEM = st.fixed_dictionaries({}, optional={"sku": st.sampled_from([PLENTY, SCARCE]) | JSON,
+                                           "qty": st.integers(-5, 20_000) | JSON})
+BODY = st.fixed_dictionaries({}, optional={"customer_id": st.sampled_from([RICH, POOR]) | JSON,
+                                           "items": st.lists(ITEM, max_size=4) | JSON,
+                                           "pattern": st.sampled_from(["outbox", "tcc"]) | JSON}) | JSON
+
+
+@hypothesis.settings(max_examples=60, deadline=None,
+                     suppress_health_check=[hypothesis.HealthCheck.function_scoped_fixture])
+@hypothesis.given(body=BODY)
+def test_no_request_body_makes_post_orders_answer_500(settings, system, body):
+    response = httpx.post(f"{settings.url('order')}/orders", json=body, timeout=10.0)
+    assert response.status_code in (200, 201, 413, 422), response.text
