@@ -62,19 +62,28 @@ def servers() -> Iterator[dict[str, str]]:
         yield {"pg": base.pg, "amqp": base.amqp, "cache_nodes": base.cache_nodes}
 
 
-@pytest.fixture(scope="session")
-def settings(servers: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+def isolated_settings(servers: dict[str, str], data_dir: Path) -> Settings:
     """Settings of an isolated txlab: own databases, own exchanges and queues, own ports and data dir."""
     tag = f"t{uuid.uuid4().hex[:8]}"
-    s = Settings(**servers, db_prefix=f"txlab_{tag}", bus_prefix=f"{tag}.", admin_token=f"token-{tag}",
-                 data_dir=Path(tmp_path_factory.mktemp("txlab")),
-                 admin_port=free_port(), order_port=free_port(), inventory_port=free_port(),
-                 payment_port=free_port(), relay_poll_seconds=0.5)
-    yield s
+    return Settings(**servers, db_prefix=f"txlab_{tag}", bus_prefix=f"{tag}.", admin_token=f"token-{tag}",
+                    data_dir=data_dir, admin_port=free_port(), order_port=free_port(),
+                    inventory_port=free_port(), payment_port=free_port(), relay_poll_seconds=0.5,
+                    relay_max_attempts=3)
+
+
+def destroy(s: Settings) -> None:
+    """Drop the databases, queues and exchanges of an isolated txlab."""
     for service in SERVICES:
         with psycopg.connect(f"{s.pg.rstrip('/')}/postgres", autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{s.database(service)}" WITH (FORCE)')
     _delete_bus(s)
+
+
+@pytest.fixture(scope="session")
+def settings(servers: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    s = isolated_settings(servers, tmp_path_factory.mktemp("txlab"))
+    yield s
+    destroy(s)
 
 
 def _delete_bus(s: Settings) -> None:
