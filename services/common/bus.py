@@ -70,17 +70,21 @@ class Bus:
 
     async def publish(self, envelope: Envelope, routing_key: str, timeout: float = 10.0) -> None:
         """Return only once the broker confirmed the message (publisher confirms); raise otherwise."""
+        await self.publish_raw(envelope.to_bytes(), str(envelope.message_id), envelope.type, routing_key, timeout)
+
+    async def publish_raw(self, body: bytes, message_id: str, type: str, routing_key: str,
+                          timeout: float = 10.0) -> None:
+        """Publish an already serialized envelope (as the outbox stores it), with confirms."""
         assert self._exchange is not None, "connect() first"
         action = await self.faults.hit("bus.publish")
-        message = aio_pika.Message(envelope.to_bytes(), message_id=str(envelope.message_id),
-                                   content_type="application/json", type=envelope.type,
+        message = aio_pika.Message(body, message_id=message_id, content_type="application/json", type=type,
                                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT)
         copies = 2 if action == "duplicate" else 1
         try:
             for _ in range(copies):
                 await self._exchange.publish(message, routing_key=routing_key, timeout=timeout)
         except (aio_pika.exceptions.DeliveryError, TimeoutError) as exc:
-            raise PublishFailed(f"{routing_key} {envelope.message_id}: {exc!r}") from exc
+            raise PublishFailed(f"{routing_key} {message_id}: {exc!r}") from exc
 
     async def consume(self, routing_keys: Iterable[str], handler: Handler) -> None:
         """Deliver every message bound to this service's queue to `handler`, ack after it returns.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import uuid
 from collections.abc import AsyncIterator
@@ -134,7 +135,7 @@ class OutboxRelay:
                 "ORDER BY created_at LIMIT :n FOR UPDATE SKIP LOCKED"), {"n": self.settings.relay_batch})).all()
             if not rows:
                 return 0
-            results = await asyncio.gather(*(self._publish(r.routing_key, r.envelope) for r in rows),
+            results = await asyncio.gather(*(self._publish(r.id, r.routing_key, r.envelope) for r in rows),
                                            return_exceptions=True)
             await self.faults.hit("relay.after_publish")
             sent = [r.id for r, res in zip(rows, results, strict=True) if res is None]
@@ -148,10 +149,11 @@ class OutboxRelay:
             self.published += len(sent)
             return len(rows)
 
-    async def _publish(self, routing_key: str, envelope: dict[str, Any]) -> None:
+    async def _publish(self, row_id: uuid.UUID, routing_key: str, envelope: dict[str, Any]) -> None:
         if await self.faults.hit("relay.before_publish") == "drop":
             raise ConnectionError("injected drop: the broker never confirmed")
-        await self.bus.publish(Envelope.model_validate(envelope), routing_key)
+        body = json.dumps(envelope, separators=(",", ":")).encode()
+        await self.bus.publish_raw(body, str(row_id), envelope["type"], routing_key)
 
     async def _record_failure(self, conn: AsyncConnection, row_id: uuid.UUID, attempts: int,
                               error: BaseException) -> None:

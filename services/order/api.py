@@ -107,21 +107,18 @@ async def create_order(body: OrderIn, request: Request, response: Response,
                        idempotency_key: Annotated[str | None, Header(max_length=200)] = None) -> dict[str, Any]:
     """Place an order. A retry with the same Idempotency-Key returns the first order (200), never a second."""
     rt = runtime(request)
-    if idempotency_key and (replayed := await _replay(rt, idempotency_key, body, response)):
-        return replayed
     command = PlaceOrder(order_id=uuid.uuid4(), customer_id=body.customer_id, pattern=body.pattern,
                          items=await _price_items(rt, body), idempotency_key=idempotency_key,
                          request_hash=body.fingerprint())
     try:
-        await place_order(rt, command)
+        created_at = await place_order(rt, command)
     except sa.exc.IntegrityError:
+        # the key's unique constraint: this is a retry (or a concurrent twin) of an order already placed
         if idempotency_key and (replayed := await _replay(rt, idempotency_key, body, response)):
-            return replayed  # a concurrent retry won the race
+            return replayed
         raise
     await rt.faults.hit("order.after_local_commit")
-    order = await _load_order(rt, "id", command.order_id)
-    assert order is not None
-    return _public(order)
+    return command.view(created_at)
 
 
 @router.get("/orders/{order_id}")
