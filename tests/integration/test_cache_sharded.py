@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
 from services.cache import ShardedCache, parse_nodes
 from services.cache.config import DEFAULT_NODES
@@ -26,7 +27,7 @@ async def prefix() -> AsyncIterator[str]:
     try:
         for client in clients:
             await client.ping()
-    except OSError as exc:
+    except (RedisError, OSError) as exc:
         pytest.fail(f"cache Redis nodes 6380-6382 must answer (run scripts/local-services): {exc}")
     name = f"test:{uuid.uuid4().hex[:10]}:"
     yield name
