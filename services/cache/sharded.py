@@ -14,6 +14,10 @@ Guarantees:
   agree on the version; the price is a SCAN of the joining node.)
 * A node that fails is a miss, never an error: reads fall through to the loader.
 * The ring is immutable and swapped in one assignment, so a lookup never sees a half-changed ring.
+
+Scope: single flight and the in-flight check are per process. Several processes agree on placement
+only when they apply the same ring changes, and a load in one process racing an invalidation from
+another is the usual cache-aside window, closed at the latest by the TTL.
 """
 
 from __future__ import annotations
@@ -53,6 +57,14 @@ class NodeStats:
 
 
 @dataclass
+class _Flight:
+    """One load in progress; `stale` once the key was invalidated while it ran."""
+
+    task: asyncio.Future[Any] | None = None
+    stale: bool = False
+
+
+@dataclass
 class _PastRing:
     ring: Ring
     until: float
@@ -72,8 +84,7 @@ class ShardedCache:
     _urls: dict[str, str] = field(init=False)
     _clients: dict[str, aioredis.Redis] = field(init=False, default_factory=dict)
     _past: list[_PastRing] = field(init=False, default_factory=list)
-    _flights: dict[str, asyncio.Task[Any]] = field(init=False, default_factory=dict)
-    _generations: dict[str, int] = field(init=False, default_factory=dict)
+    _flights: dict[str, _Flight] = field(init=False, default_factory=dict)
     _stats: dict[str, NodeStats] = field(init=False, default_factory=dict)
     _change_lock: asyncio.Lock = field(init=False, default_factory=asyncio.Lock)
     coalesced: int = field(init=False, default=0)
@@ -114,7 +125,7 @@ class ShardedCache:
 
     async def close(self) -> None:
         """Wait for in-flight loads, then close every connection pool."""
-        pending = list(self._flights.values())
+        pending = [f.task for f in self._flights.values() if f.task is not None]
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)
         clients, self._clients = self._clients, {}
@@ -160,26 +171,28 @@ class ShardedCache:
         """The cached value, or the loader's (stored for `ttl`); one load per key at a time."""
         flight = self._flights.get(key)
         if flight is None:
-            generation = self._generations.get(key, 0)
-            flight = asyncio.ensure_future(self._fetch(key, loader, ttl, generation))
+            flight = _Flight()
+            flight.task = asyncio.ensure_future(self._fetch(key, loader, ttl, flight))
             self._flights[key] = flight
-            flight.add_done_callback(lambda task, key=key: self._land(key, task))
+            flight.task.add_done_callback(lambda _task, key=key, flight=flight: self._land(key, flight))
         else:
             self.coalesced += 1
         # shield: one caller giving up must not cancel the load the others wait for
-        return await asyncio.shield(flight)
+        return await asyncio.shield(flight.task)
 
-    def _land(self, key: str, task: asyncio.Task[Any]) -> None:
-        if self._flights.get(key) is task:
+    def _land(self, key: str, flight: _Flight) -> None:
+        if self._flights.get(key) is flight:
             del self._flights[key]
 
-    async def _fetch(self, key: str, loader: Loader, ttl: float | None, generation: int) -> Any:
+    async def _fetch(self, key: str, loader: Loader, ttl: float | None, flight: _Flight) -> Any:
         found, value = await self.get(key)
         if found:
             return value
         value = await loader()
-        if self._generations.get(key, 0) == generation:  # not invalidated while loading
+        if not flight.stale:
             await self.set(key, value, ttl)
+            if flight.stale:  # invalidated while the SET was on the wire: its DEL may have run first
+                await self._delete_everywhere(key)
         return value
 
     def _owners(self, key: str) -> set[str]:
@@ -198,8 +211,12 @@ class ShardedCache:
         """Delete the key on its owner and on its owners before a change still in progress.
 
         Returns how many nodes it was deleted on. A load in flight for the key is not stored."""
-        self._generations[key] = self._generations.get(key, 0) + 1
-        self._flights.pop(key, None)  # new callers start a fresh load instead of joining the stale one
+        flight = self._flights.pop(key, None)
+        if flight is not None:  # its value may predate the change; new callers start a fresh load
+            flight.stale = True
+        return await self._delete_everywhere(key)
+
+    async def _delete_everywhere(self, key: str) -> int:
         deleted = 0
         for name in self._owners(key):
             try:
