@@ -126,16 +126,16 @@ class Ring:
 
     def node_for(self, key: Key) -> str:
         """The node that owns `key` (str keys are hashed as UTF-8)."""
-        if key.__class__ is str:
-            key = key.encode()
-        elif key.__class__ is not bytes:
-            key = _key_bytes(key)
-        if self._cstring_keys:
-            key = key.partition(b"\0")[0]
+        # the common case (a str key, ketama hashing) takes one branch; the rest go through _hash_input
+        data = key.encode() if key.__class__ is str and not self._cstring_keys else self._hash_input(key)
         try:
-            return self._olist[bisect_left(self._plist, _u32(md5(key).digest())[0])]
+            return self._olist[bisect_left(self._plist, _u32(md5(data).digest())[0])]
         except IndexError:
             raise EmptyRingError("the ring has no nodes") from None
+
+    def _hash_input(self, key: Key) -> bytes:
+        data = _key_bytes(key)
+        return data.partition(b"\0")[0] if self._cstring_keys else data
 
     def nodes_for(self, keys: Iterable[Key]) -> list[str]:
         """Owners of many keys at once, in order; the same answers as `node_for` on each key."""
@@ -143,7 +143,7 @@ class Ring:
             raise EmptyRingError("the ring has no nodes")
         keys = keys if isinstance(keys, list) else list(keys)
         if self._cstring_keys:
-            digests = b"".join([md5(_key_bytes(k).partition(b"\0")[0]).digest() for k in keys])
+            digests = b"".join([md5(self._hash_input(k)).digest() for k in keys])
         else:
             try:  # the all-str fast path: one comprehension, no per-key type checks
                 digests = b"".join([md5(k.encode()).digest() for k in keys])
@@ -158,10 +158,7 @@ class Ring:
 
     def hash_of(self, key: Key) -> int:
         """The key's position on the circle."""
-        key = _key_bytes(key)
-        if self._cstring_keys:
-            key = key.partition(b"\0")[0]
-        return _u32(md5(key).digest())[0]
+        return _u32(md5(self._hash_input(key)).digest())[0]
 
     def successors(self, key: Key) -> Iterator[str]:
         """Distinct nodes met walking clockwise from the key, owner first."""
