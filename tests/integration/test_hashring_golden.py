@@ -117,3 +117,31 @@ def test_key_slot_matches_redis_cluster_keyslot(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+@pytest.mark.parametrize("mode", ["libketama", "twemproxy"])
+@pytest.mark.parametrize("seed", range(6))
+def test_compat_continuum_matches_the_c_reference_for_random_weighted_server_sets(reference: Path, mode: str,
+                                                                                  seed: int) -> None:
+    rng = random.Random(seed)
+    n = rng.choice([1, 2, 3, 13, 47, 71, 100])
+    servers = {f"10.{seed}.{i // 250}.{i % 250}:{rng.choice([11211, 6379])}": rng.randint(1, 9)
+               for i in range(n)}
+    continuum = [line.split() for line in _run(reference, mode, "continuum", servers)]
+    points = [int(p) for p, _ in continuum]
+    ring = Ring(servers, scheme=mode)
+    if len(set(points)) == len(points):
+        assert ring.points.tolist() == points and list(ring.owners) == [name for _, name in continuum]
+    else:  # a tie is qsort's choice in C; the point sets still agree
+        assert ring.points.tolist() == sorted(set(points))
+
+
+def test_libketama_rounding_moves_keys_between_old_servers_where_ketama_does_not() -> None:
+    old = {f"10.0.0.{i}:11211": 1 for i in range(1, 61)}
+    new = {**old, "10.0.0.61:11211": 1}  # 61 servers: libketama drops to 39 digests each
+    keys = _keys()[:20000]
+    for scheme, strays_expected in (("libketama", True), ("ketama", False)):
+        before, after = Ring(old, scheme=scheme), Ring(new, scheme=scheme)
+        strays = sum(b not in (a, "10.0.0.61:11211")
+                     for a, b in zip(before.nodes_for(keys), after.nodes_for(keys), strict=True))
+        assert (strays > 0) is strays_expected, scheme
