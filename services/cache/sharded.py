@@ -26,7 +26,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import msgpack
@@ -70,30 +70,25 @@ class _PastRing:
     until: float
 
 
-@dataclass
 class ShardedCache:
-    """Cache-aside over Redis nodes sharded by a `hashring.Ring`. Use as an async context manager."""
+    """Cache-aside over Redis nodes (ring name -> redis URL) sharded by a `hashring.Ring`.
 
-    nodes: Mapping[str, str]
-    prefix: str = "txlab:cache:"
-    default_ttl: float = 60.0
-    max_ttl: float = 300.0
-    scheme: str = "ketama"
-    clock: Callable[[], float] = time.monotonic
-    _ring: Ring = field(init=False)
-    _urls: dict[str, str] = field(init=False)
-    _clients: dict[str, aioredis.Redis] = field(init=False, default_factory=dict)
-    _past: list[_PastRing] = field(init=False, default_factory=list)
-    _flights: dict[str, _Flight] = field(init=False, default_factory=dict)
-    _stats: dict[str, NodeStats] = field(init=False, default_factory=dict)
-    _change_lock: asyncio.Lock = field(init=False, default_factory=asyncio.Lock)
-    coalesced: int = field(init=False, default=0)
+    Use as an async context manager (or call `start` and `close`)."""
 
-    def __post_init__(self) -> None:
-        if self.default_ttl > self.max_ttl:
+    def __init__(self, nodes: Mapping[str, str], *, prefix: str = "txlab:cache:", default_ttl: float = 60.0,
+                 max_ttl: float = 300.0, scheme: str = "ketama",
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if default_ttl > max_ttl:
             raise ValueError("default_ttl cannot exceed max_ttl")
-        self._urls = dict(self.nodes)
-        self._ring = Ring(list(self._urls), scheme=self.scheme)
+        self.prefix, self.default_ttl, self.max_ttl, self.clock = prefix, default_ttl, max_ttl, clock
+        self._urls = dict(nodes)
+        self._ring = Ring(list(self._urls), scheme=scheme)
+        self._clients: dict[str, aioredis.Redis] = {}
+        self._past: list[_PastRing] = []
+        self._flights: dict[str, _Flight] = {}
+        self._stats: dict[str, NodeStats] = {}
+        self._change_lock = asyncio.Lock()
+        self.coalesced = 0  # get_or_load calls that joined a load already in flight
 
     @classmethod
     def from_env(cls, **overrides: Any) -> ShardedCache:
@@ -271,6 +266,11 @@ class ShardedCache:
     @property
     def ring(self) -> Ring:
         return self._ring
+
+    @property
+    def nodes(self) -> dict[str, str]:
+        """Ring name to URL of the nodes on the ring now."""
+        return dict(self._urls)
 
     def ring_info(self) -> dict[str, Any]:
         """Nodes with URL, points and share of the circle, for `GET /cache/ring`."""

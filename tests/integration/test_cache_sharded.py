@@ -130,6 +130,7 @@ async def test_invalidate_during_a_ring_change_also_deletes_on_the_previous_owne
         before = cache.ring
         share = await cache.add_node(*FOURTH)
         assert 0.1 < share < 0.45
+        assert cache.nodes == {**NODES, FOURTH[0]: FOURTH[1]}
         moved = [k for k in keys if cache.ring.node_for(k) == FOURTH[0]]
         assert moved and all(before.node_for(k) != FOURTH[0] for k in moved)
         key = moved[0]
