@@ -59,7 +59,9 @@ def node_points(name: str, digests: int) -> np.ndarray:
     if digests <= 0:
         return np.empty(0, dtype=np.uint32)
     buf = b"".join([md5(f"{name}-{i}".encode()).digest() for i in range(digests)])
-    return np.frombuffer(buf, dtype="<u4").astype(np.uint32)
+    points = np.frombuffer(buf, dtype="<u4").astype(np.uint32)
+    points.flags.writeable = False  # shared by every ring derived from the one that made it
+    return points
 
 
 def check_name(scheme: str, name: str) -> None:
