@@ -1,20 +1,8 @@
-"""Where the cache nodes are: `TXLAB_CACHE_NODES`, a comma list of redis URLs."""
+"""Naming cache nodes: `TXLAB_CACHE_NODES` is a comma list of redis URLs; a node's ring name is host:port."""
 
 from __future__ import annotations
 
 from urllib.parse import urlsplit
-
-from pydantic_settings import BaseSettings, SettingsConfigDict
-
-DEFAULT_NODES = "redis://127.0.0.1:6380,redis://127.0.0.1:6381,redis://127.0.0.1:6382"
-
-
-class CacheSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="TXLAB_", extra="ignore")
-
-    cache_nodes: str = DEFAULT_NODES
-    cache_prefix: str = "txlab:cache:"
-    cache_max_ttl: float = 300.0  # no entry lives longer; also how long a ring change stays "in progress"
 
 
 def node_name(url: str) -> str:

@@ -25,8 +25,9 @@ from rich.console import Console
 from rich.table import Table
 
 from hashring import Ring
-from services.cache.config import CacheSettings, parse_nodes
+from services.cache.config import parse_nodes
 from services.cache.sharded import ShardedCache
+from services.common.settings import Settings
 
 console = Console(width=120)  # wide enough for the tables when the output is not a terminal
 
@@ -114,7 +115,7 @@ def _moved_keys(before: Ring, after: Ring, keys: list[str]) -> float:
 
 
 async def run(args: argparse.Namespace) -> int:
-    nodes = parse_nodes(CacheSettings().cache_nodes)
+    nodes = parse_nodes(Settings().cache_nodes)
     for name, url in nodes.items():
         client = aioredis.Redis.from_url(url)
         try:

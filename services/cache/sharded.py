@@ -34,7 +34,8 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from hashring import Ring, moved_share
-from services.cache.config import CacheSettings, parse_nodes
+from services.cache.config import parse_nodes
+from services.common.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -91,9 +92,9 @@ class ShardedCache:
         self.coalesced = 0  # get_or_load calls that joined a load already in flight
 
     @classmethod
-    def from_env(cls, **overrides: Any) -> ShardedCache:
-        """A cache over the nodes of `TXLAB_CACHE_NODES`."""
-        settings = CacheSettings()
+    def from_env(cls, settings: Settings | None = None, **overrides: Any) -> ShardedCache:
+        """A cache over the nodes of `TXLAB_CACHE_NODES` (or of `settings`)."""
+        settings = settings or Settings()
         options: dict[str, Any] = {"prefix": settings.cache_prefix, "max_ttl": settings.cache_max_ttl}
         options.update(overrides)
         return cls(parse_nodes(settings.cache_nodes), **options)

@@ -17,6 +17,8 @@ class Settings(BaseSettings):
     pg: str = "postgresql://postgres@127.0.0.1:5432"
     amqp: str = "amqp://guest:guest@127.0.0.1:5672/"
     cache_nodes: str = "redis://127.0.0.1:6380,redis://127.0.0.1:6381,redis://127.0.0.1:6382"
+    cache_prefix: str = "txlab:cache:"
+    cache_max_ttl: float = 300.0  # no entry lives longer; also how long a ring change stays "in progress"
     admin_token: str = ""  # unset: the token `txlab up` saved under data_dir, else a new random one
     data_dir: Path = Path(".txlab")
     host: str = "127.0.0.1"

@@ -15,9 +15,9 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from services.cache import ShardedCache, parse_nodes
-from services.cache.config import DEFAULT_NODES
+from services.common.settings import Settings
 
-NODES = parse_nodes(DEFAULT_NODES)
+NODES = parse_nodes(Settings().cache_nodes)
 FOURTH = ("127.0.0.1:6382/1", "redis://127.0.0.1:6382/1")
 
 
