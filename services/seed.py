@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import psycopg
 
+from services.cache.membership import flush
 from services.common.db import migrate
 from services.common.settings import Settings
 
@@ -60,4 +61,5 @@ def reset_and_seed(settings: Settings, plan: SeedPlan) -> tuple[int, int]:
         with conn.cursor() as cur:
             cur.executemany("INSERT INTO customers (id, name, initial_cents, balance_cents) VALUES (%s, %s, %s, %s)",
                             [(cid, name, bal, bal) for cid, name, bal in plan.customer_rows()])
+    flush(settings)  # cached views of the data just replaced
     return plan.products, plan.customers

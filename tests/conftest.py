@@ -14,6 +14,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from services.cache.membership import flush
 from services.common.settings import SERVICES, Settings
 
 
@@ -66,6 +67,7 @@ def isolated_settings(servers: dict[str, str], data_dir: Path) -> Settings:
     """Settings of an isolated txlab: own databases, own exchanges and queues, own ports and data dir."""
     tag = f"t{uuid.uuid4().hex[:8]}"
     return Settings(**servers, db_prefix=f"txlab_{tag}", bus_prefix=f"{tag}.", admin_token=f"token-{tag}",
+                    cache_prefix=f"{tag}:cache:",
                     data_dir=data_dir, admin_port=free_port(), order_port=free_port(),
                     inventory_port=free_port(), payment_port=free_port(), relay_poll_seconds=0.5,
                     relay_max_attempts=3)
@@ -77,6 +79,7 @@ def destroy(s: Settings) -> None:
         with psycopg.connect(f"{s.pg.rstrip('/')}/postgres", autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{s.database(service)}" WITH (FORCE)')
     _delete_bus(s)
+    flush(s)
 
 
 @pytest.fixture(scope="session")

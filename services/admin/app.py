@@ -9,12 +9,16 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
+import redis.asyncio as aioredis
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
+from redis.exceptions import RedisError
 
+from services.cache.membership import current_nodes, save_nodes
+from services.cache.sharded import ShardedCache
 from services.checker import CannotCheck, run_checks
 from services.common.auth import require_token
 from services.common.faults import POINTS, Arming, FaultSpecError
-from services.common.service_app import ArmRequest, install_error_handlers
+from services.common.service_app import ArmRequest, CacheNode, install_error_handlers
 from services.common.settings import SERVICES, Settings, get_settings
 
 
@@ -48,7 +52,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.settings = settings
         app.state.http = httpx.AsyncClient(timeout=10.0)
+        app.state.cache = ShardedCache(current_nodes(settings), prefix=settings.cache_prefix,
+                                       max_ttl=settings.cache_max_ttl)
+        await app.state.cache.start()
         yield
+        await app.state.cache.close()
         await app.state.http.aclose()
 
     app = FastAPI(title="txlab admin", lifespan=lifespan)
@@ -105,6 +113,46 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             return (await asyncio.to_thread(run_checks, settings, wait)).to_dict()
         except CannotCheck as exc:
             raise HTTPException(503, f"cannot check: {exc}") from exc
+
+    @r.get("/cache/ring")
+    async def cache_ring(request: Request) -> dict[str, Any]:
+        """The nodes, their points and share of the circle, and each service's hits and misses per node."""
+        per_service = await _fan_out(request, "GET", "/internal/cache", SERVICES)
+        return request.app.state.cache.ring_info() | {
+            "stats": {svc: info["stats"] for svc, info in zip(SERVICES, per_service, strict=True)}}
+
+    @r.post("/cache/nodes", status_code=201)
+    async def cache_add(body: CacheNode, request: Request) -> dict[str, Any]:
+        """Add a Redis node to the ring of every service, live; it joins empty."""
+        cache: ShardedCache = request.app.state.cache
+        if body.name in cache.nodes:
+            raise HTTPException(409, f"cache node {body.name!r} is already on the ring")
+        probe = aioredis.Redis.from_url(body.url, socket_timeout=3)
+        try:
+            await probe.ping()
+        except (RedisError, OSError) as exc:
+            raise HTTPException(422, f"cache node {body.url} does not answer PING: {exc}") from exc
+        finally:
+            await probe.aclose()
+        before = len(cache.nodes)
+        share = await cache.add_node(body.name, body.url)
+        save_nodes(settings, cache.nodes)
+        await _fan_out(request, "POST", "/internal/cache/nodes", SERVICES, json=body.model_dump())
+        return {"moved_share": share, "ideal_share": 1 / (before + 1), "ring": cache.ring_info()}
+
+    @r.delete("/cache/nodes/{name:path}")
+    async def cache_remove(name: str, request: Request) -> dict[str, Any]:
+        """Remove a node from the ring of every service, live; its keys move to the next nodes."""
+        cache: ShardedCache = request.app.state.cache
+        if name not in cache.nodes:
+            raise HTTPException(404, f"no cache node {name!r}; see GET /cache/ring")
+        if len(cache.nodes) == 1:
+            raise HTTPException(422, "cannot remove the last cache node")
+        before = len(cache.nodes)
+        share = await cache.remove_node(name)
+        save_nodes(settings, cache.nodes)
+        await _fan_out(request, "DELETE", f"/internal/cache/nodes/{name}", SERVICES)
+        return {"moved_share": share, "ideal_share": 1 / before, "ring": cache.ring_info()}
 
     app.include_router(r)
 

@@ -69,6 +69,7 @@ class UnitOfWork:
 
     conn: AsyncConnection
     emitted: list[Envelope] = field(default_factory=list)
+    stale_keys: set[str] = field(default_factory=set)  # cached views to invalidate once committed
 
     async def claim(self, envelope: Envelope) -> bool:
         """Record `envelope` in the inbox; False when it was already processed (a duplicate)."""

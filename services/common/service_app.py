@@ -20,6 +20,8 @@ from pydantic import BaseModel, Field
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from services.cache.membership import current_nodes
+from services.cache.sharded import ShardedCache
 from services.common.auth import require_token
 from services.common.bus import Bus
 from services.common.db import make_engine
@@ -45,6 +47,7 @@ class Runtime:
     faults: FaultInjector
     relay: OutboxRelay
     http: httpx.AsyncClient  # calls to the other services
+    cache: ShardedCache
     stats: Counter[str] = field(default_factory=Counter)  # events applied, duplicates skipped
 
 
@@ -64,6 +67,14 @@ async def apply_event(rt: Runtime, handlers: dict[str, EventHandler], envelope: 
         await handler(uow, envelope)
         await rt.faults.hit(f"{rt.service}.before_commit")
     rt.stats["events_applied"] += 1
+    await invalidate_after_commit(rt, uow)
+
+
+async def invalidate_after_commit(rt: Runtime, uow: UnitOfWork) -> None:
+    """Delete the cached views the committed transaction changed (after commit: a reader cannot
+    reload the old value between the delete and the commit)."""
+    for key in uow.stale_keys:
+        await rt.cache.invalidate(key)
 
 
 def create_service_app(service: str, router: APIRouter, handlers: dict[str, EventHandler],
@@ -78,7 +89,9 @@ def create_service_app(service: str, router: APIRouter, handlers: dict[str, Even
         await bus.connect()
         relay = OutboxRelay(engine, bus, settings, service, faults)
         http = httpx.AsyncClient(timeout=5.0)
-        rt = Runtime(service, settings, engine, bus, faults, relay, http)
+        cache = ShardedCache(current_nodes(settings), prefix=settings.cache_prefix, max_ttl=settings.cache_max_ttl)
+        await cache.start()
+        rt = Runtime(service, settings, engine, bus, faults, relay, http, cache)
         app.state.rt = rt
         relay_task = asyncio.create_task(relay.run(), name=f"{service}-relay")
         await bus.consume(handlers, lambda env: apply_event(rt, handlers, env))
@@ -90,6 +103,7 @@ def create_service_app(service: str, router: APIRouter, handlers: dict[str, Even
                 await relay_task
             await bus.close()
             await http.aclose()
+            await cache.close()
             await engine.dispose()
 
     app = FastAPI(title=f"txlab {service} service", lifespan=lifespan)
@@ -161,6 +175,11 @@ class BodyLimit:
             await refuse(scope, receive, send)
 
 
+class CacheNode(BaseModel):
+    name: str = Field(min_length=1, max_length=200)
+    url: str = Field(pattern=r"^rediss?://", max_length=500)
+
+
 class ArmRequest(BaseModel):
     point: str
     action: str
@@ -200,6 +219,25 @@ def internal_router(service: str) -> APIRouter:
     async def stats(request: Request) -> dict[str, int]:
         rt = runtime(request)
         return dict(rt.stats) | {"relay_published": rt.relay.published}
+
+    @r.get("/cache")
+    async def cache_info(request: Request) -> dict[str, Any]:
+        cache = runtime(request).cache
+        return cache.ring_info() | {"stats": {n: vars(st) for n, st in cache.stats().items()}}
+
+    @r.post("/cache/nodes")
+    async def cache_add(body: CacheNode, request: Request) -> dict[str, float]:
+        cache = runtime(request).cache
+        if body.name in cache.nodes:
+            return {"moved_share": 0.0}
+        return {"moved_share": await cache.add_node(body.name, body.url)}
+
+    @r.delete("/cache/nodes/{name:path}")
+    async def cache_remove(name: str, request: Request) -> dict[str, float]:
+        cache = runtime(request).cache
+        if name not in cache.nodes:
+            return {"moved_share": 0.0}
+        return {"moved_share": await cache.remove_node(name)}
 
     @r.get("/outbox")
     async def outbox(request: Request, status: str = "PARKED", limit: int = 100) -> list[dict[str, Any]]:

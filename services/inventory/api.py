@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import sqlalchemy as sa
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, HTTPException, Path, Query, Request
 
-from services.common.service_app import runtime
+from services.cache.keys import CATALOGUE_TTL, STOCK_TTL, product_key, stock_key
+from services.common.service_app import Runtime, runtime
 
 router = APIRouter()
 
@@ -26,12 +27,23 @@ async def list_products(request: Request,
         return [dict(r._mapping) for r in rows]
 
 
+async def _select_one(rt: Runtime, query: str, sku: str) -> dict[str, Any] | None:
+    async with rt.engine.connect() as conn:
+        row = (await conn.execute(sa.text(query), {"s": sku})).first()
+    return dict(row._mapping) if row else None
+
+
 @router.get("/products/{sku}")
-async def get_product(sku: str, request: Request) -> dict[str, Any]:
-    async with runtime(request).engine.connect() as conn:
-        row = (await conn.execute(sa.text(
-            "SELECT sku, name, price_cents, available, reserved, sold FROM products WHERE sku = :s"),
-            {"s": sku})).first()
-    if row is None:
+async def get_product(sku: Annotated[str, Path(max_length=64)], request: Request) -> dict[str, Any]:
+    """One product with its stock view, read through the sharded cache (cache-aside).
+
+    The catalogue entry (name, price) is cached for long; the stock view is invalidated by every event
+    that changes it, after that event's transaction committed."""
+    rt = runtime(request)
+    product = await rt.cache.get_or_load(product_key(sku), lambda: _select_one(
+        rt, "SELECT sku, name, price_cents FROM products WHERE sku = :s", sku), ttl=CATALOGUE_TTL)
+    if product is None:
         raise HTTPException(404, f"no product with sku {sku!r}")
-    return dict(row._mapping)
+    stock = await rt.cache.get_or_load(stock_key(sku), lambda: _select_one(
+        rt, "SELECT available, reserved, sold FROM products WHERE sku = :s", sku), ttl=STOCK_TTL)
+    return product | (stock or {})

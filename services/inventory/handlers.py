@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
+from services.cache.keys import stock_key
 from services.common.envelope import Envelope
 from services.common.outbox import UnitOfWork
 from services.inventory.domain import RELEASED, RESERVED, SOLD, Line, shortages
@@ -22,6 +23,7 @@ async def reserve_stock(uow: UnitOfWork, event: Envelope) -> None:
         await uow.conn.execute(sa.text(
             "UPDATE products SET available = available - :q, reserved = reserved + :q WHERE sku = :s"),
             {"q": line.qty, "s": line.sku})
+        uow.stale_keys.add(stock_key(line.sku))
     await uow.conn.execute(sa.text(
         "INSERT INTO reservations (order_id, sku, qty, status) VALUES (:o, :s, :q, :st)"),
         [{"o": event.order_id, "s": line.sku, "q": line.qty, "st": RESERVED} for line in lines])
@@ -39,6 +41,7 @@ async def _settle(uow: UnitOfWork, event: Envelope, to: str) -> list[dict]:
         await uow.conn.execute(sa.text(
             f"UPDATE products SET reserved = reserved - :q, {moved} = {moved} + :q WHERE sku = :s"),
             {"q": r.qty, "s": r.sku})
+        uow.stale_keys.add(stock_key(r.sku))
     return [{"sku": r.sku, "qty": r.qty} for r in rows]
 
 

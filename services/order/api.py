@@ -6,12 +6,15 @@ import asyncio
 import hashlib
 import uuid
 from typing import Annotated, Any
+from urllib.parse import quote
 
 import httpx
 import sqlalchemy as sa
 from fastapi import APIRouter, Header, HTTPException, Request, Response
+from fastapi.encoders import jsonable_encoder
 from pydantic import BaseModel, Field, field_validator
 
+from services.cache.keys import CATALOGUE_TTL, ORDER_TTL, customer_key, order_key, product_key
 from services.common.service_app import Runtime, runtime
 from services.order.placement import PATTERNS, Item, PlaceOrder, place_order
 
@@ -59,22 +62,39 @@ async def _fetch(rt: Runtime, url: str, **params: Any) -> httpx.Response:
         raise HTTPException(503, f"cannot reach {url}: {exc.__class__.__name__}") from exc
 
 
+async def _lookup(rt: Runtime, url: str, fields: tuple[str, ...]) -> dict[str, Any] | None:
+    """GET `url` on another service: its `fields`, None on 404, 503 when it cannot answer."""
+    response = await _fetch(rt, url)
+    if response.status_code == 404:
+        return None
+    if response.status_code != 200:
+        raise HTTPException(503, f"{url} answered {response.status_code}")
+    body = response.json()
+    return {f: body[f] for f in fields}
+
+
+async def _product(rt: Runtime, sku: str) -> dict[str, Any] | None:
+    url = f"{rt.settings.url('inventory')}/products/{quote(sku, safe='')}"
+    return await rt.cache.get_or_load(product_key(sku), lambda: _lookup(rt, url, ("sku", "name", "price_cents")),
+                                      ttl=CATALOGUE_TTL)
+
+
+async def _customer(rt: Runtime, customer_id: str) -> dict[str, Any] | None:
+    url = f"{rt.settings.url('payment')}/customers/{quote(customer_id, safe='')}"
+    return await rt.cache.get_or_load(customer_key(customer_id), lambda: _lookup(rt, url, ("id", "name")),
+                                      ttl=CATALOGUE_TTL)
+
+
 async def _price_items(rt: Runtime, body: OrderIn) -> list[Item]:
-    """Validate the skus and the customer against inventory and payment; price the items."""
-    inventory, payment = rt.settings.url("inventory"), rt.settings.url("payment")
-    products, customer = await asyncio.gather(_fetch(rt, f"{inventory}/products", sku=[i.sku for i in body.items]),
-                                              _fetch(rt, f"{payment}/customers/{body.customer_id}"))
-    if products.status_code != 200:
-        raise HTTPException(503, f"inventory answered {products.status_code}")
-    prices = {p["sku"]: p["price_cents"] for p in products.json()}
-    unknown = [i.sku for i in body.items if i.sku not in prices]
+    """Validate the skus and the customer (read through the sharded cache) and price the items."""
+    *products, customer = await asyncio.gather(*(_product(rt, i.sku) for i in body.items),
+                                               _customer(rt, body.customer_id))
+    unknown = [i.sku for i, p in zip(body.items, products, strict=True) if p is None]
     if unknown:
         raise HTTPException(422, f"unknown sku(s): {', '.join(unknown)}")
-    if customer.status_code == 404:
+    if customer is None:
         raise HTTPException(422, f"unknown customer {body.customer_id!r}")
-    if customer.status_code != 200:
-        raise HTTPException(503, f"payment answered {customer.status_code}")
-    return [Item(i.sku, i.qty, prices[i.sku]) for i in body.items]
+    return [Item(i.sku, i.qty, p["price_cents"]) for i, p in zip(body.items, products, strict=True)]
 
 
 async def _load_order(rt: Runtime, where: str, value: Any) -> dict[str, Any] | None:
@@ -123,10 +143,17 @@ async def create_order(body: OrderIn, request: Request, response: Response,
 
 @router.get("/orders/{order_id}")
 async def get_order(order_id: uuid.UUID, request: Request) -> dict[str, Any]:
-    order = await _load_order(runtime(request), "id", order_id)
+    """One order, read through the sharded cache; every event that changes it invalidates it."""
+    rt = runtime(request)
+
+    async def load() -> dict[str, Any] | None:
+        order = await _load_order(rt, "id", order_id)
+        return jsonable_encoder(_public(order)) if order else None
+
+    order = await rt.cache.get_or_load(order_key(order_id), load, ttl=ORDER_TTL)
     if order is None:
         raise HTTPException(404, f"no order {order_id}")
-    return _public(order)
+    return order
 
 
 @router.get("/orders")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
+from services.cache.keys import order_key
 from services.common.envelope import Envelope
 from services.common.outbox import UnitOfWork
 from services.order.domain import (
@@ -27,6 +28,7 @@ async def _record(uow: UnitOfWork, event: Envelope, column: str, value: str) -> 
         {"v": value, "r": event.payload.get("reason"), "o": event.order_id})).first()
     if row is None:
         raise LookupError(f"event {event.type} for unknown order {event.order_id}")
+    uow.stale_keys.add(order_key(event.order_id))
     status = decide(row.stock_status, row.payment_status) if row.status == PENDING else None
     if status is None:
         return
