@@ -1,4 +1,4 @@
-"""The admin API (token-protected): arm faults in the services, re-send parked outbox rows, check invariants."""
+"""The admin API (token-protected): arm faults in the services, re-send failed outbox rows, check invariants."""
 
 from __future__ import annotations
 
@@ -93,8 +93,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await _fan_out(request, "DELETE", "/internal/faults", SERVICES, params={"point": point} if point else {})
         return {"disarmed": point or "all"}
 
-    @r.get("/outbox/parked")
-    async def parked(request: Request) -> list[dict[str, Any]]:
+    @r.get("/outbox/failed")
+    async def failed_rows(request: Request) -> list[dict[str, Any]]:
         return [row for per in await _fan_out(request, "GET", "/internal/outbox", SERVICES) for row in per]
 
     @r.post("/outbox/{service}/resend")

@@ -1,8 +1,8 @@
 """The local message table: outbox rows written in the business transaction, an inbox for dedupe, and
 the relay that publishes outbox rows with publisher confirms.
 
-Row states (as stored): PENDING -> SENT, or PENDING -> PARKED after `relay_max_attempts` failures
-(visible and re-sendable through the admin API).
+Row states (as stored): PENDING -> SENT, or PENDING -> FAILED after `relay_max_attempts` failures: the
+row is parked, visible and re-sendable through the admin API (`GET /outbox/failed`, `POST .../resend`).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from services.common.settings import Settings
 
 log = logging.getLogger("txlab.outbox")
 
-PENDING, SENT, PARKED = "PENDING", "SENT", "PARKED"
+PENDING, SENT, FAILED = "PENDING", "SENT", "FAILED"
 
 
 def messaging_tables(metadata: sa.MetaData) -> tuple[sa.Table, sa.Table]:
@@ -159,17 +159,18 @@ class OutboxRelay:
     async def _record_failure(self, conn: AsyncConnection, row_id: uuid.UUID, attempts: int,
                               error: BaseException) -> None:
         parked = attempts >= self.settings.relay_max_attempts
-        log.warning("outbox row %s attempt %d failed%s: %r", row_id, attempts, " (parked)" if parked else "", error)
+        log.warning("outbox row %s attempt %d failed%s: %r", row_id, attempts,
+                    " (FAILED: parked until re-sent)" if parked else "", error)
         await conn.execute(sa.text(
             "UPDATE outbox SET attempts = :a, last_error = :e, status = :s, "
             "next_attempt_at = now() + make_interval(secs => :d) WHERE id = :id"),
-            {"a": attempts, "e": repr(error)[:500], "s": PARKED if parked else PENDING,
+            {"a": attempts, "e": repr(error)[:500], "s": FAILED if parked else PENDING,
              "d": backoff_seconds(attempts), "id": row_id})
 
 
-async def resend_parked(engine: AsyncEngine, row_id: uuid.UUID | None = None) -> int:
-    """Put PARKED rows (one, or all) back to PENDING with a fresh attempt budget."""
-    where = "status = 'PARKED'" + (" AND id = :id" if row_id else "")
+async def resend_failed(engine: AsyncEngine, row_id: uuid.UUID | None = None) -> int:
+    """Put FAILED rows (one, or all) back to PENDING with a fresh attempt budget."""
+    where = "status = 'FAILED'" + (" AND id = :id" if row_id else "")
     async with engine.begin() as conn:
         result = await conn.execute(sa.text(
             f"UPDATE outbox SET status = 'PENDING', attempts = 0, next_attempt_at = now() WHERE {where}"),

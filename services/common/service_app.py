@@ -27,7 +27,7 @@ from services.common.bus import Bus
 from services.common.db import make_engine
 from services.common.envelope import Envelope
 from services.common.faults import POINTS, Arming, FaultInjector, FaultSpecError, InjectedFault
-from services.common.outbox import OutboxRelay, UnitOfWork, resend_parked, unit_of_work
+from services.common.outbox import OutboxRelay, UnitOfWork, resend_failed, unit_of_work
 from services.common.settings import Settings, get_settings
 
 log = logging.getLogger("txlab.service")
@@ -189,7 +189,7 @@ class ArmRequest(BaseModel):
 
 
 def internal_router(service: str) -> APIRouter:
-    """Routes the admin API fans out to: fault arming and the parked outbox rows."""
+    """Routes the admin API fans out to: fault arming and the failed outbox rows."""
     r = APIRouter(prefix="/internal", dependencies=[Depends(require_token)])
 
     @r.get("/faults")
@@ -240,9 +240,9 @@ def internal_router(service: str) -> APIRouter:
         return {"moved_share": await cache.remove_node(name)}
 
     @r.get("/outbox")
-    async def outbox(request: Request, status: str = "PARKED", limit: int = 100) -> list[dict[str, Any]]:
-        if status not in ("PENDING", "SENT", "PARKED"):
-            raise HTTPException(422, "status must be PENDING, SENT or PARKED")
+    async def outbox(request: Request, status: str = "FAILED", limit: int = 100) -> list[dict[str, Any]]:
+        if status not in ("PENDING", "SENT", "FAILED"):
+            raise HTTPException(422, "status must be PENDING, SENT or FAILED")
         async with runtime(request).engine.connect() as conn:
             rows = await conn.execute(sa.text(
                 "SELECT id, order_id, routing_key, status, attempts, next_attempt_at, last_error, created_at "
@@ -252,6 +252,6 @@ def internal_router(service: str) -> APIRouter:
 
     @r.post("/outbox/resend")
     async def resend(request: Request, id: uuid.UUID | None = None) -> dict[str, int]:
-        return {"resent": await resend_parked(runtime(request).engine, id)}
+        return {"resent": await resend_failed(runtime(request).engine, id)}
 
     return r

@@ -93,7 +93,7 @@ def _free_port() -> int:
 
 def test_key_slot_matches_redis_cluster_keyslot(tmp_path: Path) -> None:
     if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is needed")
+        pytest.fail("redis-server is needed (scripts/local-services installs nothing; apt-get install redis-server)")
     port = _free_port()
     proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled",
                              "yes", "--cluster-config-file", str(tmp_path / "nodes.conf"), "--save", "",
@@ -101,12 +101,14 @@ def test_key_slot_matches_redis_cluster_keyslot(tmp_path: Path) -> None:
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         client = redis.Redis(host="127.0.0.1", port=port)
-        for _ in range(100):
+        for _ in range(400):
             try:
                 client.ping()
                 break
             except redis.ConnectionError:
                 time.sleep(0.05)
+        else:
+            pytest.fail("the cluster-mode redis-server did not answer within 20 s")
         tagged = ["{user1000}.following", "foo{}{bar}", "foo{{bar}}zap", "foo{bar}{zap}", "", "{}"]
         keys = [*_keys()[:3000], *tagged]
         pipe = client.pipeline()

@@ -11,7 +11,7 @@ from services.common.bus import Bus
 from services.common.db import make_engine, migrate
 from services.common.envelope import Envelope
 from services.common.faults import Arming, FaultInjector
-from services.common.outbox import OutboxRelay, resend_parked, unit_of_work
+from services.common.outbox import OutboxRelay, resend_failed, unit_of_work
 
 
 @pytest.fixture(scope="module")
@@ -123,9 +123,9 @@ async def test_unconfirmed_publish_backs_off_then_parks_and_resend_revives_it(se
     async with engine.begin() as conn:
         await conn.execute(sa.text("UPDATE outbox SET next_attempt_at = now()"))
     await relay.publish_batch()
-    assert await statuses(engine) == {"PARKED": 1}
+    assert await statuses(engine) == {"FAILED": 1}
     faults.disarm()
-    assert await resend_parked(engine) == 1
+    assert await resend_failed(engine) == 1
     await drain_relay(relay)
     assert await statuses(engine) == {"SENT": 1}
     assert await probe(expect=1) == [message_id]

@@ -14,7 +14,7 @@ async def test_unpublishable_row_is_parked_visible_and_resendable(client, http, 
     try:
         _, order = await client.place({"customer_id": RICH, "items": [{"sku": PLENTY, "qty": 1}]})
         for _ in range(200):
-            parked = await client.admin("GET", "/outbox/parked")
+            parked = await client.admin("GET", "/outbox/failed")
             if parked:
                 break
             await asyncio.sleep(0.1)
@@ -23,10 +23,10 @@ async def test_unpublishable_row_is_parked_visible_and_resendable(client, http, 
         assert parked[0]["attempts"] == settings.relay_max_attempts and "drop" in parked[0]["last_error"]
         assert (await http.get(f"/orders/{order['id']}")).json()["status"] == "PENDING"
         report = await asyncio.to_thread(run_checks, settings)
-        assert report.invariants[-1].counts.get("order_outbox_parked") == 1
+        assert report.invariants[-1].counts.get("order_outbox_failed") == 1
     finally:
         await client.admin("DELETE", "/faults")
     assert await client.admin("POST", "/outbox/order/resend") == {"resent": 1}
     assert (await final(http, order["id"]))["status"] == "PAID"
-    assert await client.admin("GET", "/outbox/parked") == []
+    assert await client.admin("GET", "/outbox/failed") == []
     assert (await asyncio.to_thread(run_checks, settings, 30.0)).exit_code == 0
