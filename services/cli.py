@@ -64,6 +64,11 @@ def scenario(ctx: typer.Context,
     raise typer.Exit(_run_entry(SCENARIOS[name], list(ctx.args)))
 
 
+def _console() -> Console:
+    """A console as wide as the terminal, or wide enough for the tables when piped to a file."""
+    return Console() if sys.stdout.isatty() else Console(width=150)
+
+
 def _settings() -> Settings:
     return get_settings()
 
@@ -77,7 +82,7 @@ def _fail(message: str, code: int = 2) -> NoReturn:
 def up() -> None:
     """Start every service as a child process; restart crashed ones; Ctrl-C stops them all."""
     settings = _settings()
-    console = Console()
+    console = _console()
 
     async def run() -> None:
         async with Supervisor(settings) as sup:
@@ -111,7 +116,7 @@ def migrate() -> None:
             run_migrations(settings, service)
         except psycopg.OperationalError as exc:
             _fail(f"cannot reach PostgreSQL ({exc}); run scripts/local-services")
-        Console().print(f"{settings.database(service)}: at head")
+        _console().print(f"{settings.database(service)}: at head")
 
 
 @app.command()
@@ -125,7 +130,7 @@ def seed(products: int = typer.Option(50, min=1, max=100_000), customers: int = 
         n_products, n_customers = reset_and_seed(_settings(), plan)
     except psycopg.OperationalError as exc:
         _fail(f"cannot reach PostgreSQL ({exc}); run scripts/local-services")
-    Console().print(f"seeded {n_products} products and {n_customers} customers (seed {rng_seed})")
+    _console().print(f"seeded {n_products} products and {n_customers} customers (seed {rng_seed})")
 
 
 @app.command()
@@ -139,7 +144,7 @@ def check(wait: float = typer.Option(0.0, help="seconds to wait for convergence 
     if as_json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
-        render_report(report, Console())
+        render_report(report, _console())
     raise typer.Exit(report.exit_code)
 
 
@@ -149,7 +154,7 @@ def demo(pattern: str = typer.Option("outbox"), orders: int = typer.Option(200, 
          faults: list[str] = typer.Option(["none"], help="none | random | point=action[:ms][,times=N][,p=P]"),
          converge_timeout: float = typer.Option(90.0)) -> None:
     """Run the e-commerce scenario (starting the system when it is not running) and print the results."""
-    console = Console()
+    console = _console()
     try:
         plan = fault_plan(faults)
     except FaultSpecError as exc:
@@ -189,7 +194,7 @@ def fault_arm(specs: list[str] = typer.Argument(..., help="point=action[:ms][,ti
         except FaultSpecError as exc:
             _fail(str(exc))
         armed = _admin("POST", "/faults", json=arming.request() | {"service": service})
-        Console().print(f"armed {spec} in {', '.join(a['service'] for a in armed)}")
+        _console().print(f"armed {spec} in {', '.join(a['service'] for a in armed)}")
 
 
 @fault_app.command("list")
@@ -200,7 +205,7 @@ def fault_list() -> None:
         action = f"delay:{a['delay_ms']}" if a["action"] == "delay" else a["action"]
         table.add_row(a["service"], a["point"], action, str(a["times"] or "∞"), str(a["probability"]),
                       str(a["fired"]))
-    Console().print(table)
+    _console().print(table)
 
 
 @fault_app.command("points")
@@ -209,14 +214,14 @@ def fault_points() -> None:
     table = Table("point", "actions", "services", "where")
     for p in _admin("GET", "/faults/points"):
         table.add_row(p["name"], ", ".join(p["actions"]), ", ".join(p["services"]), p["description"])
-    Console().print(table)
+    _console().print(table)
 
 
 @fault_app.command("clear")
 def fault_clear(point: str | None = typer.Argument(None)) -> None:
     """Disarm one point, or all."""
     _admin("DELETE", "/faults", params={"point": point} if point else {})
-    Console().print(f"disarmed {point or 'all'}")
+    _console().print(f"disarmed {point or 'all'}")
 
 
 def _mount_optional(module_name: str, name: str) -> None:
