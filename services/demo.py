@@ -12,7 +12,7 @@ import random
 import statistics
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -171,12 +171,15 @@ async def wait_converged(settings: Settings, timeout: float, progress: Progress 
 
 async def run_demo(settings: Settings, *, orders: int = 200, concurrency: int = 16, pattern: str = "outbox",
                    faults: list[Arming] | None = None, plan: SeedPlan | None = None,
-                   converge_timeout: float = 90.0, console: Console | None = None) -> DemoResult:
+                   converge_timeout: float = 90.0, console: Console | None = None,
+                   on_seeded: Callable[[], object] | None = None) -> DemoResult:
     console = console or Console()
     plan = plan or SeedPlan()
     result = DemoResult(pattern=pattern)
     async with running_system(settings, console):
         await asyncio.to_thread(reset_and_seed, settings, plan)
+        if on_seeded is not None:
+            on_seeded()
         client = Client(settings)
         try:
             await client.admin("DELETE", "/faults")
