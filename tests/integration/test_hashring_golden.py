@@ -34,14 +34,16 @@ KEYS = 100_000
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # scripts/system-packages (run by `make`) installs gcc and libssl-dev, so their absence is a failure
     if shutil.which("gcc") is None:
-        pytest.skip("gcc is needed to build the C reference")
+        pytest.fail("gcc is needed to build the C reference: run scripts/system-packages")
     exe = tmp_path_factory.mktemp("ketama") / "ketama_reference"
     source = HERE / "ketama_reference.c"
     built = subprocess.run(["gcc", "-O2", "-o", str(exe), str(source), "-lcrypto", "-lm"],
                            capture_output=True, text=True)
     if built.returncode != 0:
-        pytest.skip(f"cannot build the C reference (OpenSSL headers missing?): {built.stderr[-300:]}")
+        pytest.fail(f"cannot build the C reference (OpenSSL headers missing? run scripts/system-packages): "
+                    f"{built.stderr[-300:]}")
     return exe
 
 
@@ -92,8 +94,8 @@ def _free_port() -> int:
 
 
 def test_key_slot_matches_redis_cluster_keyslot(tmp_path: Path) -> None:
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is needed")
+    if shutil.which("redis-server") is None:  # scripts/local-services needs it too
+        pytest.fail("redis-server is needed: apt-get install redis-server")
     port = _free_port()
     proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled",
                              "yes", "--cluster-config-file", str(tmp_path / "nodes.conf"), "--save", "",

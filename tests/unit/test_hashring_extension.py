@@ -108,8 +108,6 @@ def test_an_empty_ring_raises_empty_ring_error_on_both_paths() -> None:
 
 
 def test_continuum_rejects_inputs_that_would_index_out_of_bounds() -> None:
-
-
     from hashring._ketama import Continuum
 
     pts = np.array([1, 5, 9], dtype=np.uint32)
