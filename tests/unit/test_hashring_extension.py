@@ -146,3 +146,24 @@ print("\\n".join(ring.node_for(k) for k in keys))
     keys = [f"user:{i}" for i in range(2000)] + [f"sku:{i}".encode() for i in range(2000)]
     assert ring._fast is not None
     assert out == ring.nodes_for(keys) * 2
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 17, 1000, 70_000, 300_000])
+def test_continuum_finds_the_first_point_at_or_after_the_hash_for_any_point_set(size: int) -> None:
+    from hashring._ketama import Continuum
+
+    rng = np.random.default_rng(size)
+    points = np.sort(rng.integers(0, 1 << 32, size, dtype=np.uint64).astype(np.uint32))
+    if size > 2:  # the ends of the circle are points too
+        points[0], points[-1] = 0, (1 << 32) - 1
+    owners = rng.integers(0, 7, size, dtype=np.int32)
+    names = tuple(f"n{i}" for i in range(7))
+    keys = [f"k{i}" for i in range(20_000)]
+    # the pure-Python rule: bisect_left over the points, past the last point wraps to the first
+    hash_of = Ring([]).hash_of
+    hashes = np.array([hash_of(k) for k in keys], dtype=np.uint32)
+    at = np.searchsorted(points, hashes, side="left") % size
+    expected = [names[i] for i in owners[at]]
+    continuum = Continuum(points, owners, names)
+    assert continuum.nodes_for(keys) == expected
+    assert [continuum.node_for(k) for k in keys[:2000]] == expected[:2000]
