@@ -7,6 +7,9 @@ Collision rule: when two nodes put a point on the same value, the node whose nam
 (Python string order, the same as UTF-8 byte order) keeps that point and the other's is dropped;
 a node's own duplicate points collapse into one. The mapping is therefore a function of the set of
 (name, weight) pairs only, never of insertion order. libketama itself leaves such ties to qsort.
+
+`node_for` and `nodes_for` run in the C extension `hashring._ketama` when it was built, else in the
+pure-Python code here, which is the reference: both give the same owner for every key.
 """
 
 from __future__ import annotations
