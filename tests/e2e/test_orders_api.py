@@ -128,7 +128,9 @@ async def test_invariants_hold_after_the_api_tests(settings, system):
     assert report.exit_code == 0, report.to_dict()
 
 
-JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=12),
+SCALAR = (st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
+          | st.text(max_size=12))
+JSON = st.recursive(SCALAR,
                     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
                     max_leaves=8)
 ITEM = st.fixed_dictionaries({}, optional={"sku": st.sampled_from([PLENTY, SCARCE]) | JSON,
