@@ -6,7 +6,9 @@ STAMP   := $(VENV)/.installed
 
 .PHONY: demo test unit sim bench services lint up check clean
 
-$(STAMP): pyproject.toml
+# system packages first: gcc and the OpenSSL headers build hashring's C extension
+$(STAMP): pyproject.toml hashring/_ketama.c scripts/system-packages
+	PY=$(PY) scripts/system-packages
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'

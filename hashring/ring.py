@@ -7,6 +7,9 @@ Collision rule: when two nodes put a point on the same value, the node whose nam
 (Python string order, the same as UTF-8 byte order) keeps that point and the other's is dropped;
 a node's own duplicate points collapse into one. The mapping is therefore a function of the set of
 (name, weight) pairs only, never of insertion order. libketama itself leaves such ties to qsort.
+
+`node_for` and `nodes_for` run in the C extension `hashring._ketama` when it was built, else in the
+pure-Python code here, which is the reference: both give the same owner for every key.
 """
 
 from __future__ import annotations
@@ -20,6 +23,14 @@ from types import MappingProxyType
 import numpy as np
 
 from hashring.schemes import DEFAULT_POINTS, SCHEMES, check_name, digest_count, md5, node_points
+
+try:  # the C lookups; the pure-Python ones below stay the fallback and the reference
+    from hashring._ketama import Continuum as _Continuum
+except ImportError:  # built without a compiler or OpenSSL headers
+    _Continuum = None
+
+ACCELERATED = _Continuum is not None
+"""True when lookups run in the C extension `hashring._ketama`, False on the pure-Python path."""
 
 CIRCLE = 1 << 32
 Key = str | bytes
@@ -64,7 +75,7 @@ class Ring:
     for "ketama" (a multiple of 4); the other schemes fix it at 160.
     """
 
-    __slots__ = ("_collisions", "_cstring_keys", "_names", "_names_arr", "_node_points", "_olist",
+    __slots__ = ("_collisions", "_cstring_keys", "_fast", "_names", "_names_arr", "_node_points", "_olist",
                  "_own", "_own_ext", "_plist", "_points", "_points_per_weight", "_scheme", "_weights")
 
     def __init__(self, nodes: Iterable[str] | Mapping[str, int] = (), scheme: str = "ketama", *,
@@ -112,6 +123,7 @@ class Ring:
         self._plist = pts.tolist()
         olist = [names[i] for i in own.tolist()]
         self._olist = [*olist, *olist[:1]]
+        self._fast = None if _Continuum is None else _Continuum(pts, own, names, self._cstring_keys)
 
     @classmethod
     def _derived(cls, base: Ring, weights: dict[str, int]) -> Ring:
@@ -126,6 +138,14 @@ class Ring:
 
     def node_for(self, key: Key) -> str:
         """The node that owns `key` (str keys are hashed as UTF-8)."""
+        if self._fast is None:
+            return self._node_for_py(key)
+        try:
+            return self._fast.node_for(key)
+        except IndexError:
+            raise EmptyRingError("the ring has no nodes") from None
+
+    def _node_for_py(self, key: Key) -> str:
         # the common case (a str key, ketama hashing) takes one branch; the rest go through _hash_input
         data = key.encode() if key.__class__ is str and not self._cstring_keys else self._hash_input(key)
         try:
@@ -139,6 +159,13 @@ class Ring:
 
     def nodes_for(self, keys: Iterable[Key]) -> list[str]:
         """Owners of many keys at once, in order; the same answers as `node_for` on each key."""
+        if not self._plist:
+            raise EmptyRingError("the ring has no nodes")
+        if self._fast is not None:
+            return self._fast.nodes_for(keys)
+        return self._nodes_for_py(keys)
+
+    def _nodes_for_py(self, keys: Iterable[Key]) -> list[str]:
         if not self._plist:
             raise EmptyRingError("the ring has no nodes")
         keys = keys if isinstance(keys, list) else list(keys)

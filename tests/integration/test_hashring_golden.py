@@ -34,14 +34,16 @@ KEYS = 100_000
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # scripts/system-packages (run by `make`) installs gcc and libssl-dev, so their absence is a failure
     if shutil.which("gcc") is None:
-        pytest.skip("gcc is needed to build the C reference")
+        pytest.fail("gcc is needed to build the C reference: run scripts/system-packages")
     exe = tmp_path_factory.mktemp("ketama") / "ketama_reference"
     source = HERE / "ketama_reference.c"
     built = subprocess.run(["gcc", "-O2", "-o", str(exe), str(source), "-lcrypto", "-lm"],
                            capture_output=True, text=True)
     if built.returncode != 0:
-        pytest.skip(f"cannot build the C reference (OpenSSL headers missing?): {built.stderr[-300:]}")
+        pytest.fail(f"cannot build the C reference (OpenSSL headers missing? run scripts/system-packages): "
+                    f"{built.stderr[-300:]}")
     return exe
 
 
@@ -85,30 +87,40 @@ def test_weighted_libketama_matches_the_c_reference(reference: Path) -> None:
     assert ring.nodes_for(keys) == _run(reference, "libketama", "keys", servers, keys)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _free_cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000) is free too: redis-server exits without it."""
+    for _ in range(100):
+        with socket.socket() as s, socket.socket() as bus:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+            if port + 10000 > 65535:
+                continue
+            try:
+                bus.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+            return port
+    pytest.fail("no free port pair (port, port + 10000) for a Redis cluster node")
 
 
 def test_key_slot_matches_redis_cluster_keyslot(tmp_path: Path) -> None:
-    if shutil.which("redis-server") is None:
-        pytest.fail("redis-server is needed (scripts/local-services installs nothing; apt-get install redis-server)")
-    port = _free_port()
+    if shutil.which("redis-server") is None:  # scripts/local-services needs it too
+        pytest.fail("redis-server is needed: apt-get install redis-server")
+    port = _free_cluster_port()
     proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled",
                              "yes", "--cluster-config-file", str(tmp_path / "nodes.conf"), "--save", "",
                              "--appendonly", "no", "--dir", str(tmp_path)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         client = redis.Redis(host="127.0.0.1", port=port)
-        for _ in range(400):
+        for _ in range(100):
             try:
                 client.ping()
                 break
             except redis.ConnectionError:
+                if proc.poll() is not None:
+                    pytest.fail(f"redis-server exited with {proc.returncode} on port {port}")
                 time.sleep(0.05)
-        else:
-            pytest.fail("the cluster-mode redis-server did not answer within 20 s")
         tagged = ["{user1000}.following", "foo{}{bar}", "foo{{bar}}zap", "foo{bar}{zap}", "", "{}"]
         keys = [*_keys()[:3000], *tagged]
         pipe = client.pipeline()
