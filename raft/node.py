@@ -1,0 +1,276 @@
+"""A Raft node process: the event loop that drives the deterministic core with a clock, a disk and a network.
+
+Per Ready, in order (the contract of `raft.types.Ready`): persist the hard state, snapshot and entries
+(one fsync for the whole batch, in a dedicated writer thread so the loop keeps accepting proposals,
+which then form the next batch: group commit), then send the messages, then apply the snapshot and
+the committed entries to the KV state machine, answer the reads whose index is applied, and advance.
+
+Guarantees given to clients: `submit` resolves only once its entry is committed and applied here (and
+reports the state machine's outcome); `read_barrier` resolves only once this leader confirmed its
+leadership with a quorum after the read arrived and applied everything committed before it (ReadIndex),
+so a read served after it is linearizable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import heapq
+import itertools
+import logging
+import os
+import random
+from dataclasses import dataclass
+
+from raft.core import Config, NotLeader, Raft
+from raft.kv import KVStateMachine, Outcome
+from raft.storage import Storage
+from raft.transport import Transport
+from raft.types import EntryType, Message, Role
+
+log = logging.getLogger("raft.node")
+
+TICK_SECONDS = 0.01
+
+
+@dataclass
+class NodeConfig:
+    """Where a node lives: node i serves HTTP on base_port + i - 1 and Raft on base_port + 100 + i - 1."""
+
+    id: int
+    nodes: int
+    data_dir: str
+    base_port: int = 7200
+    host: str = "127.0.0.1"
+    commit_quorum: str = "majority"
+    election_tick: int = 15  # x 10 ms: election timeout random in [150, 300) ms
+    heartbeat_tick: int = 5  # x 10 ms: 50 ms
+    snapshot_every: int = 20_000  # applied entries between two snapshots (log compaction)
+    request_timeout: float = 5.0
+
+    def http_port(self, node_id: int) -> int:
+        return self.base_port + node_id - 1
+
+    def raft_port(self, node_id: int) -> int:
+        return self.base_port + 100 + node_id - 1
+
+    def http_url(self, node_id: int) -> str:
+        return f"http://{self.host}:{self.http_port(node_id)}"
+
+    @property
+    def node_dir(self) -> str:
+        return os.path.join(self.data_dir, f"node-{self.id}")
+
+
+class CommitUnknown(Exception):
+    """The entry was proposed but this node cannot tell whether it committed (leader change, timeout)."""
+
+
+class RaftNode:
+    """One replica of the KV store; create it, `await start()`, then submit commands and serve reads."""
+
+    def __init__(self, cfg: NodeConfig) -> None:
+        self.cfg = cfg
+        self.storage, rec = Storage.open(cfg.node_dir)
+        self.kv = KVStateMachine()
+        if rec.snapshot is not None:
+            self.kv.restore(rec.snapshot.data)
+        self.snapshot_index = rec.snapshot.index if rec.snapshot else 0
+        peers = tuple(range(1, cfg.nodes + 1))
+        self.core = Raft(
+            Config(cfg.id, peers, election_tick=cfg.election_tick, heartbeat_tick=cfg.heartbeat_tick,
+                   commit_quorum=cfg.commit_quorum, seed=random.SystemRandom().randrange(1 << 30)),
+            hard_state=rec.hard_state, snapshot=rec.snapshot, entries=rec.entries,
+            applied=self.snapshot_index)
+        self.applied = self.snapshot_index
+        self.recovered_entries = len(rec.entries)
+        self.transport = Transport(cfg.id, lambda i: (cfg.host, cfg.raft_port(i)), self._on_messages)
+        self._writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"raft-wal-{cfg.id}")
+        self._wake = asyncio.Event()
+        self._waiters: dict[int, tuple[int, asyncio.Future]] = {}  # log index -> (term proposed in, future)
+        self._reads_waiting: list[asyncio.Future] = []  # not yet covered by a read_index request
+        self._reads_sent: dict[bytes, list[asyncio.Future]] = {}  # context -> reads it answers
+        self._reads_ready: list[tuple[int, int, list[asyncio.Future]]] = []  # heap of (index, seq, futures)
+        self._ctx = itertools.count(1)
+        self._tasks: list[asyncio.Task] = []
+        self._stopped = False
+
+    # ------------------------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        await self.transport.start()
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._ticker()), loop.create_task(self._ready_loop())]
+
+    async def stop(self) -> None:
+        self._stopped = True
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            try:
+                await t
+            except asyncio.CancelledError:
+                pass
+        await self.transport.close()
+        self._writer.shutdown(wait=True)
+        self.storage.close()
+
+    # ------------------------------------------------------------------------------------ client API
+    @property
+    def is_leader(self) -> bool:
+        return self.core.role is Role.LEADER
+
+    async def submit(self, command: bytes) -> Outcome:
+        """Replicate `command`; returns its outcome once committed and applied. Raises NotLeader, or
+        CommitUnknown when leadership changed or the timeout passed before this node saw it apply."""
+        index = self.core.propose(command)
+        fut = asyncio.get_running_loop().create_future()
+        self._waiters[index] = (self.core.term, fut)
+        self._wake.set()
+        try:
+            return await asyncio.wait_for(fut, self.cfg.request_timeout)
+        except TimeoutError as exc:
+            self._waiters.pop(index, None)
+            raise CommitUnknown(f"not applied within {self.cfg.request_timeout:g}s") from exc
+
+    async def read_barrier(self) -> None:
+        """Wait until a read of the local state machine is linearizable (ReadIndex). Raises NotLeader or
+        CommitUnknown (leadership not confirmed in time)."""
+        if not self.is_leader:
+            raise NotLeader(self.core.leader)
+        fut = asyncio.get_running_loop().create_future()
+        self._reads_waiting.append(fut)
+        self._wake.set()
+        try:
+            await asyncio.wait_for(fut, self.cfg.request_timeout)
+        except TimeoutError as exc:
+            raise CommitUnknown(f"leadership not confirmed within {self.cfg.request_timeout:g}s") from exc
+
+    def campaign(self) -> None:
+        self.core.campaign()
+        self._wake.set()
+
+    def transfer_leadership(self, to: int) -> None:
+        self.core.transfer_leadership(to)
+        self._wake.set()
+
+    def status(self) -> dict:
+        st = self.core.status()
+        st["peers"] = {i: self.cfg.http_url(i) for i in range(1, self.cfg.nodes + 1)}
+        st["snapshot_index"] = self.snapshot_index
+        st["blocked"] = sorted(self.transport.blocked)
+        st["commit_quorum"] = self.cfg.commit_quorum
+        st["keys"] = len(self.kv.data)
+        return st
+
+    # ------------------------------------------------------------------------------------ event loop
+    def _on_messages(self, messages: list[Message]) -> None:
+        step = self.core.step
+        for m in messages:
+            step(m)
+        self._wake.set()
+
+    async def _ticker(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_at = loop.time()
+        while True:
+            next_at += TICK_SECONDS
+            await asyncio.sleep(max(0.0, next_at - loop.time()))
+            self.core.tick()
+            self._wake.set()
+
+    async def _ready_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        core = self.core
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                self._request_reads()
+                while core.has_ready():
+                    rd = core.ready()
+                    if rd.snapshot is not None or rd.must_sync:
+                        await loop.run_in_executor(self._writer, self.storage.save, rd.hard_state, rd.entries,
+                                                   rd.snapshot, rd.must_sync)
+                    elif rd.hard_state is not None or rd.entries:
+                        self.storage.save(rd.hard_state, rd.entries, None, False)  # no fsync: a quick write
+                    self.transport.send(rd.messages)
+                    if rd.snapshot is not None:
+                        self._install_snapshot(rd.snapshot)
+                    if rd.committed_entries:
+                        self._apply(rd.committed_entries)
+                    if rd.read_states:
+                        for rs in rd.read_states:
+                            futs = self._reads_sent.pop(rs.context, None)
+                            if futs:
+                                heapq.heappush(self._reads_ready, (rs.index, next(self._ctx), futs))
+                    self._serve_reads()
+                    if rd.soft_state is not None and rd.soft_state.role is not Role.LEADER:
+                        self._fail_reads()
+                    core.advance(rd)
+                    self._request_reads()
+                    if self.applied - self.snapshot_index >= self.cfg.snapshot_every:
+                        await self._take_snapshot()
+            except Exception:
+                log.exception("node %d: fatal error in the Ready loop", self.cfg.id)
+                os._exit(70)  # a replica that cannot persist or apply must stop rather than diverge
+
+    def _apply(self, entries: list) -> None:
+        kv_apply = self.kv.apply
+        waiters = self._waiters
+        for e in entries:
+            outcome = kv_apply(e.data) if e.type is EntryType.NORMAL and e.data else None
+            if waiters:
+                w = waiters.pop(e.index, None)
+                if w is not None and not w[1].done():
+                    if w[0] == e.term:
+                        w[1].set_result(outcome)
+                    else:
+                        w[1].set_exception(CommitUnknown("leadership changed; the entry was replaced"))
+        self.applied = entries[-1].index
+
+    def _install_snapshot(self, snap) -> None:
+        self.kv.restore(snap.data)
+        self.applied = max(self.applied, snap.index)
+        self.snapshot_index = snap.index
+        for index in [i for i in self._waiters if i <= snap.index]:
+            _, fut = self._waiters.pop(index)
+            if not fut.done():
+                fut.set_exception(CommitUnknown("superseded by a snapshot from the leader"))
+
+    async def _take_snapshot(self) -> None:
+        index = self.applied
+        self.core.compact(index, self.kv.snapshot())
+        snap = self.core.snapshot
+        assert snap is not None
+        await asyncio.get_running_loop().run_in_executor(self._writer, self.storage.save_snapshot, snap)
+        self.snapshot_index = index
+
+    def _request_reads(self) -> None:
+        if not self._reads_waiting:
+            return
+        waiting, self._reads_waiting = self._reads_waiting, []
+        ctx = b"%d" % next(self._ctx)
+        try:
+            self.core.read_index(ctx)
+        except NotLeader as exc:
+            for f in waiting:
+                if not f.done():
+                    f.set_exception(NotLeader(exc.leader))
+            return
+        self._reads_sent[ctx] = waiting
+
+    def _serve_reads(self) -> None:
+        heap = self._reads_ready
+        while heap and heap[0][0] <= self.applied:
+            for f in heapq.heappop(heap)[2]:
+                if not f.done():
+                    f.set_result(None)
+
+    def _fail_reads(self) -> None:
+        """Leadership lost: the pending read requests will never be confirmed; let clients retry."""
+        pending = [f for futs in self._reads_sent.values() for f in futs] + self._reads_waiting
+        self._reads_sent.clear()
+        self._reads_waiting = []
+        for f in pending:
+            if not f.done():
+                f.set_exception(NotLeader(self.core.leader))
