@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -69,6 +70,8 @@ def node(
         import uvloop
 
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    gc.freeze()  # start-up objects never need collecting
+    gc.set_threshold(50_000, 20, 20)  # fewer young-generation passes: they are pauses on the commit path
     asyncio.run(_serve(cfg, os.environ.get("TXLAB_ADMIN_TOKEN")))
 
 

@@ -26,11 +26,12 @@ from raft.core import Config, NotLeader, Raft
 from raft.kv import KVStateMachine, Outcome
 from raft.storage import Storage
 from raft.transport import Transport
-from raft.types import EntryType, Message, Role
+from raft.types import EntryType, Message, MsgType, Role
 
 log = logging.getLogger("raft.node")
 
 TICK_SECONDS = 0.01
+_LEADER_EARLY = frozenset({MsgType.APPEND, MsgType.HEARTBEAT, MsgType.SNAPSHOT})
 
 
 @dataclass
@@ -188,12 +189,20 @@ class RaftNode:
                 self._request_reads()
                 while core.has_ready():
                     rd = core.ready()
+                    messages = rd.messages
+                    if core.role is Role.LEADER and rd.messages:
+                        # Thesis §10.2.1: a leader may replicate while it writes its own log. Safe here
+                        # because it counts as stored only what followers ack, and no commit can be
+                        # announced or applied before this Ready's fsync ends (the next Ready waits).
+                        early = [m for m in messages if m.type in _LEADER_EARLY]
+                        self.transport.send(early)
+                        messages = [m for m in messages if m.type not in _LEADER_EARLY]
                     if rd.snapshot is not None or rd.must_sync:
                         await loop.run_in_executor(self._writer, self.storage.save, rd.hard_state, rd.entries,
                                                    rd.snapshot, rd.must_sync)
                     elif rd.hard_state is not None or rd.entries:
                         self.storage.save(rd.hard_state, rd.entries, None, False)  # no fsync: a quick write
-                    self.transport.send(rd.messages)
+                    self.transport.send(messages)
                     if rd.snapshot is not None:
                         self._install_snapshot(rd.snapshot)
                     if rd.committed_entries:
