@@ -55,6 +55,7 @@ def node(
     quorum: str = typer.Option("majority", help="commit quorum: majority (Raft) or all (master-slave)"),
     election_tick: int = typer.Option(15, help="election timeout in 10 ms ticks, randomised in [T, 2T)"),
     snapshot_every: int = typer.Option(20_000, help="applied entries between snapshots"),
+    check_quorum: bool = typer.Option(True, help="a leader that stops hearing a majority steps down"),
 ) -> None:
     """Run one node in the foreground (this is what `up` starts, and how a killed node is restarted)."""
     from raft.node import NodeConfig
@@ -65,7 +66,8 @@ def node(
         raise typer.BadParameter("--quorum must be majority or all")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     cfg = NodeConfig(id=id, nodes=nodes, base_port=base_port, data_dir=data_dir or _default_data_dir(),
-                     commit_quorum=quorum, election_tick=election_tick, snapshot_every=snapshot_every)
+                     commit_quorum=quorum, election_tick=election_tick, snapshot_every=snapshot_every,
+                     check_quorum=check_quorum)
     with contextlib.suppress(ImportError):
         import uvloop
 

@@ -24,6 +24,7 @@ class LocalCluster:
     quorum: str = "majority"
     election_tick: int | None = None
     snapshot_every: int | None = None
+    extra_args: list[str] = field(default_factory=list)  # more `txlab raft node` options for every node
     log_dir: str | None = None  # node stderr goes to log_dir/node-i.log when set, else inherited
     procs: dict[int, subprocess.Popen] = field(default_factory=dict)
 
@@ -37,7 +38,7 @@ class LocalCluster:
             cmd += ["--election-tick", str(self.election_tick)]
         if self.snapshot_every is not None:
             cmd += ["--snapshot-every", str(self.snapshot_every)]
-        return cmd
+        return cmd + self.extra_args
 
     def start(self, ids: list[int] | None = None) -> None:
         """Start the given nodes (all by default) and wait until each answers HTTP."""

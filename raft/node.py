@@ -47,6 +47,7 @@ class NodeConfig:
     election_tick: int = 15  # x 10 ms: election timeout random in [150, 300) ms
     heartbeat_tick: int = 5  # x 10 ms: 50 ms
     snapshot_every: int = 20_000  # applied entries between two snapshots (log compaction)
+    check_quorum: bool = True  # off only to show the seed's "minority leader that believes it leads"
     request_timeout: float = 5.0
 
     def http_port(self, node_id: int) -> int:
@@ -80,7 +81,8 @@ class RaftNode:
         peers = tuple(range(1, cfg.nodes + 1))
         self.core = Raft(
             Config(cfg.id, peers, election_tick=cfg.election_tick, heartbeat_tick=cfg.heartbeat_tick,
-                   commit_quorum=cfg.commit_quorum, seed=random.SystemRandom().randrange(1 << 30)),
+                   commit_quorum=cfg.commit_quorum, check_quorum=cfg.check_quorum,
+                   seed=random.SystemRandom().randrange(1 << 30)),
             hard_state=rec.hard_state, snapshot=rec.snapshot, entries=rec.entries,
             applied=self.snapshot_index)
         self.applied = self.snapshot_index
@@ -146,7 +148,11 @@ class RaftNode:
         except TimeoutError as exc:
             raise CommitUnknown(f"leadership not confirmed within {self.cfg.request_timeout:g}s") from exc
 
-    def campaign(self) -> None:
+    def campaign(self, delay: float = 0.0) -> None:
+        """Start an election now, or after `delay` seconds (lets a demo start two at the same instant)."""
+        if delay > 0:
+            asyncio.get_running_loop().call_later(delay, self.campaign)
+            return
         self.core.campaign()
         self._wake.set()
 

@@ -2,9 +2,10 @@
 
 Each node keeps one outbound connection to every peer and accepts theirs. `send` groups a Ready's
 messages by destination and writes each group as one length-prefixed msgpack frame without waiting
-for any reply (pipelining: the core's flow control bounds what is in flight). A message to a peer that
-is unreachable, or whose socket buffer is already full, is dropped: Raft retransmits by design, and
-a stalled peer must never make the leader buffer without bound.
+for any reply (pipelining: the core's flow control bounds what is in flight). A message to a peer
+that is unreachable (beyond a few frames queued while connecting), or whose socket buffer is already
+full, is dropped: Raft retransmits by design, and a stalled peer must never make the leader buffer
+without bound.
 
 The partition filter drops every message to or from the blocked node ids, in both directions at this
 node, so blocking {2, 3} on node 1 cuts node 1 off from 2 and 3 without touching them.
@@ -24,6 +25,7 @@ from raft.types import Message
 log = logging.getLogger("raft.transport")
 
 MAX_BUFFERED = 8 * 1024 * 1024  # bytes queued to one peer beyond which new frames are dropped
+MAX_PENDING_FRAMES = 64  # frames kept for a peer while connecting; beyond that they are dropped
 BACKOFF_MIN = 0.02
 BACKOFF_MAX = 0.5
 
@@ -74,6 +76,7 @@ class _Peer:
         self.connecting: asyncio.Task | None = None
         self.next_attempt = 0.0
         self.backoff = BACKOFF_MIN
+        self.pending: list[bytes] = []  # frames queued while the connection is being made
 
 
 def _nodelay(transport: asyncio.BaseTransport) -> None:
@@ -133,7 +136,10 @@ class Transport:
                 peer = self._peers[to] = _Peer(to)
             conn = peer.conn
             if conn is None or conn.is_closing():
-                self.dropped += len(batch)
+                if len(peer.pending) < MAX_PENDING_FRAMES:
+                    peer.pending.append(encode_batch(batch))  # sent as soon as the connection is up
+                else:
+                    self.dropped += len(batch)
                 self._ensure_connecting(peer)
                 continue
             if conn.get_write_buffer_size() > MAX_BUFFERED:
@@ -157,12 +163,17 @@ class Transport:
         except OSError:
             peer.next_attempt = loop.time() + peer.backoff
             peer.backoff = min(peer.backoff * 2, BACKOFF_MAX)
+            self.dropped += len(peer.pending)
+            peer.pending.clear()
             return
         if self._closed:
             conn.close()
             return
         peer.conn = conn
         peer.backoff = BACKOFF_MIN
+        for frame in peer.pending:
+            conn.write(frame)
+        peer.pending.clear()
 
     async def close(self) -> None:
         """Stop listening and close every connection."""
