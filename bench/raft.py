@@ -20,8 +20,10 @@ import json
 import os
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -31,6 +33,7 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
+from bench.raft_frontends import FRONTENDS
 from raft.cluster import LocalCluster
 
 console = Console()
@@ -213,6 +216,42 @@ def _wait_caught_up(cluster: LocalCluster, node: int, timeout: float = 20.0) -> 
     raise TimeoutError(f"node {node} did not catch up")
 
 
+# -------------------------------------------------------------------------------------- front ends
+def compare_frontends(port: int, seconds: float, rounds: int = 3) -> int:
+    """Requests/s of each HTTP front end alone, interleaved over `rounds` to average out machine noise."""
+    rates: dict[str, list[float]] = {name: [] for name in FRONTENDS}
+    p50s: dict[str, list[float]] = {name: [] for name in FRONTENDS}
+    for _ in range(rounds):
+        for name in FRONTENDS:
+            proc = subprocess.Popen([sys.executable, "-m", "bench.raft_frontends", name, str(port)])
+            try:
+                _wait_port(port)
+                r = asyncio.run(drive(name, raft_request(f"http://127.0.0.1:{port}"), 64, seconds, 0.5))
+                rates[name].append(r.rate)
+                p50s[name].append(r.pct(0.5))
+            finally:
+                proc.terminate()
+                proc.wait(10)
+    table = Table(title=f"HTTP front end alone, 64 in flight (median of {rounds} interleaved rounds)")
+    for col in ("front end", "requests/s", "p50 ms", "vs fastapi"):
+        table.add_column(col, justify="right")
+    base = statistics.median(rates["fastapi-uvicorn"])
+    for name in FRONTENDS:
+        rate = statistics.median(rates[name])
+        table.add_row(name, f"{rate:,.0f}", _ms(statistics.median(p50s[name])), f"{rate / base:.2f}x")
+    console.print(table)
+    return 0
+
+
+def _wait_port(port: int, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on port {port}")
+
+
 # ------------------------------------------------------------------------------------------- main
 def _ms(x: float) -> str:
     return f"{x:.2f}"
@@ -234,12 +273,16 @@ def main(argv: list[str]) -> int:
     p.add_argument("--base-port", type=int, default=7600)
     p.add_argument("--etcd-port", type=int, default=23790)
     p.add_argument("--no-etcd", action="store_true")
+    p.add_argument("--frontends", action="store_true",
+                   help="only compare HTTP front ends (no Raft behind them) at 64 in flight")
     args = p.parse_args(argv)
     levels = [int(x) for x in args.levels.split(",")]
     with contextlib.suppress(ImportError):
         import uvloop
 
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    if args.frontends:
+        return compare_frontends(args.base_port, args.seconds)
 
     results: list[Result] = []
     failover: list[float] = []
