@@ -7,8 +7,7 @@
 - `DELETE /kv/{key}` -> 200 deleted, 404 absent.
 - `GET /raft/status` -> id, role, term, leader, commit, applied, peers, ...
 - Admin (Bearer TXLAB_ADMIN_TOKEN when that variable is set): `POST /raft/partition` `{"block": [ids]}`,
-  `DELETE /raft/partition`, `POST /raft/campaign` (optional `{"at": unix_time}` to start at that instant),
-  `POST /raft/transfer-leader` `{"to": id}`.
+  `DELETE /raft/partition`, `POST /raft/campaign`, `POST /raft/transfer-leader` `{"to": id}`.
 
 On a follower, KV routes answer 307 with Location on the leader (same path), or 503 `{"leader": null}`
 while no leader is known. Optional headers `X-Client-Id` + `X-Request-Seq` make a write exactly-once:
@@ -19,7 +18,6 @@ from __future__ import annotations
 
 import hmac
 import json
-import time
 from typing import Any
 from urllib.parse import unquote
 
@@ -144,11 +142,8 @@ class KVApi:
             status = 405 if name in ("campaign", "transfer-leader") else 404
             return _error(status, f"no route {req.method} /raft/{name}")
         if name == "campaign":
-            at = _body(req).get("at") if req.body else None
-            if at is not None and not isinstance(at, int | float):
-                raise BadRequest('"at" must be a Unix time in seconds')
-            node.campaign(max(0.0, at - time.time()) if at is not None else 0.0)
-            return _json(200, {"campaigning": node.cfg.id, "at": at})
+            node.campaign()
+            return _json(200, {"campaigning": node.cfg.id})
         if name == "transfer-leader":
             to = _field(_body(req), "to")
             if not isinstance(to, int):

@@ -56,6 +56,7 @@ def node(
     election_tick: int = typer.Option(15, help="election timeout in 10 ms ticks, randomised in [T, 2T)"),
     snapshot_every: int = typer.Option(20_000, help="applied entries between snapshots"),
     check_quorum: bool = typer.Option(True, help="a leader that stops hearing a majority steps down"),
+    pre_vote: bool = typer.Option(True, help="ask for pre-votes before disrupting a term (Raft thesis 9.6)"),
 ) -> None:
     """Run one node in the foreground (this is what `up` starts, and how a killed node is restarted)."""
     from raft.node import NodeConfig
@@ -67,7 +68,7 @@ def node(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     cfg = NodeConfig(id=id, nodes=nodes, base_port=base_port, data_dir=data_dir or _default_data_dir(),
                      commit_quorum=quorum, election_tick=election_tick, snapshot_every=snapshot_every,
-                     check_quorum=check_quorum)
+                     check_quorum=check_quorum, pre_vote=pre_vote)
     with contextlib.suppress(ImportError):
         import uvloop
 

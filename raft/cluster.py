@@ -7,13 +7,34 @@ stops exactly the processes it started (by pid) and nothing else.
 from __future__ import annotations
 
 import os
+import random
 import signal
+import socket
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 
 import httpx
+
+
+def free_base_port(nodes: int = 3) -> int:
+    """A base port such that base..base+n-1 (HTTP) and base+100..base+100+n-1 (Raft) are free right now."""
+    for _ in range(200):
+        base = random.randrange(20_000, 40_000)
+        socks = []
+        try:
+            for port in [*range(base, base + nodes), *range(base + 100, base + 100 + nodes)]:
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError("no free port range on 127.0.0.1")
 
 
 @dataclass

@@ -48,6 +48,7 @@ class NodeConfig:
     heartbeat_tick: int = 5  # x 10 ms: 50 ms
     snapshot_every: int = 20_000  # applied entries between two snapshots (log compaction)
     check_quorum: bool = True  # off only to show the seed's "minority leader that believes it leads"
+    pre_vote: bool = True  # off only to show a split vote deterministically
     request_timeout: float = 5.0
 
     def http_port(self, node_id: int) -> int:
@@ -81,7 +82,7 @@ class RaftNode:
         peers = tuple(range(1, cfg.nodes + 1))
         self.core = Raft(
             Config(cfg.id, peers, election_tick=cfg.election_tick, heartbeat_tick=cfg.heartbeat_tick,
-                   commit_quorum=cfg.commit_quorum, check_quorum=cfg.check_quorum,
+                   commit_quorum=cfg.commit_quorum, check_quorum=cfg.check_quorum, pre_vote=cfg.pre_vote,
                    seed=random.SystemRandom().randrange(1 << 30)),
             hard_state=rec.hard_state, snapshot=rec.snapshot, entries=rec.entries,
             applied=self.snapshot_index)
@@ -148,11 +149,8 @@ class RaftNode:
         except TimeoutError as exc:
             raise CommitUnknown(f"leadership not confirmed within {self.cfg.request_timeout:g}s") from exc
 
-    def campaign(self, delay: float = 0.0) -> None:
-        """Start an election now, or after `delay` seconds (lets a demo start two at the same instant)."""
-        if delay > 0:
-            asyncio.get_running_loop().call_later(delay, self.campaign)
-            return
+    def campaign(self) -> None:
+        """Start an election now (PreVote first unless disabled)."""
         self.core.campaign()
         self._wake.set()
 
@@ -165,6 +163,7 @@ class RaftNode:
         st["peers"] = {i: self.cfg.http_url(i) for i in range(1, self.cfg.nodes + 1)}
         st["snapshot_index"] = self.snapshot_index
         st["blocked"] = sorted(self.transport.blocked)
+        st["vote"] = self.storage.hard_state.vote
         st["commit_quorum"] = self.cfg.commit_quorum
         st["keys"] = len(self.kv.data)
         return st

@@ -213,53 +213,55 @@ def split_vote(argv: list[str]) -> int:
 def _split_vote(args: argparse.Namespace, data_dir: str) -> bool:
     console.rule("[bold]Raft split vote on real processes[/bold]")
     console.print(
-        "Nodes 1 and 2 run, node 3 is down, so each needs the other's vote. Both are told to start an "
-        'election at the same instant (POST /raft/campaign {"at": t}); each votes for itself and '
-        "refuses the other. Timeouts are random in [1, 2) s here so the split can be watched."
+        "Nodes 1 and 2 run, node 3 is down, so a candidate needs the other node's vote. Both start an "
+        "election for term 1 at once and vote for themselves; their vote requests cross, and each refuses "
+        "the other because it already voted in term 1. To make the crossing certain rather than lucky, "
+        "the partition filter holds the two requests back for a moment (PreVote is off so the candidates "
+        "do not wait for pre-votes that cannot arrive). Timeouts are random in [1, 2) s here."
     )
-    for attempt in range(1, 4):
-        cluster = LocalCluster(
-            3,
-            os.path.join(data_dir, f"attempt-{attempt}"),
-            args.base_port,
-            election_tick=100,
-            log_dir=os.path.join(data_dir, "logs"),
-        )
-        try:
-            with Timeline(cluster) as tl:
-                cluster.start([1, 2])
-                at = time.time() + 0.3
-                for i in (1, 2):
-                    httpx.post(
-                        cluster.http_url(i) + "/raft/campaign", json={"at": at}, headers=_admin_headers()
-                    )
-                time.sleep(0.5)
-                status_table(cluster, "0.2 s after both campaigned", {3: "down (not started)"})
-                split = tl.candidates_in(1) == {1, 2} and cluster.leader([1, 2]) is None
-                if not split:
-                    console.print(
-                        f"[yellow]attempt {attempt}: one request won before the other started; "
-                        "no split this time, retrying on a fresh cluster[/yellow]"
-                    )
-                    continue
-                console.print(
-                    "\nSplit vote in term 1: two candidates, one vote each, no majority, no leader."
-                )
-                leader = cluster.wait_leader(timeout=10, among=[1, 2])
-                term = cluster.status(leader)["term"]
-                console.print(
-                    f"\nNode {leader}'s randomised timeout expired first: it started term {term}, "
-                    f"the other node granted its vote, and it leads."
-                )
-                console.print(f"PUT /kv/x -> {_put(cluster, leader, 'x', 1)}")
-                console.print("\nstart node 3: it joins as a follower")
-                cluster.start_node(3)
-                wait_until(lambda c=cluster, ld=leader: (c.status(3) or {}).get("leader") == ld, 10)
-            status_table(cluster, "resolved")
-            return term > 1
-        finally:
-            cluster.stop()
-    return False
+    cluster = LocalCluster(
+        3,
+        data_dir,
+        args.base_port,
+        election_tick=100,
+        extra_args=["--no-pre-vote"],
+        log_dir=os.path.join(data_dir, "logs"),
+    )
+    try:
+        with Timeline(cluster) as tl:
+            cluster.start([1, 2])
+            _block(cluster, 1, [2])
+            for i in (1, 2):
+                httpx.post(
+                    cluster.http_url(i) + "/raft/campaign", headers=_admin_headers()
+                ).raise_for_status()
+            wait_until(lambda: tl.candidates_in(1) == {1, 2}, 2)
+            _heal(cluster, 1)
+            votes = {i: (cluster.status(i) or {}).get("vote") for i in (1, 2)}
+            status_table(
+                cluster,
+                "split vote in term 1",
+                {1: f"voted for {votes[1]}", 2: f"voted for {votes[2]}", 3: "not started"},
+            )
+            split = tl.candidates_in(1) == {1, 2} and votes == {1: 1, 2: 2} and cluster.leader([1, 2]) is None
+            console.print(
+                "\nTwo candidates, one vote each, no majority, no leader in term 1. Nobody retries "
+                "until a randomised election timeout expires."
+            )
+            leader = cluster.wait_leader(timeout=10, among=[1, 2])
+            term = cluster.status(leader)["term"]
+            console.print(
+                f"\nNode {leader}'s timeout expired first: it started term {term}, the other node had not "
+                f"voted in that term and granted its vote, so node {leader} leads."
+            )
+            console.print(f"PUT /kv/x -> {_put(cluster, leader, 'x', 1)}")
+            console.print("\nstart node 3: it joins as a follower")
+            cluster.start_node(3)
+            wait_until(lambda: (cluster.status(3) or {}).get("leader") == leader, 10)
+        status_table(cluster, "resolved")
+        return split and term > 1
+    finally:
+        cluster.stop()
 
 
 # ------------------------------------------------------------------------------------------------

@@ -287,6 +287,11 @@ class Storage:
         for path in self._snapshot_files()[:-SNAPSHOTS_KEPT]:
             os.unlink(path)
 
+    @property
+    def hard_state(self) -> HardState:
+        """The hard state most recently passed to `save` (durable once a synced save returned)."""
+        return self._hard
+
     def segment_count(self) -> int:
         return len(self._segments)
 
