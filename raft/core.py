@@ -168,6 +168,7 @@ class Raft:
         self._conf_base: tuple[int, ...] = tuple(snapshot.conf.voters) if snapshot else tuple(cfg.peers)
         self._conf_log: list[tuple[int, tuple[int, ...]]] = []  # (entry index, voters after it)
         self._voters: tuple[int, ...] = self._conf_base
+        self._role = Role.FOLLOWER
         self._scan_conf(self._ents)
 
         self._term = hard_state.term
@@ -175,7 +176,6 @@ class Raft:
         self._commit = min(max(hard_state.commit, snap_index), self.last_index)
         self._applied = max(applied, snap_index)
         self._lead = NONE
-        self._role = Role.FOLLOWER
         self._election_elapsed = 0
         self._heartbeat_elapsed = 0
         self._randomized_timeout = cfg.election_tick
