@@ -109,16 +109,17 @@ def status(
 ) -> None:
     """Show each node's role, term, leader, commit and applied index."""
     table = Table(title="raft cluster")
-    for col in ("node", "url", "role", "term", "leader", "commit", "applied", "last index"):
-        table.add_column(col)
+    for col in ("node", "http", "role", "term", "leader", "commit", "applied", "last index"):
+        table.add_column(col, no_wrap=True)
     for i in range(1, nodes + 1):
         url = f"http://127.0.0.1:{base_port + i - 1}"
+        port = f":{base_port + i - 1}"
         try:
             st = httpx.get(url + "/raft/status", timeout=1.0).json()
         except (httpx.HTTPError, ValueError):
-            table.add_row(str(i), url, "[red]down[/red]", "", "", "", "", "")
+            table.add_row(str(i), port, "[red]down[/red]", "", "", "", "", "")
             continue
-        table.add_row(str(i), url, st["role"], str(st["term"]), str(st["leader"] or "-"), str(st["commit"]),
+        table.add_row(str(i), port, st["role"], str(st["term"]), str(st["leader"] or "-"), str(st["commit"]),
                       str(st["applied"]), str(st["last_index"]))
     console.print(table)
 

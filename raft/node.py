@@ -124,8 +124,9 @@ class RaftNode:
         return self.core.role is Role.LEADER
 
     async def submit(self, command: bytes) -> Outcome:
-        """Replicate `command`; returns its outcome once committed and applied. Raises NotLeader, or
-        CommitUnknown when leadership changed or the timeout passed before this node saw it apply."""
+        """Replicate `command`; returns its outcome once committed and applied. Raises NotLeader when it
+        certainly was not applied (not the leader, or another leader's entry replaced it), CommitUnknown
+        when this node cannot tell (timeout, or a snapshot superseded it)."""
         index = self.core.propose(command)
         fut = asyncio.get_running_loop().create_future()
         self._waiters[index] = (self.core.term, fut)
@@ -239,7 +240,8 @@ class RaftNode:
                     if w[0] == e.term:
                         w[1].set_result(outcome)
                     else:
-                        w[1].set_exception(CommitUnknown("leadership changed; the entry was replaced"))
+                        # Another leader's entry took this index, so ours can never commit: safe to retry.
+                        w[1].set_exception(NotLeader(self.core.leader))
         self.applied = entries[-1].index
 
     def _install_snapshot(self, snap) -> None:

@@ -104,3 +104,16 @@ def test_a_partitioned_leader_is_replaced_and_steps_down_after_healing(cluster):
     else:
         pytest.fail(f"node {old} did not step down after the partition healed: {st}")
     assert httpx.get(f"{cluster.http_url(cluster.wait_leader())}/kv/after").json()["value"] == "majority side"
+
+
+def test_admin_routes_demand_the_bearer_token_when_one_is_set(make_cluster, monkeypatch):
+    monkeypatch.setenv("TXLAB_ADMIN_TOKEN", "s3cret")
+    c = make_cluster(3)
+    c.start()
+    url = c.http_url(c.wait_leader())
+    assert httpx.post(f"{url}/raft/partition", json={"block": [2]}).status_code == 401
+    wrong = {"Authorization": "Bearer nope"}
+    assert httpx.post(f"{url}/raft/partition", json={"block": [2]}, headers=wrong).status_code == 401
+    ok = {"Authorization": "Bearer s3cret"}
+    assert httpx.delete(f"{url}/raft/partition", headers=ok).status_code == 200
+    assert httpx.get(f"{url}/raft/status").status_code == 200  # status stays public
