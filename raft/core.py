@@ -510,7 +510,7 @@ class Raft:
         self._role = Role.LEADER
         self._lead = self.id
         nxt = self.last_index + 1
-        for p in self._voters:
+        for p in (*self._voters, *self._pending_removals()):
             self._prs[p] = _Progress(nxt)
         self._append([Entry(self._term, nxt, EntryType.NOOP)])  # §5.4.2: commits earlier terms' entries
         self._term_start = nxt
@@ -717,9 +717,6 @@ class Raft:
                 if p not in self._prs:
                     pr = self._prs[p] = _Progress(self.last_index + 1)
                     pr.recent_active = True  # give a new member one election timeout to answer
-            for p in list(self._prs):
-                if p not in voters:
-                    del self._prs[p]
             if self._lead_transferee not in (NONE, *voters):
                 self._lead_transferee = NONE
 
@@ -730,6 +727,13 @@ class Raft:
                 break
             voters = v
         return voters
+
+    def _pending_removals(self) -> tuple[int, ...]:
+        """Nodes removed by a not yet committed conf change: still replicated to, not counted in quorums."""
+        if not self._conf_log or self._conf_log[-1][0] <= self._commit:
+            return ()
+        before = self._conf_log[-2][1] if len(self._conf_log) > 1 else self._conf_base
+        return tuple(p for p in before if p not in self._voters)
 
     def _last_conf_index(self) -> int:
         return self._conf_log[-1][0] if self._conf_log else 0
@@ -837,6 +841,10 @@ class Raft:
         # §5.4.2 / Figure 8: only an entry of the current term is committed by counting replicas.
         if idx > self._commit and self.term_at(idx) == self._term:
             self._commit = idx
+            if len(self._prs) > len(self._voters) and not self._pending_removals():
+                # A removed node was kept in the loop until its removal committed, so it learns of it.
+                for p in [p for p in self._prs if p not in self._voters and p != self.id]:
+                    del self._prs[p]
             if self._reads_waiting_commit and self._commit >= self._term_start:
                 waiting, self._reads_waiting_commit = self._reads_waiting_commit, []
                 for ctx, frm in waiting:
@@ -856,10 +864,9 @@ class Raft:
         only when the commit index moved since the last broadcast (heartbeats carry it otherwise)."""
         commit_moved = self._commit > self._bcast_commit
         self._bcast_commit = self._commit
-        for p in self._voters:
+        for p, pr in self._prs.items():
             if p == self.id:
                 continue
-            pr = self._prs[p]
             if pr.state is _PrState.REPLICATE:
                 sent = False
                 while pr.next <= self.last_index and self._send_append(p, False):
@@ -897,9 +904,8 @@ class Raft:
         return True
 
     def _bcast_heartbeat(self, context: bytes) -> None:
-        for p in self._voters:
+        for p, pr in self._prs.items():
             if p != self.id:
-                pr = self._prs[p]
                 self._send(Message(MsgType.HEARTBEAT, self.id, p, self._term,
                                    commit=min(pr.match, self._commit), context=context))
 
