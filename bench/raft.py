@@ -257,11 +257,12 @@ def _ms(x: float) -> str:
     return f"{x:.2f}"
 
 
-async def _run_levels(system: str, make, levels: list[int], seconds: float) -> list[Result]:
+async def _run_levels(systems: list, levels: list[int], seconds: float) -> list[Result]:
     results = []
     for n in levels:
-        results.append(await drive(system, make, n, seconds, warmup=min(1.0, seconds / 4)))
-        console.print(f"  {system} @ {n} in flight: {results[-1].rate:,.0f} writes/s")
+        for name, make in systems:
+            results.append(await drive(name, make, n, seconds, warmup=min(1.0, seconds / 4)))
+            console.print(f"  {name} @ {n} in flight: {results[-1].rate:,.0f} writes/s")
     return results
 
 
@@ -286,41 +287,39 @@ def main(argv: list[str]) -> int:
 
     results: list[Result] = []
     failover: list[float] = []
+    binary = shutil.which("etcd")
     etcd_note = ""
+    if args.no_etcd:
+        etcd_note = "etcd skipped (--no-etcd)"
+    elif binary is None:
+        etcd_note = "etcd not installed (apt-get install etcd-server): no baseline in this run"
     with tempfile.TemporaryDirectory(prefix="txlab-bench-raft-") as tmp:
         cluster = LocalCluster(3, os.path.join(tmp, "raft"), args.base_port,
                                log_dir=os.path.join(tmp, "logs"))
+        etcd = EtcdCluster(binary, tmp, args.etcd_port) if binary and not args.no_etcd else None
         try:
-            console.print("[bold]txlab raft[/bold]: 3 nodes, fsync on")
             cluster.start()
-            leader = cluster.wait_leader()
-            results += asyncio.run(_run_levels("txlab-raft", raft_request(cluster.http_url(leader)), levels,
-                                               args.seconds))
+            systems = [("txlab-raft", raft_request(cluster.http_url(cluster.wait_leader())))]
+            if etcd is not None:
+                etcd.start()
+                systems.append(("etcd", etcd_request(etcd.leader_url())))
+            console.print(f"3-node clusters up ({', '.join(n for n, _ in systems)}); levels interleaved "
+                          "so that both systems see the same background load")
+            results = asyncio.run(_run_levels(systems, levels, args.seconds))
+        finally:
+            if etcd is not None:
+                etcd.stop()
+        try:
             if args.kills:
                 console.print(f"failover: kill -9 the leader {args.kills} times")
                 failover = measure_failover(cluster, args.kills)
         finally:
             cluster.stop()
 
-        binary = shutil.which("etcd")
-        if args.no_etcd:
-            etcd_note = "etcd skipped (--no-etcd)"
-        elif binary is None:
-            etcd_note = "etcd not installed (apt-get install etcd-server) - no baseline in this run"
-        else:
-            etcd = EtcdCluster(binary, tmp, args.etcd_port)
-            try:
-                console.print("[bold]etcd[/bold]: 3 members, JSON gateway")
-                etcd.start()
-                url = etcd.leader_url()
-                results += asyncio.run(_run_levels("etcd", etcd_request(url), levels, args.seconds))
-            finally:
-                etcd.stop()
-
     table = Table(title="3-node replicated writes over HTTP (fsync on, same client)")
     for col in ("system", "in flight", "writes/s", "p50 ms", "p99 ms", "errors"):
         table.add_column(col, justify="right")
-    for r in results:
+    for r in sorted(results, key=lambda r: (r.system != "txlab-raft", r.in_flight)):
         table.add_row(r.system, str(r.in_flight), f"{r.rate:,.0f}", _ms(r.pct(0.5)), _ms(r.pct(0.99)),
                       str(r.errors))
     console.print(table)
