@@ -161,8 +161,8 @@ class KVApi:
 def _body(req: Request) -> dict:
     try:
         obj = json.loads(req.body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadRequest(f"the body must be a JSON object: {exc}") from exc
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise BadRequest(f"the body must be a JSON object: {str(exc)[:200]}") from exc
     if not isinstance(obj, dict):
         raise BadRequest("the body must be a JSON object")
     return obj
@@ -182,6 +182,6 @@ def _session(req: Request) -> tuple[str, int]:
         seq = int(req.headers.get("x-request-seq", ""))
     except ValueError as exc:
         raise BadRequest("X-Client-Id needs an integer X-Request-Seq") from exc
-    if len(client_id) > 128 or seq < 0:
-        raise BadRequest("X-Client-Id is at most 128 characters and X-Request-Seq is >= 0")
+    if len(client_id) > 128 or not 0 <= seq < 2**63:
+        raise BadRequest("X-Client-Id is at most 128 characters and X-Request-Seq in [0, 2^63)")
     return client_id, seq

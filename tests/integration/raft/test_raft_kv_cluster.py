@@ -68,6 +68,9 @@ def test_bad_input_gets_a_4xx_with_a_message_never_a_500(cluster):
         httpx.get(f"{url}/nope"),
         httpx.put(f"{url}/kv/{'k' * 2000}", json={"value": 1}),
         httpx.post(f"{url}/raft/partition", json={"block": "everyone"}),
+        httpx.put(f"{url}/kv/k", content=b"[" * 100_000),
+        httpx.put(f"{url}/kv/k", json={"value": 1}, headers={"X-Client-Id": "c", "X-Request-Seq": "x"}),
+        httpx.put(f"{url}/kv/k", json={"value": 1}, headers={"X-Client-Id": "c", "X-Request-Seq": "9" * 30}),
     ]
     for r in cases:
         assert 400 <= r.status_code < 500, (r.request.method, r.request.url, r.status_code)
