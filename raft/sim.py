@@ -402,15 +402,25 @@ class Cluster:
         assert ldr is not None
         return ldr
 
+    def stabilize_node(self, i: int) -> None:
+        """Let node i hand out the Ready a direct call (propose, transfer...) produced."""
+        node = self.nodes[i]
+        if node.raft is not None:
+            self._process(node)
+
     def step(self, m: Message) -> None:
         """Hand a message to its addressee right now (tests that script messages by hand)."""
         self._deliver(m)
 
     def _deliver_due(self) -> None:
         q = self._queue
+        budget = 100_000  # zero-delay ping-pong that never ends within a tick is a livelock
         while q and q[0][0] <= self.now:
             m = heapq.heappop(q)[3]
             self._deliver(m)
+            budget -= 1
+            if not budget:
+                self.checker.fail(f"livelock: messages keep flowing within tick {self.now}")
 
     def _deliver(self, m: Message) -> None:
         node = self.nodes.get(m.to)
@@ -722,7 +732,26 @@ def _random_fault(
             i = rng.choice(up)
             cl.compact(i)
             notes.append(f"t={cl.now} compact {i}")
-    elif membership and x < 0.075:
+    elif x < 0.075:
+        ldr = cl.leader()
+        if ldr is not None:
+            if rng.random() < 0.5:
+                cl.crash(ldr)
+                notes.append(f"t={cl.now} crash leader {ldr}")
+            else:
+                cl.isolate(ldr)
+                notes.append(f"t={cl.now} isolate leader {ldr}")
+    elif x < 0.08:
+        ldr = cl.leader()
+        if ldr is not None:
+            to = rng.choice([i for i in cl.raft(ldr).voters if i != ldr] or [ldr])
+            try:
+                cl.raft(ldr).transfer_leadership(to)
+            except (ValueError, NotLeader):
+                return
+            cl.stabilize_node(ldr)
+            notes.append(f"t={cl.now} transfer {ldr}->{to}")
+    elif membership and x < 0.09:
         ldr = cl.leader()
         if ldr is None:
             return
