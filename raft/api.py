@@ -88,8 +88,9 @@ class KVApi:
             client_id, seq = _session(req)
             if method == "PUT":
                 value = canonical_json(_field(_body(req), "value"))
-                await node.submit(encode_command(Op.PUT, key, value, None, client_id, seq))
-                return Response(200, b'{"key":%s,"value":%s}' % (json.dumps(key).encode(), value.encode()))
+                outcome = await node.submit(encode_command(Op.PUT, key, value, None, client_id, seq))
+                return self._checked(outcome) or Response(
+                    200, b'{"key":%s,"value":%s}' % (json.dumps(key).encode(), value.encode()))
             if method == "DELETE":
                 outcome = await node.submit(encode_command(Op.DELETE, key, None, None, client_id, seq))
                 if outcome is Outcome.NOT_FOUND:
@@ -112,6 +113,8 @@ class KVApi:
     def _checked(outcome: Outcome) -> Response | None:
         if outcome is Outcome.STALE_SEQUENCE:
             return _error(409, "X-Request-Seq is older than this client's last request; its result is gone")
+        if outcome is Outcome.MALFORMED:
+            return _error(400, "the state machine rejected the command as malformed")
         return None
 
     def _not_leader(self, leader: int, req: Request) -> Response:

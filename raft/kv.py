@@ -25,6 +25,9 @@ class Op(enum.IntEnum):
     CAS = 3
 
 
+_OPS = frozenset(int(op) for op in Op)
+
+
 class Outcome(enum.IntEnum):
     """What applying a command did; the HTTP layer maps it to a status code."""
 
@@ -32,6 +35,7 @@ class Outcome(enum.IntEnum):
     NOT_FOUND = 1  # delete of an absent key
     CONFLICT = 2  # cas: current value differs from expected
     STALE_SEQUENCE = 3  # a seq older than the session's last one: its result is no longer known
+    MALFORMED = 4  # not a valid command: ignored, identically on every replica
 
 
 def canonical_json(value: Any) -> str:
@@ -55,7 +59,15 @@ class KVStateMachine:
 
     def apply(self, command: bytes) -> Outcome:
         """Apply one committed command (deterministic: same commands, same order, same state)."""
-        op, key, value, expected, client_id, seq = msgpack.unpackb(command, raw=False)
+        try:
+            op, key, value, expected, client_id, seq = msgpack.unpackb(command, raw=False)
+        except (ValueError, TypeError, msgpack.UnpackException):
+            # a bad entry must not stop every replica at the same index: skip it deterministically
+            return Outcome.MALFORMED
+        if op not in _OPS or not isinstance(key, str) or (op != Op.DELETE and not isinstance(value, str)):
+            return Outcome.MALFORMED
+        if op == Op.CAS and not isinstance(expected, str):
+            return Outcome.MALFORMED
         if client_id:
             last = self.sessions.get(client_id)
             if last is not None:
@@ -71,10 +83,10 @@ class KVStateMachine:
                 del self.sessions[next(iter(self.sessions))]
         return outcome
 
-    def _execute(self, op: int, key: str, value: str | None, expected: str | None) -> Outcome:
+    def _execute(self, op: int, key: str, value: str, expected: str | None) -> Outcome:
         data = self.data
         if op == Op.PUT:
-            data[key] = value  # type: ignore[assignment]
+            data[key] = value
             return Outcome.OK
         if op == Op.DELETE:
             return Outcome.OK if data.pop(key, None) is not None else Outcome.NOT_FOUND
@@ -82,10 +94,10 @@ class KVStateMachine:
             current = data.get(key)
             # an expected JSON null also matches an absent key: "create if missing"
             if current == expected or (current is None and expected == "null"):
-                data[key] = value  # type: ignore[assignment]
+                data[key] = value
                 return Outcome.OK
             return Outcome.CONFLICT
-        raise ValueError(f"unknown op {op}")
+        return Outcome.MALFORMED
 
     def get(self, key: str) -> str | None:
         """The canonical JSON text stored under `key`, or None."""

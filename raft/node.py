@@ -26,7 +26,7 @@ from raft.core import Config, NotLeader, Raft
 from raft.kv import KVStateMachine, Outcome
 from raft.storage import Storage
 from raft.transport import Transport
-from raft.types import EntryType, Message, MsgType, Role
+from raft.types import Entry, EntryType, Message, MsgType, Role, Snapshot
 
 log = logging.getLogger("raft.node")
 
@@ -97,7 +97,6 @@ class RaftNode:
         self._reads_ready: list[tuple[int, int, list[asyncio.Future]]] = []  # heap of (index, seq, futures)
         self._ctx = itertools.count(1)
         self._tasks: list[asyncio.Task] = []
-        self._stopped = False
 
     # ------------------------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -106,7 +105,6 @@ class RaftNode:
         self._tasks = [loop.create_task(self._ticker()), loop.create_task(self._ready_loop())]
 
     async def stop(self) -> None:
-        self._stopped = True
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
@@ -229,7 +227,7 @@ class RaftNode:
                 log.exception("node %d: fatal error in the Ready loop", self.cfg.id)
                 os._exit(70)  # a replica that cannot persist or apply must stop rather than diverge
 
-    def _apply(self, entries: list) -> None:
+    def _apply(self, entries: list[Entry]) -> None:
         kv_apply = self.kv.apply
         waiters = self._waiters
         for e in entries:
@@ -244,7 +242,7 @@ class RaftNode:
                         w[1].set_exception(NotLeader(self.core.leader))
         self.applied = entries[-1].index
 
-    def _install_snapshot(self, snap) -> None:
+    def _install_snapshot(self, snap: Snapshot) -> None:
         self.kv.restore(snap.data)
         self.applied = max(self.applied, snap.index)
         self.snapshot_index = snap.index

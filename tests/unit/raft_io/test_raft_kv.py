@@ -64,3 +64,12 @@ def test_restore_of_a_snapshot_reproduces_map_and_sessions():
     assert other.apply(put("a", 9, client="c", seq=1)) is Outcome.OK and other.get("a") == '[1,"x"]'
     other.restore(b"")
     assert other.data == {} and other.sessions == {}
+
+
+def test_a_malformed_entry_is_skipped_the_same_way_everywhere_instead_of_crashing():
+    kv = KVStateMachine()
+    junk = [b"\xc1", b"\x93\x01\x02\x03", encode_command(Op.PUT, "k")[:-1], b"\x96\x09\xa1k\xc0\xc0\xa0\x00",
+            encode_command(Op.PUT, "k"), encode_command(Op.CAS, "k", "1")]
+    for command in junk:
+        assert kv.apply(command) is Outcome.MALFORMED
+    assert kv.data == {}
