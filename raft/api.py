@@ -7,7 +7,8 @@
 - `DELETE /kv/{key}` -> 200 deleted, 404 absent.
 - `GET /raft/status` -> id, role, term, leader, commit, applied, peers, ...
 - Admin (Bearer TXLAB_ADMIN_TOKEN when that variable is set): `POST /raft/partition` `{"block": [ids]}`,
-  `DELETE /raft/partition`, `POST /raft/campaign`, `POST /raft/transfer-leader` `{"to": id}`.
+  `DELETE /raft/partition`, `POST /raft/campaign`, `POST /raft/transfer-leader` `{"to": id}`,
+  `POST /raft/members` `{"op": "add" | "remove", "node": id}` (answers once the change committed).
 
 On a follower, KV routes answer 307 with Location on the leader (same path), or 503 `{"leader": null}`
 while no leader is known. Optional headers `X-Client-Id` + `X-Request-Seq` make a write exactly-once:
@@ -25,6 +26,7 @@ from raft.core import NotLeader
 from raft.http_server import Request, Response
 from raft.kv import Op, Outcome, canonical_json, encode_command
 from raft.node import CommitUnknown, RaftNode
+from raft.types import ConfChange
 
 MAX_KEY = 1024
 
@@ -56,7 +58,7 @@ class KVApi:
             if path == "/raft/status" and req.method == "GET":
                 return _json(200, self.node.status())
             if path.startswith("/raft/"):
-                return self._admin(req, path[6:])
+                return await self._admin(req, path[6:])
             if path in ("/", "/healthz"):
                 return _json(200, {"ok": True, "id": self.node.cfg.id})
             return _error(404, f"no route {path}")
@@ -124,7 +126,22 @@ class KVApi:
         return _json(307, {"leader": leader, "location": location}, [("location", location)])
 
     # --------------------------------------------------------------------------------------- admin
-    def _admin(self, req: Request, name: str) -> Response:
+    async def _change_membership(self, req: Request) -> Response:
+        body = _body(req)
+        op, target = _field(body, "op"), _field(body, "node")
+        if op not in ("add", "remove") or not isinstance(target, int) or target < 1:
+            raise BadRequest('use {"op": "add" | "remove", "node": <id >= 1>}')
+        try:
+            voters = await self.node.change_membership(ConfChange(op, target))
+        except NotLeader as exc:
+            return self._not_leader(exc.leader, req)
+        except ValueError as exc:
+            return _error(409, str(exc))
+        except CommitUnknown as exc:
+            return _error(503, str(exc), outcome="unknown")
+        return _json(200, {"voters": list(voters)})
+
+    async def _admin(self, req: Request, name: str) -> Response:
         if self.admin_token is not None:
             given = req.headers.get("authorization", "")
             if not hmac.compare_digest(given.encode(), f"Bearer {self.admin_token}".encode()):
@@ -141,8 +158,10 @@ class KVApi:
                 node.transport.unblock()
                 return _json(200, {"blocked": []})
             return _error(405, "use POST or DELETE on /raft/partition")
+        if name == "members" and req.method == "POST":
+            return await self._change_membership(req)
         if req.method != "POST":
-            status = 405 if name in ("campaign", "transfer-leader") else 404
+            status = 405 if name in ("campaign", "transfer-leader", "members") else 404
             return _error(status, f"no route {req.method} /raft/{name}")
         if name == "campaign":
             node.campaign()

@@ -57,12 +57,13 @@ def node(
     snapshot_every: int = typer.Option(20_000, help="applied entries between snapshots"),
     check_quorum: bool = typer.Option(True, help="a leader that stops hearing a majority steps down"),
     pre_vote: bool = typer.Option(True, help="ask for pre-votes before disrupting a term (Raft thesis 9.6)"),
+    join: bool = typer.Option(False, help="a new node (id > N): wait to be added with POST /raft/members"),
 ) -> None:
     """Run one node in the foreground (this is what `up` starts, and how a killed node is restarted)."""
     from raft.node import NodeConfig
 
-    if not 1 <= id <= nodes:
-        raise typer.BadParameter(f"--id must be in 1..{nodes}")
+    if not (1 <= id <= nodes or (join and id > nodes)):
+        raise typer.BadParameter(f"--id must be in 1..{nodes}, or above {nodes} with --join")
     if quorum not in ("majority", "all"):
         raise typer.BadParameter("--quorum must be majority or all")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")

@@ -53,12 +53,15 @@ class LocalCluster:
         return f"http://127.0.0.1:{self.base_port + i - 1}"
 
     def command(self, i: int) -> list[str]:
+        """The `txlab raft node` command line of node i (ids above `nodes` join an existing cluster)."""
         cmd = [sys.executable, "-m", "raft.cli", "node", "--id", str(i), "--nodes", str(self.nodes),
                "--base-port", str(self.base_port), "--data-dir", self.data_dir, "--quorum", self.quorum]
         if self.election_tick is not None:
             cmd += ["--election-tick", str(self.election_tick)]
         if self.snapshot_every is not None:
             cmd += ["--snapshot-every", str(self.snapshot_every)]
+        if i > self.nodes:
+            cmd.append("--join")
         return cmd + self.extra_args
 
     def start(self, ids: list[int] | None = None) -> None:

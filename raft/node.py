@@ -26,7 +26,7 @@ from raft.core import Config, NotLeader, Raft
 from raft.kv import KVStateMachine, Outcome
 from raft.storage import Storage
 from raft.transport import Transport
-from raft.types import Entry, EntryType, Message, MsgType, Role, Snapshot
+from raft.types import ConfChange, Entry, EntryType, Message, MsgType, Role, Snapshot
 
 log = logging.getLogger("raft.node")
 
@@ -79,6 +79,8 @@ class RaftNode:
         if rec.snapshot is not None:
             self.kv.restore(rec.snapshot.data)
         self.snapshot_index = rec.snapshot.index if rec.snapshot else 0
+        # The initial voters; conf changes in the log override them. A node with id > nodes is therefore
+        # not a voter (never campaigns) until the leader's log adds it.
         peers = tuple(range(1, cfg.nodes + 1))
         self.core = Raft(
             Config(cfg.id, peers, election_tick=cfg.election_tick, heartbeat_tick=cfg.heartbeat_tick,
@@ -135,6 +137,20 @@ class RaftNode:
             self._waiters.pop(index, None)
             raise CommitUnknown(f"not applied within {self.cfg.request_timeout:g}s") from exc
 
+    async def change_membership(self, cc: ConfChange) -> tuple[int, ...]:
+        """Add or remove one voter (single-server change); returns the voters once the change committed.
+        Raises NotLeader, ValueError (change refused now: one in progress, or invalid), CommitUnknown."""
+        index = self.core.propose_conf_change(cc)
+        fut = asyncio.get_running_loop().create_future()
+        self._waiters[index] = (self.core.term, fut)
+        self._wake.set()
+        try:
+            await asyncio.wait_for(fut, self.cfg.request_timeout)
+        except TimeoutError as exc:
+            self._waiters.pop(index, None)
+            raise CommitUnknown(f"change not applied within {self.cfg.request_timeout:g}s") from exc
+        return self.core.voters
+
     async def read_barrier(self) -> None:
         """Wait until a read of the local state machine is linearizable (ReadIndex). Raises NotLeader or
         CommitUnknown (leadership not confirmed in time)."""
@@ -159,7 +175,7 @@ class RaftNode:
 
     def status(self) -> dict:
         st = self.core.status()
-        st["peers"] = {i: self.cfg.http_url(i) for i in range(1, self.cfg.nodes + 1)}
+        st["peers"] = {i: self.cfg.http_url(i) for i in self.core.voters}
         st["snapshot_index"] = self.snapshot_index
         st["blocked"] = sorted(self.transport.blocked)
         st["vote"] = self.storage.hard_state.vote

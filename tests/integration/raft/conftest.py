@@ -11,8 +11,9 @@ from raft.cluster import LocalCluster, free_base_port
 def make_cluster(tmp_path):
     started: list[LocalCluster] = []
 
-    def make(nodes: int = 3, **kw) -> LocalCluster:
-        c = LocalCluster(nodes, str(tmp_path / f"c{len(started)}"), free_base_port(nodes),
+    def make(nodes: int = 3, spare: int = 0, **kw) -> LocalCluster:
+        """A cluster of `nodes`, with free ports for `spare` more nodes that may join later."""
+        c = LocalCluster(nodes, str(tmp_path / f"c{len(started)}"), free_base_port(nodes + spare),
                          log_dir=str(tmp_path / f"logs{len(started)}"), **kw)
         started.append(c)
         return c
