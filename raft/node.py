@@ -90,7 +90,7 @@ class RaftNode:
             applied=self.snapshot_index)
         self.applied = self.snapshot_index
         self.recovered_entries = len(rec.entries)
-        self.transport = Transport(cfg.id, lambda i: (cfg.host, cfg.raft_port(i)), self._on_messages)
+        self.transport = Transport(cfg.id, lambda i: (cfg.host, cfg.raft_port(i)), self.receive)
         self._writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"raft-wal-{cfg.id}")
         self._wake = asyncio.Event()
         self._waiters: dict[int, tuple[int, asyncio.Future]] = {}  # log index -> (term proposed in, future)
@@ -184,7 +184,8 @@ class RaftNode:
         return st
 
     # ------------------------------------------------------------------------------------ event loop
-    def _on_messages(self, messages: list[Message]) -> None:
+    def receive(self, messages: list[Message]) -> None:
+        """Step messages from peers into the core (the transport calls this for each inbound frame)."""
         step = self.core.step
         for m in messages:
             step(m)
