@@ -302,7 +302,12 @@ def main(argv: list[str]) -> int:
             systems = [("txlab-raft", raft_request(cluster.http_url(cluster.wait_leader())))]
             if etcd is not None:
                 etcd.start()
-                systems.append(("etcd", etcd_request(etcd.leader_url())))
+                try:
+                    systems.append(("etcd", etcd_request(etcd.leader_url())))
+                except TimeoutError:
+                    etcd_note = f"etcd elected no leader (ports {args.etcd_port}+ busy?): no baseline"
+                    etcd.stop()
+                    etcd = None
             console.print(f"3-node clusters up ({', '.join(n for n, _ in systems)}); levels interleaved "
                           "so that both systems see the same background load")
             results = asyncio.run(_run_levels(systems, levels, args.seconds))
