@@ -77,30 +77,34 @@ class KVApi:
         key = unquote(rest)
         if not key or len(key) > MAX_KEY:
             raise BadRequest(f"the key must be 1 to {MAX_KEY} characters")
+        # validate everything before the leadership check: bad input is a 400 on every node
+        client_id, seq = _session(req) if method != "GET" else ("", 0)
+        value = expected = None
+        if method in ("PUT", "POST"):
+            body = _body(req)
+            value = _canonical(_field(body, "value"))
+            if method == "POST":
+                expected = _canonical(_field(body, "expected"))
         node = self.node
         if not node.is_leader:
             return self._not_leader(node.core.leader, req)
         try:
             if method == "GET":
                 await node.read_barrier()
-                value = node.kv.get(key)
-                if value is None:
+                current = node.kv.get(key)
+                if current is None:
                     return _error(404, "no such key", key=key)
-                return Response(200, b'{"key":%s,"value":%s}' % (json.dumps(key).encode(), value.encode()))
-            client_id, seq = _session(req)
-            if method == "PUT":
-                value = canonical_json(_field(_body(req), "value"))
-                outcome = await node.submit(encode_command(Op.PUT, key, value, None, client_id, seq))
-                return self._checked(outcome) or Response(
-                    200, b'{"key":%s,"value":%s}' % (json.dumps(key).encode(), value.encode()))
+                return Response(200, b'{"key":%s,"value":%s}' % (json.dumps(key).encode(), current.encode()))
             if method == "DELETE":
                 outcome = await node.submit(encode_command(Op.DELETE, key, None, None, client_id, seq))
                 if outcome is Outcome.NOT_FOUND:
                     return _error(404, "no such key", key=key)
                 return self._checked(outcome) or _json(200, {"key": key, "deleted": True})
-            body = _body(req)
-            expected = canonical_json(_field(body, "expected"))
-            value = canonical_json(_field(body, "value"))
+            assert value is not None
+            if method == "PUT":
+                outcome = await node.submit(encode_command(Op.PUT, key, value, None, client_id, seq))
+                return self._checked(outcome) or Response(
+                    200, b'{"key":%s,"value":%s}' % (json.dumps(key).encode(), value.encode()))
             outcome = await node.submit(encode_command(Op.CAS, key, value, expected, client_id, seq))
             if outcome is Outcome.CONFLICT:
                 return _json(409, {"key": key, "swapped": False})
@@ -188,6 +192,13 @@ def _body(req: Request) -> dict:
     if not isinstance(obj, dict):
         raise BadRequest("the body must be a JSON object")
     return obj
+
+
+def _canonical(value: Any) -> str:
+    try:
+        return canonical_json(value)
+    except ValueError as exc:  # NaN or Infinity: not JSON
+        raise BadRequest(f"values must be plain JSON: {exc}") from exc
 
 
 def _field(obj: dict, name: str) -> Any:

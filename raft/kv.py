@@ -40,7 +40,7 @@ class Outcome(enum.IntEnum):
 
 def canonical_json(value: Any) -> str:
     """The one spelling of a JSON value this store keeps and compares."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
 def encode_command(op: Op, key: str, value: str | None = None, expected: str | None = None,

@@ -69,9 +69,12 @@ def test_bad_input_gets_a_4xx_with_a_message_never_a_500(cluster):
         httpx.put(f"{url}/kv/{'k' * 2000}", json={"value": 1}),
         httpx.post(f"{url}/raft/partition", json={"block": "everyone"}),
         httpx.put(f"{url}/kv/k", content=b"[" * 100_000),
+        httpx.put(f"{url}/kv/k", content=b'{"value": NaN}'),
         httpx.put(f"{url}/kv/k", json={"value": 1}, headers={"X-Client-Id": "c", "X-Request-Seq": "x"}),
         httpx.put(f"{url}/kv/k", json={"value": 1}, headers={"X-Client-Id": "c", "X-Request-Seq": "9" * 30}),
     ]
+    follower = next(i for i in range(1, 4) if i != cluster.wait_leader())
+    cases.append(httpx.put(f"{cluster.http_url(follower)}/kv/k", json={"nope": 1}))  # 400 before any redirect
     for r in cases:
         assert 400 <= r.status_code < 500, (r.request.method, r.request.url, r.status_code)
         assert r.json()["error"]
