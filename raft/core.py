@@ -455,6 +455,9 @@ class Raft:
             # A step between ready() and advance() may have truncated these entries: only mark what survived.
             if self.term_at(last.index) == last.term:
                 self._stabled = max(self._stabled, last.index)
+            me = self._prs.get(self.id) if self._role is Role.LEADER else None
+            if me is not None and me.maybe_update(self._stabled) and self._maybe_commit():
+                self._need_bcast = True
         if rd.committed_entries:
             self._applied = max(self._applied, rd.committed_entries[-1].index)
         removed = self.id not in self._voters
@@ -516,10 +519,11 @@ class Raft:
         self._term_start = nxt
         me = self._prs.get(self.id)
         if me is not None:
-            me.maybe_update(nxt)
+            # The leader counts toward a quorum only what it has persisted itself (advance() moves it), so a
+            # caller may send APPENDs while its own fsync runs (thesis §10.2.1).
+            me.maybe_update(self._stabled)
             me.become_replicate()
             me.recent_active = True
-        self._maybe_commit()  # a single-voter cluster commits its no-op at once
         self._bcast_commit = 0
         self._need_bcast = True
 
@@ -750,11 +754,8 @@ class Raft:
         self._check_leader()
         idx = self.last_index + 1
         self._append([Entry(self._term, idx, typ, data)])
-        me = self._prs.get(self.id)
-        if me is not None:
-            me.maybe_update(idx)
-        if len(self._voters) == 1 or me is None:
-            self._maybe_commit()
+        if self.id not in self._voters:
+            self._maybe_commit()  # a removed leader finishing its term counts only the others
         self._need_bcast = True
         return idx
 

@@ -29,10 +29,13 @@ from raft.types import (
     EntryType,
     HardState,
     Message,
+    MsgType,
     Ready,
     Role,
     Snapshot,
 )
+
+_LEADER_EARLY = frozenset({MsgType.APPEND, MsgType.HEARTBEAT, MsgType.SNAPSHOT})
 
 
 class SafetyViolation(AssertionError):
@@ -48,6 +51,9 @@ class Faults:
     min_delay: int = 0  # ticks; unequal delays reorder messages
     max_delay: int = 0
     crash_mid_ready: float = 0.0  # crash after writing part of a Ready, before fsync and before sending
+    # Persist like raft/node.py: the fsync runs while the core keeps stepping messages, and a leader sends
+    # its APPENDs before its own fsync ends (thesis §10.2.1).
+    async_fsync: bool = False
 
 
 class SimStorage:
@@ -133,6 +139,7 @@ class SimNode:
         self.raft: Raft | None = Raft(cfg)
         self.kv = KvMachine()
         self.applied: list[Entry] = []  # every entry applied since the last (re)start, for tests
+        self.inflight: tuple[Ready, list[Message]] | None = None  # Ready whose fsync is running; unsent msgs
         self.waiting: dict[str, _ClientOp] = {}  # op id of a proposed command -> the client op
         self.reads: dict[bytes, _ClientOp] = {}  # ReadIndex context -> the client read
 
@@ -262,7 +269,8 @@ class Cluster:
         self.checker = SafetyChecker(f"seed={seed}")
         self.now = 0  # ticks
         self.events = 0  # a counter that orders client invocations and responses
-        self._queue: list[tuple[int, float, int, Message]] = []
+        # (due tick, random tie-break, seq, message to deliver or id of a node whose fsync completes)
+        self._queue: list[tuple[int, float, int, Message | int]] = []
         self._seq = 0
         self._groups: dict[int, int] | None = None  # node -> partition group; None: fully connected
         self.history: list[KvOp] = []
@@ -317,6 +325,9 @@ class Cluster:
     def crash(self, i: int) -> None:
         """Stop node i: it loses its memory and every write not yet synced."""
         node = self.nodes[i]
+        if node.inflight is not None:
+            self._torn_write(node, node.inflight[0])
+            node.inflight = None
         node.raft = None
         node.storage.unsynced_hard = None
         node.waiting.clear()
@@ -372,7 +383,7 @@ class Cluster:
             batch, self._queue = self._queue, []
             batch.sort()
             for *_, m in batch:
-                self._deliver(m)
+                self._deliver(m) if isinstance(m, Message) else self._fsync_done(m)
         raise RuntimeError("network did not stabilize")
 
     def run_until(self, pred: Callable[[], bool], max_ticks: int) -> bool:
@@ -417,7 +428,7 @@ class Cluster:
         budget = 100_000  # zero-delay ping-pong that never ends within a tick is a livelock
         while q and q[0][0] <= self.now:
             m = heapq.heappop(q)[3]
-            self._deliver(m)
+            self._deliver(m) if isinstance(m, Message) else self._fsync_done(m)
             budget -= 1
             if not budget:
                 self.checker.fail(f"livelock: messages keep flowing within tick {self.now}")
@@ -430,6 +441,7 @@ class Cluster:
             return
         node.raft.step(m)
         self._process(node)
+        self.checker.check(self.nodes)
 
     def _send(self, m: Message) -> None:
         self.messages_sent += 1
@@ -448,44 +460,78 @@ class Cluster:
         r = node.raft
         assert r is not None
         for _ in range(10_000):
-            if not r.has_ready():
+            if node.inflight is not None or not r.has_ready():
                 return
             rd = r.ready()
             if rd.entries:
                 self.checker.on_entries(node.id, r, rd.entries)
-            p_crash = self.faults.crash_mid_ready
-            if p_crash and rd.must_sync and self.rng.random() < p_crash:
-                self._torn_write(node, rd)
-                self.crash(node.id)
-                self.checker.check(self.nodes)
+            if self.faults.async_fsync:
+                rest = rd.messages
+                if r.role is Role.LEADER:
+                    for m in rest:
+                        if m.type in _LEADER_EARLY:
+                            self._send(m)
+                    rest = [m for m in rest if m.type not in _LEADER_EARLY]
+                node.inflight = (rd, rest)
+                self._seq += 1
+                heapq.heappush(self._queue, (self.now + self.rng.randint(0, 1), self.rng.random(), self._seq,
+                                             node.id))
                 return
-            st = node.storage
-            if rd.snapshot is not None:
-                st.install_snapshot(rd.snapshot)
-            if rd.entries:
-                st.append(rd.entries)
-            if rd.hard_state is not None:
-                if rd.must_sync:
-                    st.hard, st.unsynced_hard = rd.hard_state, None
-                else:
-                    st.unsynced_hard = rd.hard_state
-            elif rd.must_sync and st.unsynced_hard is not None:
-                st.hard, st.unsynced_hard = st.unsynced_hard, None
-            for m in rd.messages:
-                self._send(m)
-            self._apply(node, rd)
-            r.advance(rd)
-            self.checker.check(self.nodes)
+            self._finish(node, rd, rd.messages)
+            if node.raft is None:
+                return
         self.checker.fail(f"node {node.id} keeps producing Ready batches (livelock)")
+
+    def _fsync_done(self, i: int) -> None:
+        node = self.nodes[i]
+        if node.raft is None or node.inflight is None:
+            return
+        rd, rest = node.inflight
+        node.inflight = None
+        self._finish(node, rd, rest)
+        if node.raft is not None:
+            self._process(node)
+
+    def _finish(self, node: SimNode, rd: Ready, messages: list[Message]) -> None:
+        """The Ready's writes reach the disk (fsync), then its messages go out, then it is applied."""
+        r = node.raft
+        assert r is not None
+        p_crash = self.faults.crash_mid_ready
+        if p_crash and rd.must_sync and self.rng.random() < p_crash:
+            node.inflight = (rd, messages)
+            self.crash(node.id)  # a torn write of this Ready; nothing sent, nothing applied
+            self.checker.check(self.nodes)
+            return
+        st = node.storage
+        if rd.snapshot is not None:
+            st.install_snapshot(rd.snapshot)
+        if rd.entries:
+            st.append(rd.entries)
+        if rd.hard_state is not None:
+            if rd.must_sync:
+                st.hard, st.unsynced_hard = rd.hard_state, None
+            else:
+                st.unsynced_hard = rd.hard_state
+        elif rd.must_sync and st.unsynced_hard is not None:
+            st.hard, st.unsynced_hard = st.unsynced_hard, None
+        for m in messages:
+            self._send(m)
+        self._apply(node, rd)
+        r.advance(rd)
+        self.checker.check(self.nodes)
 
     def _torn_write(self, node: SimNode, rd: Ready) -> None:
         """A crash mid-write: some prefix of the entries and maybe the hard state reached the disk."""
         st = node.storage
-        keep = self.rng.randint(0, len(rd.entries))
-        if rd.snapshot is not None and self.rng.random() < 0.5:
-            st.install_snapshot(rd.snapshot)
-        if keep and (st.snapshot is None or rd.entries[0].index > st.snapshot.index):
-            st.append(rd.entries[:keep])
+        # Writes land in order (snapshot, then entries); a prefix of them survives.
+        writes = ([rd.snapshot] if rd.snapshot is not None else []) + list(rd.entries)
+        kept = writes[: self.rng.randint(0, len(writes))]
+        if kept and isinstance(kept[0], Snapshot):
+            st.install_snapshot(kept.pop(0))
+        elif rd.snapshot is not None:
+            kept = []
+        if kept:
+            st.append(kept)  # type: ignore[arg-type]
         if rd.hard_state is not None and self.rng.random() < 0.5:
             st.hard = rd.hard_state
 
@@ -617,6 +663,7 @@ def run_seed(seed: int, ticks: int = 300, *, heal_ticks: int = 400) -> SeedRepor
         min_delay=0,
         max_delay=rng.choice((0, 1, 3)),
         crash_mid_ready=rng.choice((0.0, 0.0, 0.01)),
+        async_fsync=rng.random() < 0.5,
     )
     membership = rng.random() < 0.2
     cl = Cluster(

@@ -219,6 +219,21 @@ def test_ready_hands_out_hard_state_only_when_it_changed_and_syncs_only_when_nee
     r.advance(rd)
 
 
+def test_leader_counts_itself_toward_the_quorum_only_after_persisting() -> None:
+    """Thesis §10.2.1: the leader may send APPENDs before its own fsync ends, so its own copy must count
+    only once the Ready holding it was advanced (persisted)."""
+    r = Raft(Config(1, (1, 2, 3), pre_vote=False))
+    r.campaign()
+    r.step(Message(MsgType.VOTE_RESP, 2, 1, 1))
+    rd = r.ready()  # the no-op at index 1, being written
+    r.step(Message(MsgType.APPEND_RESP, 2, 1, 1, index=1))  # a follower acked before the leader's fsync
+    assert r.commit == 0  # 1 of 3 copies known durable
+    r.advance(rd)
+    assert r.commit == 1
+    rd = r.ready()
+    assert [e.index for e in rd.committed_entries] == [1]
+
+
 def test_ready_is_not_handed_out_twice_before_advance() -> None:
     r = Raft(Config(1, (1,)))
     r.campaign()
