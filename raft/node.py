@@ -234,8 +234,11 @@ class RaftNode:
                             if futs:
                                 heapq.heappush(self._reads_ready, (rs.index, next(self._ctx), futs))
                     self._serve_reads()
-                    if rd.soft_state is not None and rd.soft_state.role is not Role.LEADER:
-                        self._fail_reads()
+                    if rd.soft_state is not None:
+                        log.info("node %d: %s in term %d, leader %s", self.cfg.id, rd.soft_state.role.value,
+                                 core.term, rd.soft_state.leader or "unknown")
+                        if rd.soft_state.role is not Role.LEADER:
+                            self._fail_reads()
                     core.advance(rd)
                     self._request_reads()
                     if self.applied - self.snapshot_index >= self.cfg.snapshot_every:
