@@ -402,7 +402,8 @@ class Raft:
             or self.last_index > self._stabled
             or self._commit > self._applied
             or self._soft() != self._prev_soft
-            or self._hard() != self._prev_hard
+            or self._term != self._prev_hard.term
+            or self._vote != self._prev_hard.vote
         )
 
     def ready(self) -> Ready:
@@ -470,7 +471,12 @@ class Raft:
         return SoftState(self._lead, self._role)
 
     def _hard(self) -> HardState:
-        return HardState(self._term, self._vote, self._commit)
+        """The hard state to persist. Its commit index only covers entries already durable before this
+        Ready (not ones it is about to write or overwrite, nor a snapshot not yet installed), so no write
+        order inside the storage can leave a durable commit index pointing at entries that never landed."""
+        prev = self._prev_hard.commit
+        commit = prev if self._pending_snapshot is not None else max(prev, min(self._commit, self._stabled))
+        return HardState(self._term, self._vote, commit)
 
     def _promotable(self) -> bool:
         return self.id in self._voters and self._pending_snapshot is None
