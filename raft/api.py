@@ -6,6 +6,7 @@
   missing key).
 - `DELETE /kv/{key}` -> 200 deleted, 404 absent.
 - `GET /raft/status` -> id, role, term, leader, commit, applied, peers, ...
+- `GET /raft/events?since=N` -> this node's recent role changes, votes and rolled-back entries.
 - Admin (Bearer TXLAB_ADMIN_TOKEN when that variable is set): `POST /raft/partition` `{"block": [ids]}`,
   `DELETE /raft/partition`, `POST /raft/campaign`, `POST /raft/transfer-leader` `{"to": id}`,
   `POST /raft/members` `{"op": "add" | "remove", "node": id}` (answers once the change committed).
@@ -20,7 +21,7 @@ from __future__ import annotations
 import hmac
 import json
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import parse_qs, unquote
 
 from raft.core import NotLeader
 from raft.http_server import Request, Response
@@ -57,6 +58,8 @@ class KVApi:
                 return await self._kv(req, path[4:])
             if path == "/raft/status" and req.method == "GET":
                 return _json(200, self.node.status())
+            if path == "/raft/events" and req.method == "GET":
+                return self._events(req)
             if path.startswith("/raft/"):
                 return await self._admin(req, path[6:])
             if path in ("/", "/healthz"):
@@ -114,6 +117,13 @@ class KVApi:
             return self._not_leader(exc.leader, req)
         except CommitUnknown as exc:
             return _error(503, str(exc), outcome="unknown", leader=node.core.leader or None)
+
+    def _events(self, req: Request) -> Response:
+        since = parse_qs(req.query).get("since", ["0"])[0]
+        if not since.isdigit():
+            raise BadRequest("since must be an event sequence number")
+        events = [e for e in self.node.events if e["seq"] > int(since)]
+        return _json(200, {"boot": self.node.boot_id, "events": events})
 
     @staticmethod
     def _checked(outcome: Outcome) -> Response | None:

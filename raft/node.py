@@ -20,13 +20,15 @@ import itertools
 import logging
 import os
 import random
+import time
+from collections import deque
 from dataclasses import dataclass
 
 from raft.core import Config, NotLeader, Raft
 from raft.kv import KVStateMachine, Outcome
 from raft.storage import Storage
 from raft.transport import Transport
-from raft.types import ConfChange, Entry, EntryType, Message, MsgType, Role, Snapshot
+from raft.types import NONE, ConfChange, Entry, EntryType, Message, MsgType, Ready, Role, Snapshot
 
 log = logging.getLogger("raft.node")
 
@@ -99,6 +101,14 @@ class RaftNode:
         self._reads_ready: list[tuple[int, int, list[asyncio.Future]]] = []  # heap of (index, seq, futures)
         self._ctx = itertools.count(1)
         self._tasks: list[asyncio.Task] = []
+        # What a demo or an operator wants to see happen: role changes, votes, rolled-back entries.
+        self.boot_id = os.urandom(4).hex()
+        self.events: deque[dict] = deque(maxlen=1000)
+        self._event_seq = itertools.count(1)
+        self._stored_last = rec.entries[-1].index if rec.entries else self.snapshot_index
+        self._last_vote = (rec.hard_state.term, rec.hard_state.vote)
+        self._event("start", term=rec.hard_state.term, recovered=len(rec.entries),
+                    snapshot_index=self.snapshot_index)
 
     # ------------------------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -183,6 +193,25 @@ class RaftNode:
         st["keys"] = len(self.kv.data)
         return st
 
+    def _event(self, kind: str, **fields: object) -> None:
+        self.events.append({"seq": next(self._event_seq), "t": time.time(), "node": self.cfg.id, "kind": kind,
+                            **fields})
+
+    def _record_ready(self, rd: Ready) -> None:
+        """Note the durable facts of a persisted Ready: a vote cast, entries rolled back."""
+        hs = rd.hard_state
+        if hs is not None and hs.vote != NONE and (hs.term, hs.vote) != self._last_vote:
+            self._event("vote", term=hs.term, to=hs.vote)
+        if hs is not None:
+            self._last_vote = (hs.term, hs.vote)
+        if rd.entries:
+            first = rd.entries[0].index
+            if first <= self._stored_last:
+                self._event("rollback", first=first, last=self._stored_last, term=rd.entries[0].term)
+            self._stored_last = rd.entries[-1].index
+        if rd.snapshot is not None:
+            self._stored_last = max(self._stored_last, rd.snapshot.index)
+
     # ------------------------------------------------------------------------------------ event loop
     def receive(self, messages: list[Message]) -> None:
         """Step messages from peers into the core (the transport calls this for each inbound frame)."""
@@ -224,6 +253,7 @@ class RaftNode:
                     elif rd.hard_state is not None or rd.entries:
                         self.storage.save(rd.hard_state, rd.entries, None, False)  # no fsync: a quick write
                     self.transport.send(messages)
+                    self._record_ready(rd)
                     if rd.snapshot is not None:
                         self._install_snapshot(rd.snapshot)
                     if rd.committed_entries:
@@ -237,6 +267,8 @@ class RaftNode:
                     if rd.soft_state is not None:
                         log.info("node %d: %s in term %d, leader %s", self.cfg.id, rd.soft_state.role.value,
                                  core.term, rd.soft_state.leader or "unknown")
+                        self._event("role", role=rd.soft_state.role.value, term=core.term,
+                                    leader=rd.soft_state.leader)
                         if rd.soft_state.role is not Role.LEADER:
                             self._fail_reads()
                     core.advance(rd)

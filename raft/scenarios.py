@@ -38,13 +38,18 @@ def _admin_headers() -> dict[str, str]:
 
 
 class Timeline:
-    """Polls every node's status in a background thread and prints each role/term/leader change."""
+    """Collects every node's events (`GET /raft/events`: role changes, votes, rolled-back entries) in a
+    background thread and prints them merged in time order; also notices nodes going down."""
+
+    SETTLE = 0.08  # seconds an event waits for slower-polled nodes' earlier events before it is printed
 
     def __init__(self, cluster: LocalCluster) -> None:
         self.cluster = cluster
-        self.t0 = time.monotonic()
-        self.last: dict[int, tuple | None] = {}
-        self.seen: list[tuple[float, int, str, int]] = []  # (t, node, role, term)
+        self.t0 = time.time()
+        self.events: list[dict] = []  # everything printed so far
+        self._pending: list[dict] = []
+        self._since: dict[int, tuple[str, int]] = {}  # node -> (boot id, last seq seen)
+        self._up: dict[int, bool] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -55,37 +60,72 @@ class Timeline:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+        self._flush(everything=True)
 
     def _run(self) -> None:
         with httpx.Client(timeout=0.3) as client:
             while not self._stop.is_set():
-                for i in range(1, self.cluster.nodes + 1):
-                    try:
-                        st = client.get(self.cluster.http_url(i) + "/raft/status").json()
-                        now = (st["role"], st["term"], st["leader"])
-                    except (httpx.HTTPError, ValueError):
-                        now = None
-                    if now != self.last.get(i, ()):
-                        self._print(i, self.last.get(i), now)
-                        self.last[i] = now
+                for i in range(1, self.cluster.nodes + 2):  # one spare id: a node that may join
+                    self._poll(client, i)
+                self._flush()
                 time.sleep(0.01)
 
-    def _print(self, i: int, before: tuple | None, now: tuple | None) -> None:
-        t = time.monotonic() - self.t0
-        if now is None:
-            console.print(f"  [dim]+{t:6.3f}s[/dim]  node {i}  [red]down[/red]")
+    def _poll(self, client: httpx.Client, i: int) -> None:
+        boot, seq = self._since.get(i, ("", 0))
+        try:
+            body = client.get(f"{self.cluster.http_url(i)}/raft/events", params={"since": seq}).json()
+        except (httpx.HTTPError, ValueError):
+            if self._up.get(i):
+                self._pending.append({"t": time.time(), "node": i, "kind": "down"})
+            self._up[i] = False
             return
-        role, term, leader = now
-        self.seen.append((t, i, role, term))
-        colour = {"leader": "green", "candidate": "yellow", "pre-candidate": "yellow"}.get(role, "white")
-        was = f"{before[0]} → " if before else ""
-        lead = f", leader is node {leader}" if leader and role != "leader" else ""
-        console.print(
-            f"  [dim]+{t:6.3f}s[/dim]  node {i}  {was}[{colour}]{role}[/{colour}]  term {term}{lead}"
-        )
+        self._up[i] = True
+        if body["boot"] != boot:  # a new process: its sequence numbers start again
+            seq = 0
+            body["events"] = [e for e in body["events"] if e["seq"] > 0]
+        for e in body["events"]:
+            seq = max(seq, e["seq"])
+            self._pending.append(e)
+        self._since[i] = (body["boot"], seq)
+
+    def _flush(self, everything: bool = False) -> None:
+        cutoff = time.time() - (0 if everything else self.SETTLE)
+        ready = sorted((e for e in self._pending if e["t"] <= cutoff), key=lambda e: e["t"])
+        self._pending = [e for e in self._pending if e["t"] > cutoff]
+        for e in ready:
+            self.events.append(e)
+            console.print(f"  [dim]+{e['t'] - self.t0:6.3f}s[/dim]  node {e['node']}  {_describe(e)}")
+
+    def catch_up(self) -> None:
+        """Let the events so far reach the screen before the narration goes on."""
+        time.sleep(self.SETTLE + 0.05)
 
     def candidates_in(self, term: int) -> set[int]:
-        return {i for _, i, role, t in self.seen if role == "candidate" and t == term}
+        return {
+            e["node"]
+            for e in self.events + self._pending
+            if e["kind"] == "role" and e["role"] == "candidate" and e["term"] == term
+        }
+
+
+def _describe(e: dict) -> str:
+    kind = e["kind"]
+    if kind == "down":
+        return "[red]down[/red]"
+    if kind == "start":
+        return f"started (term {e['term']}, {e['recovered']} log entries recovered from disk)"
+    if kind == "vote":
+        whom = "itself" if e["to"] == e["node"] else f"node {e['to']}"
+        return f"votes for {whom} in term {e['term']}"
+    if kind == "rollback":
+        return (
+            f"[magenta]discards its uncommitted entries {e['first']}..{e['last']}[/magenta], replaced "
+            f"by the leader's (term {e['term']})"
+        )
+    role = e["role"]
+    colour = {"leader": "green", "candidate": "yellow", "pre-candidate": "yellow"}.get(role, "white")
+    lead = f", leader is node {e['leader']}" if e["leader"] and role != "leader" else ""
+    return f"[{colour}]{role}[/{colour}] in term {e['term']}{lead}"
 
 
 def wait_until(cond: Callable[[], bool], timeout: float) -> bool:
@@ -173,25 +213,24 @@ def _election(args: argparse.Namespace, data_dir: str) -> bool:
             cluster.start()
             status_table(cluster, "just started: every node is a follower in term 0, no leader")
             leader = cluster.wait_leader(timeout=10)
-            first = min(
-                (t for t, _, role, _ in tl.seen if role in ("pre-candidate", "candidate")), default=None
-            )
+            tl.catch_up()
+            term0 = cluster.status(leader)["term"]
             console.print(
-                f"\nNode {leader} heard no leader within its timeout, asked for votes and won a "
-                f"majority (after {first:.2f}s)."
-                if first is not None
-                else ""
+                f"\nNode {leader}'s election timeout expired first: it checked with a pre-vote that it "
+                f"could win, voted for itself, won a majority and leads term {term0}."
             )
             console.print(
                 f"Write through the leader: PUT /kv/color -> {_put(cluster, leader, 'color', 'blue')}"
             )
             time.sleep(0.2)
+            tl.catch_up()
             status_table(cluster, "the entry is committed and applied on every node")
             term1 = cluster.status(leader)["term"]
             console.print(f"\n[bold]kill -9 node {leader}[/bold] (the leader)")
             cluster.kill(leader, signal.SIGKILL)
             new = cluster.wait_leader(timeout=10)
             term2 = cluster.status(new)["term"]
+            tl.catch_up()
             console.print(f"\nNode {new} won the new election in term {term2} (was {term1}).")
             console.print(f"The committed write survived: GET /kv/color -> {_get(cluster, new, 'color')!r}")
             console.print(f"\nrestart node {leader}: it comes back as a follower and catches up")
@@ -238,6 +277,7 @@ def _split_vote(args: argparse.Namespace, data_dir: str) -> bool:
             wait_until(lambda: tl.candidates_in(1) == {1, 2}, 2)
             _heal(cluster, 1)
             votes = {i: (cluster.status(i) or {}).get("vote") for i in (1, 2)}
+            tl.catch_up()
             status_table(
                 cluster,
                 "split vote in term 1",
@@ -250,6 +290,7 @@ def _split_vote(args: argparse.Namespace, data_dir: str) -> bool:
             )
             leader = cluster.wait_leader(timeout=10, among=[1, 2])
             term = cluster.status(leader)["term"]
+            tl.catch_up()
             console.print(
                 f"\nNode {leader}'s timeout expired first: it started term {term}, the other node had not "
                 f"voted in that term and granted its vote, so node {leader} leads."
@@ -291,9 +332,10 @@ def _partition(args: argparse.Namespace, data_dir: str) -> bool:
         5, data_dir, args.base_port, extra_args=["--no-check-quorum"], log_dir=os.path.join(data_dir, "logs")
     )
     try:
-        with Timeline(cluster):
+        with Timeline(cluster) as tl:
             cluster.start()
             old = cluster.wait_leader()
+            tl.catch_up()
             console.print(f"PUT /kv/before -> {_put(cluster, old, 'before', 'everyone sees this')}")
             follower = next(i for i in range(1, 6) if i != old)
             minority = [old, follower]
@@ -305,6 +347,7 @@ def _partition(args: argparse.Namespace, data_dir: str) -> bool:
                 _block(cluster, i, majority)
             new = cluster.wait_leader(timeout=10, among=majority)
             wait_until(lambda: (cluster.status(new) or {}).get("commit", 0) > 0, 2)
+            tl.catch_up()
             status_table(cluster, "two leaders, in different terms", {old: "minority", follower: "minority"})
             console.print(
                 f"\nwrite to the minority leader {old}: PUT /kv/lost -> "
@@ -324,12 +367,14 @@ def _partition(args: argparse.Namespace, data_dir: str) -> bool:
                 _heal(cluster, i)
             wait_until(lambda: (cluster.status(old) or {}).get("leader") == new, 10)
             time.sleep(0.5)
+        rolled_back = any(e["kind"] == "rollback" and e["node"] == old for e in tl.events)
         status_table(cluster, "healed: one leader; the minority's uncommitted entries were replaced")
         lost, kept = _get(cluster, new, "lost"), _get(cluster, new, "kept")
         console.print(f"GET /kv/lost -> {lost!r}   GET /kv/kept -> {kept!r}")
         st_old, st_new = cluster.status(old), cluster.status(new)
         return (
-            lost is None
+            rolled_back
+            and lost is None
             and kept == "committed by 3 of 5"
             and st_old["role"] == "follower"
             and st_old["commit"] == st_new["commit"]
