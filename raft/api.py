@@ -25,7 +25,7 @@ from urllib.parse import parse_qs, unquote
 
 from raft.core import NotLeader
 from raft.http_server import Request, Response
-from raft.kv import Op, Outcome, canonical_json, encode_command
+from raft.kv import KVStateMachine, Op, Outcome, canonical_json, encode_command
 from raft.node import CommitUnknown, RaftNode
 from raft.types import ConfChange
 
@@ -48,7 +48,10 @@ class KVApi:
     """Request handler for one node (pass it to `HttpServer`)."""
 
     def __init__(self, node: RaftNode, admin_token: str | None) -> None:
+        if not isinstance(node.machine, KVStateMachine):
+            raise TypeError("the KV API needs a node replicating a KVStateMachine")
         self.node = node
+        self.kv: KVStateMachine = node.machine
         self.admin_token = admin_token or None
 
     async def __call__(self, req: Request) -> Response:
@@ -57,7 +60,7 @@ class KVApi:
             if path.startswith("/kv/"):
                 return await self._kv(req, path[4:])
             if path == "/raft/status" and req.method == "GET":
-                return _json(200, self.node.status())
+                return _json(200, {**self.node.status(), "keys": len(self.kv.data)})
             if path == "/raft/events" and req.method == "GET":
                 return self._events(req)
             if path.startswith("/raft/"):
@@ -94,7 +97,7 @@ class KVApi:
         try:
             if method == "GET":
                 await node.read_barrier()
-                current = node.kv.get(key)
+                current = self.kv.get(key)
                 if current is None:
                     return _error(404, "no such key", key=key)
                 return Response(200, b'{"key":%s,"value":%s}' % (json.dumps(key).encode(), current.encode()))

@@ -23,9 +23,10 @@ import random
 import time
 from collections import deque
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 from raft.core import Config, NotLeader, Raft
-from raft.kv import KVStateMachine, Outcome
+from raft.kv import KVStateMachine
 from raft.storage import Storage
 from raft.transport import Transport
 from raft.types import NONE, ConfChange, Entry, EntryType, Message, MsgType, Ready, Role, Snapshot
@@ -67,6 +68,20 @@ class NodeConfig:
         return os.path.join(self.data_dir, f"node-{self.id}")
 
 
+class StateMachine(Protocol):
+    """What a node replicates: any deterministic machine over the committed commands (the KV store by
+    default; the coordinator's transaction records later)."""
+
+    def apply(self, command: bytes) -> Any:
+        """Apply one committed command; the result is what `RaftNode.submit` returns."""
+
+    def snapshot(self) -> bytes:
+        """The whole state, for log compaction and for followers too far behind."""
+
+    def restore(self, blob: bytes) -> None:
+        """Replace the whole state with a snapshot's."""
+
+
 class CommitUnknown(Exception):
     """The entry was proposed but this node cannot tell whether it committed (leader change, timeout)."""
 
@@ -74,12 +89,12 @@ class CommitUnknown(Exception):
 class RaftNode:
     """One replica of the KV store; create it, `await start()`, then submit commands and serve reads."""
 
-    def __init__(self, cfg: NodeConfig) -> None:
+    def __init__(self, cfg: NodeConfig, machine: StateMachine | None = None) -> None:
         self.cfg = cfg
         self.storage, rec = Storage.open(cfg.node_dir)
-        self.kv = KVStateMachine()
+        self.machine: StateMachine = machine if machine is not None else KVStateMachine()
         if rec.snapshot is not None:
-            self.kv.restore(rec.snapshot.data)
+            self.machine.restore(rec.snapshot.data)
         self.snapshot_index = rec.snapshot.index if rec.snapshot else 0
         # The initial voters; conf changes in the log override them. A node with id > nodes is therefore
         # not a voter (never campaigns) until the leader's log adds it.
@@ -133,7 +148,7 @@ class RaftNode:
     def is_leader(self) -> bool:
         return self.core.role is Role.LEADER
 
-    async def submit(self, command: bytes) -> Outcome:
+    async def submit(self, command: bytes) -> Any:
         """Replicate `command`; returns its outcome once committed and applied. Raises NotLeader when it
         certainly was not applied (not the leader, or another leader's entry replaced it), CommitUnknown
         when this node cannot tell (timeout, or a snapshot superseded it)."""
@@ -190,7 +205,6 @@ class RaftNode:
         st["blocked"] = sorted(self.transport.blocked)
         st["vote"] = self.storage.hard_state.vote
         st["commit_quorum"] = self.cfg.commit_quorum
-        st["keys"] = len(self.kv.data)
         return st
 
     def _event(self, kind: str, **fields: object) -> None:
@@ -280,10 +294,10 @@ class RaftNode:
                 os._exit(70)  # a replica that cannot persist or apply must stop rather than diverge
 
     def _apply(self, entries: list[Entry]) -> None:
-        kv_apply = self.kv.apply
+        machine_apply = self.machine.apply
         waiters = self._waiters
         for e in entries:
-            outcome = kv_apply(e.data) if e.type is EntryType.NORMAL and e.data else None
+            outcome = machine_apply(e.data) if e.type is EntryType.NORMAL and e.data else None
             if waiters:
                 w = waiters.pop(e.index, None)
                 if w is not None and not w[1].done():
@@ -295,7 +309,7 @@ class RaftNode:
         self.applied = entries[-1].index
 
     def _install_snapshot(self, snap: Snapshot) -> None:
-        self.kv.restore(snap.data)
+        self.machine.restore(snap.data)
         self.applied = max(self.applied, snap.index)
         self.snapshot_index = snap.index
         for index in [i for i in self._waiters if i <= snap.index]:
@@ -305,7 +319,7 @@ class RaftNode:
 
     async def _take_snapshot(self) -> None:
         index = self.applied
-        self.core.compact(index, self.kv.snapshot())
+        self.core.compact(index, self.machine.snapshot())
         snap = self.core.snapshot
         assert snap is not None
         await asyncio.get_running_loop().run_in_executor(self._writer, self.storage.save_snapshot, snap)
