@@ -185,6 +185,7 @@ class Raft:
         self._msgs: list[Message] = []
         self._read_states: list[ReadState] = []
         self._reads: deque[_PendingRead] = deque()  # awaiting a heartbeat quorum, oldest first
+        self._read_by_ctx: dict[bytes, _PendingRead] = {}
         self._reads_waiting_commit: list[tuple[bytes, int]] = []  # before the leader's no-op commits
         self._read_bcast = False
         self._need_bcast = False  # proposals since the last ready(): one APPEND per follower carries them
@@ -493,6 +494,7 @@ class Raft:
         self._prs = {}
         self._lead_transferee = NONE
         self._reads.clear()
+        self._read_by_ctx.clear()
         self._reads_waiting_commit.clear()
         self._read_bcast = False
         self._need_bcast = False
@@ -924,11 +926,13 @@ class Raft:
         if len(self._voters) == 1 and self.id in self._voters:
             self._answer_read(_PendingRead(context, frm, self._commit))
             return
-        self._reads.append(_PendingRead(context, frm, self._commit))
+        r = _PendingRead(context, frm, self._commit)
+        self._reads.append(r)
+        self._read_by_ctx[context] = r
         self._read_bcast = True
 
     def _on_read_ack(self, frm: int, context: bytes) -> None:
-        target = next((r for r in self._reads if r.context == context), None)
+        target = self._read_by_ctx.get(context)
         if target is None:
             return
         target.acks.add(frm)
@@ -937,6 +941,8 @@ class Raft:
         # Confirming leadership for this read confirms it for every earlier one too.
         while self._reads:
             r = self._reads.popleft()
+            if self._read_by_ctx.get(r.context) is r:
+                del self._read_by_ctx[r.context]
             self._answer_read(r)
             if r is target:
                 break

@@ -320,7 +320,7 @@ class Cluster:
         self._groups = None
 
     def connected(self, a: int, b: int) -> bool:
-        return self._groups is None or self._groups[a] == self._groups[b]
+        return self._groups is None or self._groups.get(a, -1) == self._groups.get(b, -1)
 
     def crash(self, i: int) -> None:
         """Stop node i: it loses its memory and every write not yet synced."""
@@ -347,6 +347,7 @@ class Cluster:
         ldr = self.leader()
         voters = self.raft(ldr).voters if ldr else self.peers
         self.nodes[i] = SimNode(self._config(i, tuple(sorted({*voters, i}))))
+        self.checker.seen_commit[i] = 0
 
     def compact(self, i: int) -> None:
         """Node i snapshots its state machine at its applied index and drops the log up to it."""
@@ -648,7 +649,7 @@ class SeedReport:
     faults: list[str] = field(default_factory=list)
 
 
-def run_seed(seed: int, ticks: int = 300, *, heal_ticks: int = 400) -> SeedReport:
+def run_seed(seed: int, ticks: int = 400, *, heal_ticks: int = 400) -> SeedReport:
     """One random run: faults for `ticks`, then everything heals and the cluster must converge.
 
     Raises SafetyViolation if a safety property fails at any step, or AssertionError if the KV history is
@@ -798,7 +799,7 @@ def _random_fault(
                 return
             cl.stabilize_node(ldr)
             notes.append(f"t={cl.now} transfer {ldr}->{to}")
-    elif membership and x < 0.09:
+    elif membership and x < 0.1:
         ldr = cl.leader()
         if ldr is None:
             return
@@ -809,6 +810,11 @@ def _random_fault(
                 r.propose_conf_change(ConfChange("add", i))
                 removed.pop(0)
                 notes.append(f"t={cl.now} add {i}")
+            elif len(cl.nodes) < 7 and rng.random() < 0.3:
+                i = max(cl.nodes) + 1
+                r.propose_conf_change(ConfChange("add", i))
+                cl.add_node(i)  # a brand-new, empty node that knows the voters (its own add included)
+                notes.append(f"t={cl.now} add new node {i}")
             elif len(r.voters) > 2:
                 i = rng.choice(r.voters)
                 r.propose_conf_change(ConfChange("remove", i))
