@@ -3,7 +3,8 @@
 Per Ready, in order (the contract of `raft.types.Ready`): persist the hard state, snapshot and entries
 (one fsync for the whole batch, in a dedicated writer thread so the loop keeps accepting proposals,
 which then form the next batch: group commit), then send the messages, then apply the snapshot and
-the committed entries to the KV state machine, answer the reads whose index is applied, and advance.
+the committed entries to the state machine, answer the reads whose index is applied, and advance.
+One exception, for the leader only: see `_LEADER_EARLY` below.
 
 Guarantees given to clients: `submit` resolves only once its entry is committed and applied here (and
 reports the state machine's outcome); `read_barrier` resolves only once this leader confirmed its
@@ -34,6 +35,7 @@ from raft.types import NONE, ConfChange, Entry, EntryType, Message, MsgType, Rea
 log = logging.getLogger("raft.node")
 
 TICK_SECONDS = 0.01
+# A leader's own replication messages, sent while it writes the same entries (Raft thesis §10.2.1).
 _LEADER_EARLY = frozenset({MsgType.APPEND, MsgType.HEARTBEAT, MsgType.SNAPSHOT})
 
 

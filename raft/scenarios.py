@@ -1,16 +1,16 @@
 """The seed's Raft claims, reproduced on real node processes with a narrated timeline.
 
 `txlab scenario raft-election | raft-split-vote | raft-partition | master-slave-blocking`. Each starts its
-own cluster on loopback in a temp dir (ports from --base-port), narrates what happens by polling every
-node's `/raft/status` (role and term changes appear as timeline lines), and stops every process it
-started. The exit code is 0 when the claim was observed, 1 when it was not.
+own cluster on loopback in a temp dir (ports from --base-port), narrates what happens from every node's
+`/raft/events` (role changes, votes cast, uncommitted entries rolled back, merged in time order), and
+stops every process it started. The exit code is 0 when the claim was observed, 1 when it was not.
 
-Two demo-only knobs, both plain node options: a long `--election-tick` so that the first moments of a
-cluster are slow enough to watch, and for the split vote `POST /raft/campaign {"at": t}`, which makes two
-nodes start an election at the same instant (randomised timeouts make that rare on its own, which is the
-point of them). The partition scenario runs with `--no-check-quorum` so that the minority leader keeps
-believing it leads, as in the seed's story; with CheckQuorum (the default) it would step down by itself
-within an election timeout.
+Demo-only settings, all plain node options: a long `--election-tick` so the first moments of a cluster
+are slow enough to watch; in the split vote, `--no-pre-vote` plus a partition between the two
+candidates held only while they both campaign, so that their vote requests cross for certain (with
+randomised timeouts that is rare on its own, which is the point of them); in the partition scenario,
+`--no-check-quorum` so the minority leader keeps believing it leads, as in the seed's story (with
+CheckQuorum, the default, it steps down by itself within an election timeout).
 """
 
 from __future__ import annotations
