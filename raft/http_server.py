@@ -21,6 +21,7 @@ import httptools
 log = logging.getLogger("raft.http")
 
 MAX_BODY = 1024 * 1024
+MAX_PIPELINED = 64  # requests queued on one connection before it stops reading
 
 _REASONS = {200: "OK", 204: "No Content", 307: "Temporary Redirect", 400: "Bad Request",
             401: "Unauthorized", 404: "Not Found", 405: "Method Not Allowed", 409: "Conflict",
@@ -73,6 +74,7 @@ class _Connection(asyncio.Protocol):
         self.queue: deque[tuple[Request | Response, bool]] = deque()
         self.busy = False
         self.closing = False
+        self.paused = False
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -117,6 +119,9 @@ class _Connection(asyncio.Protocol):
             path, _, query = url.partition("?")
             method = self.parser.get_method().decode("latin-1")
             self.queue.append((Request(method, path, query, self.headers, b"".join(self.body)), keep_alive))
+        if len(self.queue) >= MAX_PIPELINED and self.transport is not None:
+            self.transport.pause_reading()  # backpressure: a client pipelining without bound waits
+            self.paused = True
         if not self.busy:
             self._next()
 
@@ -127,6 +132,9 @@ class _Connection(asyncio.Protocol):
         self.closing = True
 
     def _next(self) -> None:
+        if self.paused and len(self.queue) < MAX_PIPELINED and self.transport is not None:
+            self.transport.resume_reading()
+            self.paused = False
         while self.queue and not self.closing:
             item, keep_alive = self.queue.popleft()
             if isinstance(item, Response):

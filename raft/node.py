@@ -330,6 +330,8 @@ class RaftNode:
     def _request_reads(self) -> None:
         if not self._reads_waiting:
             return
+        if len(self._reads_sent) > 1000:  # never answered (leadership stuck): their clients timed out
+            self._reads_sent = {c: fs for c, fs in self._reads_sent.items() if not all(f.done() for f in fs)}
         waiting, self._reads_waiting = self._reads_waiting, []
         ctx = b"%d" % next(self._ctx)
         try:

@@ -76,3 +76,19 @@ async def test_a_handler_bug_becomes_a_500_without_the_stack_trace():
             assert (await client.get("/after")).status_code == 200
     finally:
         await server.close()
+
+
+async def test_a_deep_pipeline_is_answered_completely_and_in_order():
+    server, port = await serve()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"".join(b"GET /n%d HTTP/1.1\r\nhost: x\r\n\r\n" % i for i in range(300)))
+        await writer.drain()
+        data = b""
+        while data.count(b"HTTP/1.1 200") < 300:
+            data += await asyncio.wait_for(reader.read(65536), 5)
+        positions = [data.index(b'"/n%d"' % i) for i in range(300)]
+        assert positions == sorted(positions)
+        writer.close()
+    finally:
+        await server.close()
