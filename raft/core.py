@@ -453,10 +453,12 @@ class Raft:
             self._applied = max(self._applied, rd.snapshot.index)
             self._stabled = max(self._stabled, rd.snapshot.index)
         if rd.entries:
-            last = rd.entries[-1]
-            # A step between ready() and advance() may have truncated these entries: only mark what survived.
-            if self.term_at(last.index) == last.term:
-                self._stabled = max(self._stabled, last.index)
+            # A step between ready() and advance() may have overwritten a suffix of these entries: only the
+            # prefix still in the log counts as stable (one matching entry vouches for all before it, §5.3).
+            for e in reversed(rd.entries):
+                if self.term_at(e.index) == e.term:
+                    self._stabled = max(self._stabled, e.index)
+                    break
             me = self._prs.get(self.id) if self._role is Role.LEADER else None
             if me is not None and me.maybe_update(self._stabled) and self._maybe_commit():
                 self._need_bcast = True

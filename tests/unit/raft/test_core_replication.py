@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from raft.core import Config, Raft
 from raft.sim import Cluster
-from raft.types import Entry, HardState, Message, MsgType, Role
+from raft.types import ConfState, Entry, HardState, Message, MsgType, Role, Snapshot
 
 
 def test_figure8_leader_does_not_commit_an_older_term_entry_by_counting_replicas() -> None:
@@ -258,3 +258,37 @@ def test_stale_and_duplicated_messages_are_ignored() -> None:
     r.step(dup)
     assert r.status()["progress"][2]["match"] == before["progress"][2]["match"]
     assert r.role is Role.LEADER
+
+
+def test_a_conflicting_append_during_an_outstanding_ready_is_handed_out_again_from_the_conflict() -> None:
+    """The node keeps stepping while a Ready's fsync runs: an overwrite arriving then must not be lost."""
+    r = Raft(Config(2, (1, 2, 3)), hard_state=HardState(1, 1, 1), entries=[Entry(1, 1)])
+    two = (Entry(1, 2), Entry(1, 3))
+    r.step(Message(MsgType.APPEND, 1, 2, 1, log_term=1, index=1, entries=two, commit=1))
+    rd = r.ready()  # entries 2, 3 of term 1 are being written...
+    assert [(e.index, e.term) for e in rd.entries] == [(2, 1), (3, 1)]
+    r.step(Message(MsgType.APPEND, 3, 2, 2, log_term=1, index=2, entries=(Entry(2, 3, data=b"new"),),
+                   commit=1))  # ...when leader 3 of term 2 overwrites index 3
+    r.advance(rd)
+    rd = r.ready()
+    assert [(e.index, e.term) for e in rd.entries] == [(3, 2)]
+    assert rd.hard_state is not None and rd.hard_state.term == 2 and rd.must_sync
+    r.advance(rd)
+    assert not r.has_ready()
+
+
+def test_a_snapshot_installed_during_an_outstanding_ready_comes_out_in_the_next_one() -> None:
+    r = Raft(Config(2, (1, 2, 3)), hard_state=HardState(1, 1, 1), entries=[Entry(1, 1)])
+    r.step(Message(MsgType.APPEND, 1, 2, 1, log_term=1, index=1, entries=(Entry(1, 2),), commit=2))
+    rd = r.ready()
+    snap = Snapshot(10, 1, ConfState((1, 2, 3)), b"state@10")
+    r.step(Message(MsgType.SNAPSHOT, 1, 2, 1, snapshot=snap))
+    r.advance(rd)
+    assert r.applied == 2
+    rd = r.ready()
+    assert rd.snapshot == snap and rd.committed_entries == []
+    assert rd.hard_state is None or rd.hard_state.commit <= 2  # 10 only once the snapshot is on disk
+    r.advance(rd)
+    assert (r.applied, r.commit, r.first_index) == (10, 10, 11)
+    rd = r.ready()
+    assert rd.hard_state is not None and rd.hard_state.commit == 10
