@@ -2,9 +2,9 @@
 
 Why not FastAPI/uvicorn: the KV API is five routes with tiny JSON bodies, and per-request framework cost
 sits on every write's critical path. `txlab bench raft --frontends` measures the front ends alone (no Raft
-behind them) with the benchmark's client; on a 2-core machine this server answered about 2.5x the
-requests/s of FastAPI on uvicorn and about 1.6x a bare ASGI app on uvicorn. Requests on one connection
-are answered in order.
+behind them) with the benchmark's client; on a shared 2-core machine this server answered 2.4-2.5x the
+requests/s of FastAPI on uvicorn and 1.1-1.6x those of a bare ASGI app on uvicorn (two runs). Requests
+on one connection are answered in order.
 """
 
 from __future__ import annotations
