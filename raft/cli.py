@@ -1,0 +1,129 @@
+"""`txlab raft ...`: run one KV node, a local cluster, or look at a cluster's status."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import logging
+import os
+import signal
+import time
+
+import httpx
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from raft.cluster import LocalCluster
+
+app = typer.Typer(help="Replicated KV store on Raft: run nodes and clusters.", no_args_is_help=True,
+                  add_completion=False)
+console = Console()
+
+
+def _default_data_dir() -> str:
+    return os.path.join(os.environ.get("TXLAB_DATA_DIR", "./.txlab"), "raft")
+
+
+async def _serve(cfg, admin_token: str | None) -> None:
+    from raft.api import KVApi
+    from raft.http_server import HttpServer
+    from raft.node import RaftNode
+
+    node = RaftNode(cfg)
+    await node.start()
+    http = HttpServer(KVApi(node, admin_token))
+    await http.start(cfg.host, cfg.http_port(cfg.id))
+    logging.getLogger("raft").info("node %d: http %s, raft port %d, recovered %d log entries", cfg.id,
+                                   cfg.http_url(cfg.id), cfg.raft_port(cfg.id), node.recovered_entries)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await http.close()
+    await node.stop()
+
+
+@app.command()
+def node(
+    id: int = typer.Option(..., "--id", help="this node's id, 1..N"),
+    nodes: int = typer.Option(3, help="cluster size N"),
+    base_port: int = typer.Option(7200, help="HTTP on base+id-1, Raft on base+100+id-1"),
+    data_dir: str = typer.Option(None, help="files go under DIR/node-ID [default: $TXLAB_DATA_DIR/raft]"),
+    quorum: str = typer.Option("majority", help="commit quorum: majority (Raft) or all (master-slave)"),
+    election_tick: int = typer.Option(15, help="election timeout in 10 ms ticks, randomised in [T, 2T)"),
+    snapshot_every: int = typer.Option(20_000, help="applied entries between snapshots"),
+    check_quorum: bool = typer.Option(True, help="a leader that stops hearing a majority steps down"),
+    pre_vote: bool = typer.Option(True, help="ask for pre-votes before disrupting a term (Raft thesis 9.6)"),
+    join: bool = typer.Option(False, help="a new node (id > N): wait to be added with POST /raft/members"),
+) -> None:
+    """Run one node in the foreground (this is what `up` starts, and how a killed node is restarted)."""
+    from raft.node import NodeConfig
+
+    if not (1 <= id <= nodes or (join and id > nodes)):
+        raise typer.BadParameter(f"--id must be in 1..{nodes}, or above {nodes} with --join")
+    if quorum not in ("majority", "all"):
+        raise typer.BadParameter("--quorum must be majority or all")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    cfg = NodeConfig(id=id, nodes=nodes, base_port=base_port, data_dir=data_dir or _default_data_dir(),
+                     commit_quorum=quorum, election_tick=election_tick, snapshot_every=snapshot_every,
+                     check_quorum=check_quorum, pre_vote=pre_vote)
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    gc.freeze()  # start-up objects never need collecting
+    gc.set_threshold(50_000, 20, 20)  # fewer young-generation passes: they are pauses on the commit path
+    asyncio.run(_serve(cfg, os.environ.get("TXLAB_ADMIN_TOKEN")))
+
+
+@app.command()
+def up(
+    nodes: int = typer.Option(3, help="cluster size"),
+    base_port: int = typer.Option(7200),
+    data_dir: str = typer.Option(None, help="[default: $TXLAB_DATA_DIR/raft]"),
+    quorum: str = typer.Option("majority", help="majority or all"),
+) -> None:
+    """Start a local cluster of N node processes; Ctrl-C stops them."""
+    cluster = LocalCluster(nodes, data_dir or _default_data_dir(), base_port, quorum)
+    try:
+        cluster.start()
+        leader = cluster.wait_leader()
+        for i in range(1, nodes + 1):
+            mark = "  (leader)" if i == leader else ""
+            console.print(f"node {i}: {cluster.http_url(i)}{mark}")
+        console.print(f"try: curl -XPUT {cluster.http_url(leader)}/kv/hello -d '{{\"value\": 1}}'")
+        while cluster.alive():
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        cluster.stop()
+
+
+@app.command()
+def status(
+    nodes: int = typer.Option(3, help="cluster size"),
+    base_port: int = typer.Option(7200),
+) -> None:
+    """Show each node's role, term, leader, commit and applied index."""
+    table = Table(title="raft cluster")
+    for col in ("node", "http", "role", "term", "leader", "commit", "applied", "last index"):
+        table.add_column(col, no_wrap=True)
+    for i in range(1, nodes + 1):
+        url = f"http://127.0.0.1:{base_port + i - 1}"
+        port = f":{base_port + i - 1}"
+        try:
+            st = httpx.get(url + "/raft/status", timeout=1.0).json()
+        except (httpx.HTTPError, ValueError):
+            table.add_row(str(i), port, "[red]down[/red]", "", "", "", "", "")
+            continue
+        table.add_row(str(i), port, st["role"], str(st["term"]), str(st["leader"] or "-"), str(st["commit"]),
+                      str(st["applied"]), str(st["last_index"]))
+    console.print(table)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,154 @@
+"""A local cluster of real node processes on loopback: start, kill -9, restart, find the leader.
+
+Used by `txlab raft up`, the scenarios, the benchmark and the integration tests, so that each of them
+stops exactly the processes it started (by pid) and nothing else.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+import httpx
+
+
+def free_base_port(nodes: int = 3) -> int:
+    """A base port such that base..base+n-1 (HTTP) and base+100..base+100+n-1 (Raft) are free right now."""
+    for _ in range(200):
+        base = random.randrange(20_000, 40_000)
+        socks = []
+        try:
+            for port in [*range(base, base + nodes), *range(base + 100, base + 100 + nodes)]:
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError("no free port range on 127.0.0.1")
+
+
+@dataclass
+class LocalCluster:
+    nodes: int
+    data_dir: str
+    base_port: int = 7200
+    quorum: str = "majority"
+    election_tick: int | None = None
+    snapshot_every: int | None = None
+    extra_args: list[str] = field(default_factory=list)  # more `txlab raft node` options for every node
+    log_dir: str | None = None  # node stderr goes to log_dir/node-i.log when set, else inherited
+    procs: dict[int, subprocess.Popen] = field(default_factory=dict)
+
+    def http_url(self, i: int) -> str:
+        return f"http://127.0.0.1:{self.base_port + i - 1}"
+
+    def command(self, i: int) -> list[str]:
+        """The `txlab raft node` command line of node i (ids above `nodes` join an existing cluster)."""
+        cmd = [sys.executable, "-m", "raft.cli", "node", "--id", str(i), "--nodes", str(self.nodes),
+               "--base-port", str(self.base_port), "--data-dir", self.data_dir, "--quorum", self.quorum]
+        if self.election_tick is not None:
+            cmd += ["--election-tick", str(self.election_tick)]
+        if self.snapshot_every is not None:
+            cmd += ["--snapshot-every", str(self.snapshot_every)]
+        if i > self.nodes:
+            cmd.append("--join")
+        return cmd + self.extra_args
+
+    def start(self, ids: list[int] | None = None) -> None:
+        """Start the given nodes (all by default) and wait until each answers HTTP."""
+        ids = ids or list(range(1, self.nodes + 1))
+        for i in ids:
+            self.start_node(i, wait=False)
+        for i in ids:
+            self.wait_http(i)
+
+    def start_node(self, i: int, wait: bool = True) -> None:
+        stderr = None
+        if self.log_dir is not None:
+            os.makedirs(self.log_dir, exist_ok=True)
+            stderr = open(os.path.join(self.log_dir, f"node-{i}.log"), "ab")
+        self.procs[i] = subprocess.Popen(self.command(i), stdout=subprocess.DEVNULL, stderr=stderr)
+        if stderr is not None:
+            stderr.close()
+        if wait:
+            self.wait_http(i)
+
+    def wait_http(self, i: int, timeout: float = 15.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            proc = self.procs.get(i)
+            if proc is not None and proc.poll() is not None:
+                raise RuntimeError(f"node {i} exited with code {proc.returncode}")
+            try:
+                httpx.get(self.http_url(i) + "/healthz", timeout=0.5)
+                return
+            except httpx.HTTPError:
+                time.sleep(0.05)
+        raise TimeoutError(f"node {i} did not answer HTTP within {timeout}s")
+
+    def kill(self, i: int, sig: int = signal.SIGKILL) -> None:
+        """Kill node i (SIGKILL by default: no chance to flush anything) and reap it."""
+        proc = self.procs.pop(i, None)
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(sig)
+            proc.wait(10)
+
+    def alive(self) -> list[int]:
+        return sorted(i for i, p in self.procs.items() if p.poll() is None)
+
+    def status(self, i: int, timeout: float = 1.0) -> dict | None:
+        try:
+            r = httpx.get(self.http_url(i) + "/raft/status", timeout=timeout)
+            return r.json() if r.status_code == 200 else None
+        except httpx.HTTPError:
+            return None
+
+    def statuses(self) -> dict[int, dict | None]:
+        return {i: self.status(i) for i in range(1, self.nodes + 1)}
+
+    def leader(self, among: list[int] | None = None) -> int | None:
+        """The node that says it is leader (highest term wins if stale leaders linger), or None."""
+        best: tuple[int, int] | None = None
+        for i in among or self.alive():
+            st = self.status(i)
+            if st and st["role"] == "leader" and (best is None or st["term"] > best[0]):
+                best = (st["term"], i)
+        return best[1] if best else None
+
+    def wait_leader(self, timeout: float = 10.0, among: list[int] | None = None) -> int:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            leader = self.leader(among)
+            if leader is not None:
+                return leader
+            time.sleep(0.02)
+        raise TimeoutError(f"no leader within {timeout}s")
+
+    def stop(self) -> None:
+        """Terminate every node this cluster started (SIGTERM, then SIGKILL after 5 s)."""
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs.values():
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+        self.procs.clear()
+
+    def __enter__(self) -> LocalCluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

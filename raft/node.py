@@ -1,0 +1,360 @@
+"""A Raft node process: the event loop that drives the deterministic core with a clock, a disk and a network.
+
+Per Ready, in order (the contract of `raft.types.Ready`): persist the hard state, snapshot and entries
+(one fsync for the whole batch, in a dedicated writer thread so the loop keeps accepting proposals,
+which then form the next batch: group commit), then send the messages, then apply the snapshot and
+the committed entries to the state machine, answer the reads whose index is applied, and advance.
+One exception, for the leader only: see `_LEADER_EARLY` below.
+
+Guarantees given to clients: `submit` resolves only once its entry is committed and applied here (and
+reports the state machine's outcome); `read_barrier` resolves only once this leader confirmed its
+leadership with a quorum after the read arrived and applied everything committed before it (ReadIndex),
+so a read served after it is linearizable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import heapq
+import itertools
+import logging
+import os
+import random
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from raft.core import Config, NotLeader, Raft
+from raft.kv import KVStateMachine
+from raft.storage import Storage
+from raft.transport import Transport
+from raft.types import NONE, ConfChange, Entry, EntryType, Message, MsgType, Ready, Role, Snapshot
+
+log = logging.getLogger("raft.node")
+
+TICK_SECONDS = 0.01
+# A leader's own replication messages, sent while it writes the same entries (Raft thesis §10.2.1).
+_LEADER_EARLY = frozenset({MsgType.APPEND, MsgType.HEARTBEAT, MsgType.SNAPSHOT})
+
+
+@dataclass
+class NodeConfig:
+    """Where a node lives: node i serves HTTP on base_port + i - 1 and Raft on base_port + 100 + i - 1."""
+
+    id: int
+    nodes: int
+    data_dir: str
+    base_port: int = 7200
+    host: str = "127.0.0.1"
+    commit_quorum: str = "majority"
+    election_tick: int = 15  # x 10 ms: election timeout random in [150, 300) ms
+    heartbeat_tick: int = 5  # x 10 ms: 50 ms
+    snapshot_every: int = 20_000  # applied entries between two snapshots (log compaction)
+    check_quorum: bool = True  # off only to show the seed's "minority leader that believes it leads"
+    pre_vote: bool = True  # off only to show a split vote deterministically
+    request_timeout: float = 5.0
+
+    def http_port(self, node_id: int) -> int:
+        return self.base_port + node_id - 1
+
+    def raft_port(self, node_id: int) -> int:
+        return self.base_port + 100 + node_id - 1
+
+    def http_url(self, node_id: int) -> str:
+        return f"http://{self.host}:{self.http_port(node_id)}"
+
+    @property
+    def node_dir(self) -> str:
+        return os.path.join(self.data_dir, f"node-{self.id}")
+
+
+class StateMachine(Protocol):
+    """What a node replicates: any deterministic machine over the committed commands (the KV store by
+    default; the coordinator's transaction records later)."""
+
+    def apply(self, command: bytes) -> Any:
+        """Apply one committed command; the result is what `RaftNode.submit` returns."""
+
+    def snapshot(self) -> bytes:
+        """The whole state, for log compaction and for followers too far behind."""
+
+    def restore(self, blob: bytes) -> None:
+        """Replace the whole state with a snapshot's."""
+
+
+class CommitUnknown(Exception):
+    """The entry was proposed but this node cannot tell whether it committed (leader change, timeout)."""
+
+
+class RaftNode:
+    """One replica of the KV store; create it, `await start()`, then submit commands and serve reads."""
+
+    def __init__(self, cfg: NodeConfig, machine: StateMachine | None = None) -> None:
+        self.cfg = cfg
+        self.storage, rec = Storage.open(cfg.node_dir)
+        self.machine: StateMachine = machine if machine is not None else KVStateMachine()
+        if rec.snapshot is not None:
+            self.machine.restore(rec.snapshot.data)
+        self.snapshot_index = rec.snapshot.index if rec.snapshot else 0
+        # The initial voters; conf changes in the log override them. A node with id > nodes is therefore
+        # not a voter (never campaigns) until the leader's log adds it.
+        peers = tuple(range(1, cfg.nodes + 1))
+        self.core = Raft(
+            Config(cfg.id, peers, election_tick=cfg.election_tick, heartbeat_tick=cfg.heartbeat_tick,
+                   commit_quorum=cfg.commit_quorum, check_quorum=cfg.check_quorum, pre_vote=cfg.pre_vote,
+                   seed=random.SystemRandom().randrange(1 << 30)),
+            hard_state=rec.hard_state, snapshot=rec.snapshot, entries=rec.entries,
+            applied=self.snapshot_index)
+        self.applied = self.snapshot_index
+        self.recovered_entries = len(rec.entries)
+        self.transport = Transport(cfg.id, lambda i: (cfg.host, cfg.raft_port(i)), self.receive)
+        self._writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"raft-wal-{cfg.id}")
+        self._wake = asyncio.Event()
+        self._waiters: dict[int, tuple[int, asyncio.Future]] = {}  # log index -> (term proposed in, future)
+        self._reads_waiting: list[asyncio.Future] = []  # not yet covered by a read_index request
+        self._reads_sent: dict[bytes, list[asyncio.Future]] = {}  # context -> reads it answers
+        self._reads_ready: list[tuple[int, int, list[asyncio.Future]]] = []  # heap of (index, seq, futures)
+        self._ctx = itertools.count(1)
+        self._tasks: list[asyncio.Task] = []
+        # What a demo or an operator wants to see happen: role changes, votes, rolled-back entries.
+        self.boot_id = os.urandom(4).hex()
+        self.events: deque[dict] = deque(maxlen=1000)
+        self._event_seq = itertools.count(1)
+        self._stored_last = rec.entries[-1].index if rec.entries else self.snapshot_index
+        self._last_vote = (rec.hard_state.term, rec.hard_state.vote)
+        self._event("start", term=rec.hard_state.term, recovered=len(rec.entries),
+                    snapshot_index=self.snapshot_index)
+
+    # ------------------------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        await self.transport.start()
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._ticker()), loop.create_task(self._ready_loop())]
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            try:
+                await t
+            except asyncio.CancelledError:
+                pass
+        await self.transport.close()
+        self._writer.shutdown(wait=True)
+        self.storage.close()
+
+    # ------------------------------------------------------------------------------------ client API
+    @property
+    def is_leader(self) -> bool:
+        return self.core.role is Role.LEADER
+
+    async def submit(self, command: bytes) -> Any:
+        """Replicate `command`; returns its outcome once committed and applied. Raises NotLeader when it
+        certainly was not applied (not the leader, or another leader's entry replaced it), CommitUnknown
+        when this node cannot tell (timeout, or a snapshot superseded it)."""
+        index = self.core.propose(command)
+        fut = asyncio.get_running_loop().create_future()
+        self._waiters[index] = (self.core.term, fut)
+        self._wake.set()
+        try:
+            return await asyncio.wait_for(fut, self.cfg.request_timeout)
+        except TimeoutError as exc:
+            self._waiters.pop(index, None)
+            raise CommitUnknown(f"not applied within {self.cfg.request_timeout:g}s") from exc
+
+    async def change_membership(self, cc: ConfChange) -> tuple[int, ...]:
+        """Add or remove one voter (single-server change); returns the voters once the change committed.
+        Raises NotLeader, ValueError (change refused now: one in progress, or invalid), CommitUnknown."""
+        index = self.core.propose_conf_change(cc)
+        fut = asyncio.get_running_loop().create_future()
+        self._waiters[index] = (self.core.term, fut)
+        self._wake.set()
+        try:
+            await asyncio.wait_for(fut, self.cfg.request_timeout)
+        except TimeoutError as exc:
+            self._waiters.pop(index, None)
+            raise CommitUnknown(f"change not applied within {self.cfg.request_timeout:g}s") from exc
+        return self.core.voters
+
+    async def read_barrier(self) -> None:
+        """Wait until a read of the local state machine is linearizable (ReadIndex). Raises NotLeader or
+        CommitUnknown (leadership not confirmed in time)."""
+        if not self.is_leader:
+            raise NotLeader(self.core.leader)
+        fut = asyncio.get_running_loop().create_future()
+        self._reads_waiting.append(fut)
+        self._wake.set()
+        try:
+            await asyncio.wait_for(fut, self.cfg.request_timeout)
+        except TimeoutError as exc:
+            raise CommitUnknown(f"leadership not confirmed within {self.cfg.request_timeout:g}s") from exc
+
+    def campaign(self) -> None:
+        """Start an election now (PreVote first unless disabled)."""
+        self.core.campaign()
+        self._wake.set()
+
+    def transfer_leadership(self, to: int) -> None:
+        self.core.transfer_leadership(to)
+        self._wake.set()
+
+    def status(self) -> dict:
+        st = self.core.status()
+        st["peers"] = {i: self.cfg.http_url(i) for i in self.core.voters}
+        st["snapshot_index"] = self.snapshot_index
+        st["blocked"] = sorted(self.transport.blocked)
+        st["vote"] = self.storage.hard_state.vote
+        st["commit_quorum"] = self.cfg.commit_quorum
+        return st
+
+    def _event(self, kind: str, **fields: object) -> None:
+        self.events.append({"seq": next(self._event_seq), "t": time.time(), "node": self.cfg.id, "kind": kind,
+                            **fields})
+
+    def _record_ready(self, rd: Ready) -> None:
+        """Note the durable facts of a persisted Ready: a vote cast, entries rolled back."""
+        hs = rd.hard_state
+        if hs is not None and hs.vote != NONE and (hs.term, hs.vote) != self._last_vote:
+            self._event("vote", term=hs.term, to=hs.vote)
+        if hs is not None:
+            self._last_vote = (hs.term, hs.vote)
+        if rd.entries:
+            first = rd.entries[0].index
+            if first <= self._stored_last:
+                self._event("rollback", first=first, last=self._stored_last, term=rd.entries[0].term)
+            self._stored_last = rd.entries[-1].index
+        if rd.snapshot is not None:
+            self._stored_last = max(self._stored_last, rd.snapshot.index)
+
+    # ------------------------------------------------------------------------------------ event loop
+    def receive(self, messages: list[Message]) -> None:
+        """Step messages from peers into the core (the transport calls this for each inbound frame)."""
+        step = self.core.step
+        for m in messages:
+            step(m)
+        self._wake.set()
+
+    async def _ticker(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_at = loop.time()
+        while True:
+            next_at += TICK_SECONDS
+            await asyncio.sleep(max(0.0, next_at - loop.time()))
+            self.core.tick()
+            self._wake.set()
+
+    async def _ready_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        core = self.core
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                self._request_reads()
+                while core.has_ready():
+                    rd = core.ready()
+                    messages = rd.messages
+                    if core.role is Role.LEADER and rd.messages:
+                        # Thesis §10.2.1: a leader may replicate while it writes its own log. Safe here
+                        # because it counts as stored only what followers ack, and no commit can be
+                        # announced or applied before this Ready's fsync ends (the next Ready waits).
+                        early = [m for m in messages if m.type in _LEADER_EARLY]
+                        self.transport.send(early)
+                        messages = [m for m in messages if m.type not in _LEADER_EARLY]
+                    if rd.snapshot is not None or rd.must_sync:
+                        await loop.run_in_executor(self._writer, self.storage.save, rd.hard_state, rd.entries,
+                                                   rd.snapshot, rd.must_sync)
+                    elif rd.hard_state is not None or rd.entries:
+                        self.storage.save(rd.hard_state, rd.entries, None, False)  # no fsync: a quick write
+                    self.transport.send(messages)
+                    self._record_ready(rd)
+                    if rd.snapshot is not None:
+                        self._install_snapshot(rd.snapshot)
+                    if rd.committed_entries:
+                        self._apply(rd.committed_entries)
+                    if rd.read_states:
+                        for rs in rd.read_states:
+                            futs = self._reads_sent.pop(rs.context, None)
+                            if futs:
+                                heapq.heappush(self._reads_ready, (rs.index, next(self._ctx), futs))
+                    self._serve_reads()
+                    if rd.soft_state is not None:
+                        log.info("node %d: %s in term %d, leader %s", self.cfg.id, rd.soft_state.role.value,
+                                 core.term, rd.soft_state.leader or "unknown")
+                        self._event("role", role=rd.soft_state.role.value, term=core.term,
+                                    leader=rd.soft_state.leader)
+                        if rd.soft_state.role is not Role.LEADER:
+                            self._fail_reads()
+                    core.advance(rd)
+                    self._request_reads()
+                    if self.applied - self.snapshot_index >= self.cfg.snapshot_every:
+                        await self._take_snapshot()
+            except Exception:
+                log.exception("node %d: fatal error in the Ready loop", self.cfg.id)
+                os._exit(70)  # a replica that cannot persist or apply must stop rather than diverge
+
+    def _apply(self, entries: list[Entry]) -> None:
+        machine_apply = self.machine.apply
+        waiters = self._waiters
+        for e in entries:
+            outcome = machine_apply(e.data) if e.type is EntryType.NORMAL and e.data else None
+            if waiters:
+                w = waiters.pop(e.index, None)
+                if w is not None and not w[1].done():
+                    if w[0] == e.term:
+                        w[1].set_result(outcome)
+                    else:
+                        # Another leader's entry took this index, so ours can never commit: safe to retry.
+                        w[1].set_exception(NotLeader(self.core.leader))
+        self.applied = entries[-1].index
+
+    def _install_snapshot(self, snap: Snapshot) -> None:
+        self.machine.restore(snap.data)
+        self.applied = max(self.applied, snap.index)
+        self.snapshot_index = snap.index
+        for index in [i for i in self._waiters if i <= snap.index]:
+            _, fut = self._waiters.pop(index)
+            if not fut.done():
+                fut.set_exception(CommitUnknown("superseded by a snapshot from the leader"))
+
+    async def _take_snapshot(self) -> None:
+        index = self.applied
+        self.core.compact(index, self.machine.snapshot())
+        snap = self.core.snapshot
+        assert snap is not None
+        await asyncio.get_running_loop().run_in_executor(self._writer, self.storage.save_snapshot, snap)
+        self.snapshot_index = index
+
+    def _request_reads(self) -> None:
+        if not self._reads_waiting:
+            return
+        if len(self._reads_sent) > 1000:  # never answered (leadership stuck): their clients timed out
+            self._reads_sent = {c: fs for c, fs in self._reads_sent.items() if not all(f.done() for f in fs)}
+        waiting, self._reads_waiting = self._reads_waiting, []
+        ctx = b"%d" % next(self._ctx)
+        try:
+            self.core.read_index(ctx)
+        except NotLeader as exc:
+            for f in waiting:
+                if not f.done():
+                    f.set_exception(NotLeader(exc.leader))
+            return
+        self._reads_sent[ctx] = waiting
+
+    def _serve_reads(self) -> None:
+        heap = self._reads_ready
+        while heap and heap[0][0] <= self.applied:
+            for f in heapq.heappop(heap)[2]:
+                if not f.done():
+                    f.set_result(None)
+
+    def _fail_reads(self) -> None:
+        """Leadership lost: the pending read requests will never be confirmed; let clients retry."""
+        pending = [f for futs in self._reads_sent.values() for f in futs] + self._reads_waiting
+        self._reads_sent.clear()
+        self._reads_waiting = []
+        for f in pending:
+            if not f.done():
+                f.set_exception(NotLeader(self.core.leader))

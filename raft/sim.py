@@ -1,0 +1,841 @@
+"""A seeded, deterministic simulator: many Raft cores in one process over a faulty virtual network.
+
+Time is virtual (ticks); every source of randomness is one `random.Random(seed)`, so a seed replays the
+same run exactly. The network loses, delays, reorders and duplicates messages and can be partitioned.
+Each node has a durable store: a Ready's hard state and entries become durable at its simulated fsync, and
+a crash drops whatever was not yet synced (including a crash in the middle of handling a Ready, before its
+messages are sent). After every step the `SafetyChecker` verifies the five properties of Raft's Figure 3:
+Election Safety, Leader Append-Only, Log Matching, Leader Completeness and State Machine Safety; a
+violation raises `SafetyViolation` naming the seed and the step.
+
+`run_seed()` drives a random fault schedule plus KV clients (put / get via ReadIndex / compare-and-set)
+whose history `raft/linearizability.py` checks at the end.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from raft.core import Config, NotLeader, Raft
+from raft.linearizability import KvOp, check_kv
+from raft.types import (
+    NONE,
+    ConfChange,
+    Entry,
+    EntryType,
+    HardState,
+    Message,
+    MsgType,
+    Ready,
+    Role,
+    Snapshot,
+)
+
+_LEADER_EARLY = frozenset({MsgType.APPEND, MsgType.HEARTBEAT, MsgType.SNAPSHOT})
+
+
+class SafetyViolation(AssertionError):
+    """A Raft safety property failed; the message names the seed and step to replay."""
+
+
+@dataclass(slots=True)
+class Faults:
+    """Network and disk faults; probabilities are per message (or per Ready for crash_mid_ready)."""
+
+    loss: float = 0.0
+    duplicate: float = 0.0
+    min_delay: int = 0  # ticks; unequal delays reorder messages
+    max_delay: int = 0
+    crash_mid_ready: float = 0.0  # crash after writing part of a Ready, before fsync and before sending
+    # Persist like raft/node.py: the fsync runs while the core keeps stepping messages, and a leader sends
+    # its APPENDs before its own fsync ends (thesis §10.2.1).
+    async_fsync: bool = False
+
+
+class SimStorage:
+    """What survives a crash: the synced hard state, snapshot and log."""
+
+    def __init__(self) -> None:
+        self.hard = HardState()
+        self.snapshot: Snapshot | None = None
+        self.entries: list[Entry] = []  # contiguous, starting right after the snapshot
+        self.unsynced_hard: HardState | None = None  # written without fsync: lost on a crash
+
+    @property
+    def offset(self) -> int:
+        return (self.snapshot.index if self.snapshot else 0) + 1
+
+    def append(self, ents: list[Entry]) -> None:
+        """Write entries, truncating the stored log at ents[0].index (a new leader overwrote a suffix)."""
+        i = ents[0].index - self.offset
+        if i < 0:
+            ents = ents[-i:]
+            i = 0
+        del self.entries[i:]
+        self.entries.extend(ents)
+
+    def term_at(self, index: int) -> int | None:
+        if self.snapshot and index <= self.snapshot.index:
+            return self.snapshot.term if index == self.snapshot.index else None
+        i = index - self.offset
+        return self.entries[i].term if 0 <= i < len(self.entries) else None
+
+    def has(self, index: int, term: int) -> bool:
+        """Whether this store durably holds entry (index, term), directly or inside its snapshot."""
+        if self.snapshot and index <= self.snapshot.index:
+            return True
+        return self.term_at(index) == term
+
+    def install_snapshot(self, s: Snapshot) -> None:
+        keep = [e for e in self.entries if e.index > s.index] if self.term_at(s.index) == s.term else []
+        self.snapshot = s
+        self.entries = keep
+
+
+class KvMachine:
+    """The replicated KV state machine the simulated clients talk to."""
+
+    def __init__(self, data: bytes = b"") -> None:
+        self.kv: dict[str, str] = json.loads(data) if data else {}
+
+    def apply(self, data: bytes) -> tuple[str, object]:
+        """Apply one command: returns (op id, result)."""
+        op, key, a, b, opid = data.decode().split("|")
+        if op == "put":
+            self.kv[key] = a
+            return opid, True
+        if op == "cas":
+            if self.kv.get(key) == (a or None):
+                self.kv[key] = b
+                return opid, True
+            return opid, False
+        raise ValueError(f"unknown command {op!r}")
+
+    def encode(self) -> bytes:
+        return json.dumps(self.kv, sort_keys=True).encode()
+
+
+def kv_command(op: str, key: str, a: str, b: str, opid: str) -> bytes:
+    return f"{op}|{key}|{a}|{b}|{opid}".encode()
+
+
+@dataclass(slots=True)
+class _ClientOp:
+    op: KvOp
+    node: int
+    deadline: int
+    read_index: int | None = None
+
+
+class SimNode:
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.id = cfg.id
+        self.storage = SimStorage()
+        self.raft: Raft | None = Raft(cfg)
+        self.kv = KvMachine()
+        self.applied: list[Entry] = []  # every entry applied since the last (re)start, for tests
+        self.inflight: tuple[Ready, list[Message]] | None = None  # Ready whose fsync is running; unsent msgs
+        self.waiting: dict[str, _ClientOp] = {}  # op id of a proposed command -> the client op
+        self.reads: dict[bytes, _ClientOp] = {}  # ReadIndex context -> the client read
+
+    @property
+    def up(self) -> bool:
+        return self.raft is not None
+
+
+class SafetyChecker:
+    """Checks Raft's safety properties (Raft paper, Figure 3) incrementally, after every step."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.step = 0
+        self.leader_of_term: dict[int, int] = {}
+        # (id, term) -> (last index, its term) of that leader's log when last checked
+        self.leader_tail: dict[tuple[int, int], tuple[int, int]] = {}
+        # (index, term) -> (type, data, term of the entry before it): what that pair denotes in every log
+        self.entry_at: dict[tuple[int, int], tuple[EntryType, bytes, int | None]] = {}
+        # index -> [entry term, lowest term in which some node saw it committed]
+        self.committed: dict[int, list[int]] = {}
+        self.applied: dict[int, tuple[int, bytes]] = {}  # index -> (term, data) applied by some node
+        self.seen_commit: dict[int, int] = {}
+
+    def fail(self, what: str) -> None:
+        raise SafetyViolation(f"{self.label} step={self.step}: {what}")
+
+    def on_entries(self, nid: int, raft: Raft, ents: list[Entry]) -> None:
+        """Log Matching (§5.3): an (index, term) pair fixes the entry and, inductively, the log before it."""
+        for e in ents:
+            prev = raft.term_at(e.index - 1)
+            key = (e.index, e.term)
+            got = (e.type, e.data, prev)
+            old = self.entry_at.setdefault(key, got)
+            if old != got and not (old[:2] == got[:2] and None in (old[2], prev)):
+                self.fail(f"Log Matching: node {nid} has {got} at {key}, another node has {old}")
+
+    def on_apply(self, nid: int, e: Entry) -> None:
+        """State Machine Safety (§5.4.3): no two nodes apply different entries at the same index."""
+        old = self.applied.setdefault(e.index, (e.term, e.data))
+        if old != (e.term, e.data):
+            self.fail(f"State Machine Safety: node {nid} applied {(e.term, e.data)} at {e.index}, "
+                      f"another node applied {old}")
+
+    def on_snapshot_apply(self, nid: int, s: Snapshot) -> None:
+        old = self.applied.get(s.index)
+        if old is not None and old[0] != s.term:
+            self.fail(f"State Machine Safety: node {nid} installed a snapshot at {s.index} of term {s.term}, "
+                      f"another node applied term {old[0]} there")
+
+    def check(self, nodes: dict[int, SimNode]) -> None:
+        self.step += 1
+        for node in nodes.values():
+            r = node.raft
+            if r is None:
+                continue
+            self._check_commit(node.id, r, nodes)
+            if r.role is Role.LEADER:
+                self._check_leader(node.id, r)
+
+    def _check_leader(self, nid: int, r: Raft) -> None:
+        term = r.term
+        holder = self.leader_of_term.setdefault(term, nid)
+        if holder != nid:
+            self.fail(f"Election Safety: nodes {holder} and {nid} are both leaders of term {term}")
+        key = (nid, term)
+        tail = self.leader_tail.get(key)
+        last = r.last_index
+        if tail is None:
+            # Leader Completeness (§5.4): every entry committed before this term is in the new leader's log.
+            for idx, (t, cterm) in self.committed.items():
+                if cterm < term and idx >= r.first_index and r.term_at(idx) != t:
+                    self.fail(f"Leader Completeness: leader {nid} of term {term} lacks committed entry "
+                              f"{(idx, t)}")
+        else:
+            t_idx, t_term = tail
+            if last < t_idx or (t_idx >= r.first_index and r.term_at(t_idx) != t_term):
+                self.fail(f"Leader Append-Only: leader {nid} of term {term} rewrote its log at {t_idx}")
+        self.leader_tail[key] = (last, r.term_at(last) or 0)
+
+    def _check_commit(self, nid: int, r: Raft, nodes: dict[int, SimNode]) -> None:
+        prev = self.seen_commit.get(nid, 0)
+        c = r.commit
+        if c <= prev:
+            self.seen_commit[nid] = c
+            return
+        self.seen_commit[nid] = c
+        for idx in range(max(prev + 1, r.first_index), c + 1):
+            t = r.term_at(idx)
+            assert t is not None
+            rec = self.committed.get(idx)
+            if rec is None:
+                self.committed[idx] = [t, r.term]
+                for other in nodes.values():
+                    o = other.raft
+                    if o is not None and o.role is Role.LEADER and o.term > r.term and idx >= o.first_index:
+                        if o.term_at(idx) != t:
+                            self.fail(f"Leader Completeness: leader {other.id} of term {o.term} lacks "
+                                      f"entry {(idx, t)} committed by node {nid}")
+            elif rec[0] != t:
+                self.fail(f"State Machine Safety: node {nid} committed {(idx, t)}, another committed "
+                          f"{(idx, rec[0])}")
+            elif r.term < rec[1]:
+                rec[1] = r.term
+
+
+class Cluster:
+    """Raft nodes over a simulated network; the tests drive it tick by tick or let `run_seed` do it."""
+
+    def __init__(
+        self,
+        n: int = 3,
+        *,
+        seed: int = 0,
+        faults: Faults | None = None,
+        check_durable_quorum: bool = True,
+        **cfg: object,
+    ) -> None:
+        self.seed = seed
+        self.rng = random.Random(seed)
+        self.faults = faults or Faults()
+        self.peers = tuple(range(1, n + 1))
+        self.cfg_kw = cfg
+        self.nodes: dict[int, SimNode] = {}
+        for i in self.peers:
+            self.nodes[i] = SimNode(self._config(i, self.peers))
+        self.checker = SafetyChecker(f"seed={seed}")
+        self.now = 0  # ticks
+        self.events = 0  # a counter that orders client invocations and responses
+        # (due tick, random tie-break, seq, message to deliver or id of a node whose fsync completes)
+        self._queue: list[tuple[int, float, int, Message | int]] = []
+        self._seq = 0
+        self._groups: dict[int, int] | None = None  # node -> partition group; None: fully connected
+        self.history: list[KvOp] = []
+        self.check_durable_quorum = check_durable_quorum
+        self.drop: Callable[[Message], bool] | None = None  # tests: drop the messages this selects
+        self.membership_changed = False
+        self.messages_sent = 0
+
+    def _config(self, i: int, peers: tuple[int, ...]) -> Config:
+        return Config(i, peers, seed=self.seed, **self.cfg_kw)  # type: ignore[arg-type]
+
+    # ---------------------------------------------------------------- access
+
+    def raft(self, i: int) -> Raft:
+        r = self.nodes[i].raft
+        if r is None:
+            raise RuntimeError(f"node {i} is down")
+        return r
+
+    def leader(self) -> int | None:
+        """The up leader with the highest term, if any."""
+        best = None
+        for node in self.nodes.values():
+            r = node.raft
+            if r is not None and r.role is Role.LEADER and (best is None or r.term > self.raft(best).term):
+                best = node.id
+        return best
+
+    def leaders(self) -> list[int]:
+        return [n.id for n in self.nodes.values() if n.raft is not None and n.raft.role is Role.LEADER]
+
+    # ---------------------------------------------------------------- faults
+
+    def partition(self, *groups: tuple[int, ...] | list[int]) -> None:
+        """Only nodes in the same group can talk; nodes not named form one more group."""
+        self._groups = {}
+        for g, members in enumerate(groups):
+            for m in members:
+                self._groups[m] = g
+        for i in self.nodes:
+            self._groups.setdefault(i, len(groups))
+
+    def isolate(self, i: int) -> None:
+        self.partition([i])
+
+    def heal(self) -> None:
+        self._groups = None
+
+    def connected(self, a: int, b: int) -> bool:
+        return self._groups is None or self._groups.get(a, -1) == self._groups.get(b, -1)
+
+    def crash(self, i: int) -> None:
+        """Stop node i: it loses its memory and every write not yet synced."""
+        node = self.nodes[i]
+        if node.inflight is not None:
+            self._torn_write(node, node.inflight[0])
+            node.inflight = None
+        node.raft = None
+        node.storage.unsynced_hard = None
+        node.waiting.clear()
+        node.reads.clear()
+
+    def restart(self, i: int) -> None:
+        """Start node i again from its durable state (state machine rebuilt from the snapshot)."""
+        node = self.nodes[i]
+        st = node.storage
+        node.raft = Raft(node.cfg, hard_state=st.hard, snapshot=st.snapshot, entries=list(st.entries),
+                         applied=st.snapshot.index if st.snapshot else 0)
+        node.kv = KvMachine(st.snapshot.data if st.snapshot else b"")
+        node.applied = []
+
+    def add_node(self, i: int) -> None:
+        """Start a brand-new node i (empty log) that knows the current voters plus itself."""
+        ldr = self.leader()
+        voters = self.raft(ldr).voters if ldr else self.peers
+        self.nodes[i] = SimNode(self._config(i, tuple(sorted({*voters, i}))))
+        self.checker.seen_commit[i] = 0
+
+    def compact(self, i: int) -> None:
+        """Node i snapshots its state machine at its applied index and drops the log up to it."""
+        node = self.nodes[i]
+        r = self.raft(i)
+        idx = r.applied
+        if idx <= (r.snapshot.index if r.snapshot else 0):
+            return
+        r.compact(idx, node.kv.encode())
+        assert r.snapshot is not None
+        node.storage.install_snapshot(r.snapshot)  # the snapshot file is written and synced at once
+
+    # ---------------------------------------------------------------- driving
+
+    def tick(self, n: int = 1) -> None:
+        """Advance virtual time: every up node ticks, then every message due is delivered."""
+        for _ in range(n):
+            self.now += 1
+            for node in self.nodes.values():
+                if node.raft is not None:
+                    node.raft.tick()
+                    self._process(node)
+            self._deliver_due()
+            self._expire_client_ops()
+
+    def stabilize(self, max_rounds: int = 1000) -> None:
+        """Deliver every queued message now (no time passes) until the network is quiet."""
+        for _ in range(max_rounds):
+            for node in self.nodes.values():
+                if node.raft is not None and node.raft.has_ready():
+                    self._process(node)
+            if not self._queue:
+                return
+            batch, self._queue = self._queue, []
+            batch.sort()
+            for *_, m in batch:
+                self._deliver(m) if isinstance(m, Message) else self._fsync_done(m)
+        raise RuntimeError("network did not stabilize")
+
+    def run_until(self, pred: Callable[[], bool], max_ticks: int) -> bool:
+        for _ in range(max_ticks):
+            if pred():
+                return True
+            self.tick()
+        return pred()
+
+    def wait_leader(self, max_ticks: int = 2000) -> int:
+        if not self.run_until(lambda: self.leader() is not None, max_ticks):
+            raise AssertionError(f"no leader after {max_ticks} ticks")
+        ldr = self.leader()
+        assert ldr is not None
+        return ldr
+
+    def wait_leader_in(self, group: list[int] | tuple[int, ...], max_ticks: int = 2000) -> int:
+        """Run until one of `group` is leader; returns it."""
+
+        def found() -> int | None:
+            return next((i for i in group if self.nodes[i].raft is not None
+                         and self.raft(i).role is Role.LEADER), None)
+
+        if not self.run_until(lambda: found() is not None, max_ticks):
+            raise AssertionError(f"no leader among {list(group)} after {max_ticks} ticks")
+        ldr = found()
+        assert ldr is not None
+        return ldr
+
+    def stabilize_node(self, i: int) -> None:
+        """Let node i hand out the Ready a direct call (propose, transfer...) produced."""
+        node = self.nodes[i]
+        if node.raft is not None:
+            self._process(node)
+
+    def step(self, m: Message) -> None:
+        """Hand a message to its addressee right now (tests that script messages by hand)."""
+        self._deliver(m)
+
+    def _deliver_due(self) -> None:
+        q = self._queue
+        budget = 100_000  # zero-delay ping-pong that never ends within a tick is a livelock
+        while q and q[0][0] <= self.now:
+            m = heapq.heappop(q)[3]
+            self._deliver(m) if isinstance(m, Message) else self._fsync_done(m)
+            budget -= 1
+            if not budget:
+                self.checker.fail(f"livelock: messages keep flowing within tick {self.now}")
+
+    def _deliver(self, m: Message) -> None:
+        node = self.nodes.get(m.to)
+        if node is None or node.raft is None or not self.connected(m.frm, m.to):
+            return
+        if self.drop is not None and self.drop(m):
+            return
+        node.raft.step(m)
+        self._process(node)
+        self.checker.check(self.nodes)
+
+    def _send(self, m: Message) -> None:
+        self.messages_sent += 1
+        f = self.faults
+        rng = self.rng
+        if f.loss and rng.random() < f.loss:
+            return
+        copies = 2 if f.duplicate and rng.random() < f.duplicate else 1
+        for _ in range(copies):
+            delay = rng.randint(f.min_delay, f.max_delay) if f.max_delay else f.min_delay
+            self._seq += 1
+            heapq.heappush(self._queue, (self.now + delay, rng.random(), self._seq, m))
+
+    def _process(self, node: SimNode) -> None:
+        """Handle one Ready the way raft/node.py does: persist (fsync), send, apply, advance."""
+        r = node.raft
+        assert r is not None
+        for _ in range(10_000):
+            if node.inflight is not None or not r.has_ready():
+                return
+            rd = r.ready()
+            if rd.entries:
+                self.checker.on_entries(node.id, r, rd.entries)
+            if self.faults.async_fsync:
+                rest = rd.messages
+                if r.role is Role.LEADER:
+                    for m in rest:
+                        if m.type in _LEADER_EARLY:
+                            self._send(m)
+                    rest = [m for m in rest if m.type not in _LEADER_EARLY]
+                node.inflight = (rd, rest)
+                self._seq += 1
+                heapq.heappush(self._queue, (self.now + self.rng.randint(0, 1), self.rng.random(), self._seq,
+                                             node.id))
+                return
+            self._finish(node, rd, rd.messages)
+            if node.raft is None:
+                return
+        self.checker.fail(f"node {node.id} keeps producing Ready batches (livelock)")
+
+    def _fsync_done(self, i: int) -> None:
+        node = self.nodes[i]
+        if node.raft is None or node.inflight is None:
+            return
+        rd, rest = node.inflight
+        node.inflight = None
+        self._finish(node, rd, rest)
+        if node.raft is not None:
+            self._process(node)
+
+    def _finish(self, node: SimNode, rd: Ready, messages: list[Message]) -> None:
+        """The Ready's writes reach the disk (fsync), then its messages go out, then it is applied."""
+        r = node.raft
+        assert r is not None
+        p_crash = self.faults.crash_mid_ready
+        if p_crash and rd.must_sync and self.rng.random() < p_crash:
+            node.inflight = (rd, messages)
+            self.crash(node.id)  # a torn write of this Ready; nothing sent, nothing applied
+            self.checker.check(self.nodes)
+            return
+        st = node.storage
+        if rd.snapshot is not None:
+            st.install_snapshot(rd.snapshot)
+        if rd.entries:
+            st.append(rd.entries)
+        if rd.hard_state is not None:
+            if rd.must_sync:
+                st.hard, st.unsynced_hard = rd.hard_state, None
+            else:
+                st.unsynced_hard = rd.hard_state
+        elif rd.must_sync and st.unsynced_hard is not None:
+            st.hard, st.unsynced_hard = st.unsynced_hard, None
+        for m in messages:
+            self._send(m)
+        self._apply(node, rd)
+        r.advance(rd)
+        self.checker.check(self.nodes)
+
+    def _torn_write(self, node: SimNode, rd: Ready) -> None:
+        """A crash mid-write: some prefix of the entries and maybe the hard state reached the disk."""
+        st = node.storage
+        # Writes land in order (snapshot, then entries); a prefix of them survives.
+        writes = ([rd.snapshot] if rd.snapshot is not None else []) + list(rd.entries)
+        kept = writes[: self.rng.randint(0, len(writes))]
+        if kept and isinstance(kept[0], Snapshot):
+            st.install_snapshot(kept.pop(0))
+        elif rd.snapshot is not None:
+            kept = []
+        if kept:
+            st.append(kept)  # type: ignore[arg-type]
+        if rd.hard_state is not None and self.rng.random() < 0.5:
+            st.hard = rd.hard_state
+
+    def _apply(self, node: SimNode, rd: Ready) -> None:
+        if rd.snapshot is not None:
+            self.checker.on_snapshot_apply(node.id, rd.snapshot)
+            node.kv = KvMachine(rd.snapshot.data)
+        for e in rd.committed_entries:
+            self.checker.on_apply(node.id, e)
+            if self.check_durable_quorum:
+                self._check_durable_quorum(node.id, e)
+            node.applied.append(e)
+            if e.type is EntryType.NORMAL and e.data.count(b"|") == 4:
+                opid, result = node.kv.apply(e.data)
+                c = node.waiting.pop(opid, None)
+                if c is not None:
+                    self._respond(c, result)
+        r = node.raft
+        assert r is not None
+        applied = rd.committed_entries[-1].index if rd.committed_entries else r.applied
+        if rd.snapshot is not None:
+            applied = max(applied, rd.snapshot.index)
+        for rs in rd.read_states:
+            c = node.reads.get(rs.context)
+            if c is not None:
+                c.read_index = rs.index
+        for ctx, c in list(node.reads.items()):
+            if c.read_index is not None and applied >= c.read_index:
+                del node.reads[ctx]
+                self._respond(c, node.kv.kv.get(c.op.key))
+
+    def _check_durable_quorum(self, nid: int, e: Entry) -> None:
+        """An entry is applied only after a quorum of voters stored it durably (§5.3; `all` for sync mode)."""
+        holders = sum(1 for n in self.nodes.values() if n.storage.has(e.index, e.term))
+        need = len(self.peers) if self.cfg_kw.get("commit_quorum") == "all" else len(self.peers) // 2 + 1
+        if holders < need:
+            self.checker.fail(f"node {nid} applied {(e.index, e.term)}, durable on {holders} nodes only")
+
+    # ---------------------------------------------------------------- KV clients
+
+    def client_put(self, client: int, node: int, key: str, value: str, timeout: int) -> bool:
+        return self._client_write(KvOp(client, "put", key, 0, value=value), node, "put", value, "", timeout)
+
+    def client_cas(self, client: int, node: int, key: str, expected: str | None, value: str,
+                   timeout: int) -> bool:
+        op = KvOp(client, "cas", key, 0, value=value, expected=expected)
+        return self._client_write(op, node, "cas", expected or "", value, timeout)
+
+    def client_get(self, client: int, node: int, key: str, timeout: int) -> bool:
+        """Start a linearizable read on `node` via ReadIndex; False if it cannot even be started."""
+        n = self.nodes[node]
+        if n.raft is None:
+            return False
+        self.events += 1
+        op = KvOp(client, "get", key, self.events)
+        ctx = f"r{self.events}".encode()
+        try:
+            n.raft.read_index(ctx)
+        except NotLeader:
+            return False
+        c = _ClientOp(op, node, self.now + timeout)
+        n.reads[ctx] = c
+        self.history.append(op)
+        self._process(n)
+        return True
+
+    def _client_write(self, op: KvOp, node: int, kind: str, a: str, b: str, timeout: int) -> bool:
+        n = self.nodes[node]
+        if n.raft is None:
+            return False
+        self.events += 1
+        op.call = self.events
+        opid = f"c{op.client}-{self.events}"
+        try:
+            n.raft.propose(kv_command(kind, op.key, a, b, opid))
+        except NotLeader:
+            return False
+        c = _ClientOp(op, node, self.now + timeout)
+        n.waiting[opid] = c
+        self.history.append(op)
+        self._process(n)
+        return True
+
+    def _respond(self, c: _ClientOp, result: object) -> None:
+        if c.op.ret is not None or c.deadline < self.now:
+            return
+        self.events += 1
+        c.op.ret = self.events
+        c.op.output = result
+
+    def _expire_client_ops(self) -> None:
+        for node in self.nodes.values():
+            for table in (node.waiting, node.reads):
+                for k in [k for k, c in table.items() if c.deadline < self.now]:
+                    del table[k]
+
+    def pending_client_ops(self) -> int:
+        return sum(len(n.waiting) + len(n.reads) for n in self.nodes.values())
+
+
+# -------------------------------------------------------------------- random runs
+
+
+@dataclass(slots=True)
+class SeedReport:
+    seed: int
+    nodes: int
+    ticks: int
+    ops: int
+    completed: int
+    commit: int
+    elections: int
+    messages: int
+    faults: list[str] = field(default_factory=list)
+
+
+def run_seed(seed: int, ticks: int = 400, *, heal_ticks: int = 400) -> SeedReport:
+    """One random run: faults for `ticks`, then everything heals and the cluster must converge.
+
+    Raises SafetyViolation if a safety property fails at any step, or AssertionError if the KV history is
+    not linearizable or the healed cluster does not converge (a liveness check).
+    """
+    rng = random.Random(seed ^ 0x5EED)
+    n = rng.choice((3, 3, 3, 5))
+    quorum = "all" if rng.random() < 0.1 else "majority"
+    faults = Faults(
+        loss=rng.choice((0.0, 0.02, 0.1, 0.2)),
+        duplicate=rng.choice((0.0, 0.05)),
+        min_delay=0,
+        max_delay=rng.choice((0, 1, 3)),
+        crash_mid_ready=rng.choice((0.0, 0.0, 0.01)),
+        async_fsync=rng.random() < 0.5,
+    )
+    membership = rng.random() < 0.2
+    cl = Cluster(
+        n,
+        seed=seed,
+        faults=faults,
+        check_durable_quorum=not membership,
+        election_tick=rng.choice((6, 10, 15)),
+        heartbeat_tick=rng.choice((1, 2, 3)),
+        pre_vote=rng.random() < 0.7,
+        check_quorum=rng.random() < 0.7,
+        commit_quorum=quorum,
+        max_entries_per_msg=rng.choice((1, 4, 64)),
+        max_inflight_msgs=rng.choice((1, 4, 64)),
+    )
+    notes = [f"n={n} quorum={quorum} {faults} membership={membership}"]
+    keys = ("x", "y")
+    clients = {c: 0 for c in range(3)}  # client -> tick at which it may issue its next op
+    busy: dict[int, KvOp] = {}
+    removed: list[int] = []
+    elections = 0
+    last_leader = None
+    try:
+        for t in range(ticks):
+            _random_fault(cl, rng, notes, removed, membership)
+            for c in clients:
+                op = busy.get(c)
+                if op is not None and (op.ret is not None or not _in_flight(cl, op)):
+                    busy.pop(c)
+                    clients[c] = t + rng.randint(0, 4)
+                if c not in busy and t >= clients[c]:
+                    _client_op(cl, rng, c, keys, busy)
+            cl.tick()
+            ldr = cl.leader()
+            if ldr is not None and ldr != last_leader:
+                elections += 1
+                last_leader = ldr
+        # Heal: every node up, network perfect; the cluster must elect a leader and converge.
+        cl.heal()
+        cl.faults = Faults()
+        for i, node in cl.nodes.items():
+            if not node.up:
+                cl.restart(i)
+        converged = cl.run_until(lambda: _converged(cl), heal_ticks)
+        if not converged:
+            raise AssertionError(f"seed={seed}: cluster did not converge after healing: "
+                                 f"{[nd.raft.status() for nd in cl.nodes.values() if nd.raft]}")
+    except (SafetyViolation, AssertionError) as exc:
+        raise type(exc)(f"{exc}\nfaults: {'; '.join(notes)}") from None
+    res = check_kv(cl.history)
+    if res.ok is False:
+        raise AssertionError(f"seed={seed}: history of key {res.key!r} is not linearizable:\n"
+                             + "\n".join(str(o) for o in cl.history if o.key == res.key))
+    if res.ok is None:
+        raise AssertionError(f"seed={seed}: linearizability search bound hit on key {res.key!r}")
+    commit = max(nd.raft.commit for nd in cl.nodes.values() if nd.raft)
+    return SeedReport(seed, n, cl.now, len(cl.history), sum(o.ret is not None for o in cl.history),
+                      commit, elections, cl.messages_sent, notes)
+
+
+def _in_flight(cl: Cluster, op: KvOp) -> bool:
+    return any(c.op is op for nd in cl.nodes.values() for c in (*nd.waiting.values(), *nd.reads.values()))
+
+
+def _client_op(cl: Cluster, rng: random.Random, c: int, keys: tuple[str, ...], busy: dict[int, KvOp]) -> None:
+    ldr = cl.leader()
+    up = [i for i, nd in cl.nodes.items() if nd.up]
+    if not up:
+        return
+    node = ldr if ldr is not None and rng.random() < 0.8 else rng.choice(up)
+    key = rng.choice(keys)
+    kind = rng.random()
+    value = f"v{cl.events + 1}"
+    timeout = 40
+    if kind < 0.4:
+        started = cl.client_put(c, node, key, value, timeout)
+    elif kind < 0.75:
+        started = cl.client_get(c, node, key, timeout)
+    else:
+        cur = cl.nodes[node].kv.kv.get(key) if rng.random() < 0.8 else None
+        started = cl.client_cas(c, node, key, cur, value, timeout)
+    if started:
+        busy[c] = cl.history[-1]
+
+
+def _random_fault(
+    cl: Cluster, rng: random.Random, notes: list[str], removed: list[int], membership: bool
+) -> None:
+    x = rng.random()
+    ids = list(cl.nodes)
+    if x < 0.01:
+        i = rng.choice(ids)
+        if cl.nodes[i].up:
+            cl.crash(i)
+            notes.append(f"t={cl.now} crash {i}")
+    elif x < 0.03:
+        down = [i for i in ids if not cl.nodes[i].up]
+        if down:
+            i = rng.choice(down)
+            cl.restart(i)
+            notes.append(f"t={cl.now} restart {i}")
+    elif x < 0.04:
+        rng.shuffle(ids)
+        k = rng.randint(1, len(ids) - 1)
+        cl.partition(ids[:k])
+        notes.append(f"t={cl.now} partition {sorted(ids[:k])}")
+    elif x < 0.055:
+        cl.heal()
+        notes.append(f"t={cl.now} heal")
+    elif x < 0.065:
+        up = [i for i in ids if cl.nodes[i].up]
+        if up:
+            i = rng.choice(up)
+            cl.compact(i)
+            notes.append(f"t={cl.now} compact {i}")
+    elif x < 0.075:
+        ldr = cl.leader()
+        if ldr is not None:
+            if rng.random() < 0.5:
+                cl.crash(ldr)
+                notes.append(f"t={cl.now} crash leader {ldr}")
+            else:
+                cl.isolate(ldr)
+                notes.append(f"t={cl.now} isolate leader {ldr}")
+    elif x < 0.08:
+        ldr = cl.leader()
+        if ldr is not None:
+            to = rng.choice([i for i in cl.raft(ldr).voters if i != ldr] or [ldr])
+            try:
+                cl.raft(ldr).transfer_leadership(to)
+            except (ValueError, NotLeader):
+                return
+            cl.stabilize_node(ldr)
+            notes.append(f"t={cl.now} transfer {ldr}->{to}")
+    elif membership and x < 0.1:
+        ldr = cl.leader()
+        if ldr is None:
+            return
+        r = cl.raft(ldr)
+        try:
+            if removed and rng.random() < 0.6:
+                i = removed[0]
+                r.propose_conf_change(ConfChange("add", i))
+                removed.pop(0)
+                notes.append(f"t={cl.now} add {i}")
+            elif len(cl.nodes) < 7 and rng.random() < 0.3:
+                i = max(cl.nodes) + 1
+                r.propose_conf_change(ConfChange("add", i))
+                cl.add_node(i)  # a brand-new, empty node that knows the voters (its own add included)
+                notes.append(f"t={cl.now} add new node {i}")
+            elif len(r.voters) > 2:
+                i = rng.choice(r.voters)
+                r.propose_conf_change(ConfChange("remove", i))
+                removed.append(i)
+                notes.append(f"t={cl.now} remove {i}")
+        except (ValueError, NotLeader):
+            return
+        cl.membership_changed = True
+
+
+def _converged(cl: Cluster) -> bool:
+    """A leader exists, and every node has applied the same commit index, which includes a current no-op."""
+    ldr = cl.leader()
+    if ldr is None:
+        return False
+    lr = cl.raft(ldr)
+    if lr.commit < lr.last_index:
+        return False
+    members = [cl.nodes[i] for i in lr.voters]
+    return all(nd.raft is not None and nd.raft.applied == lr.commit for nd in members)
+
+
+__all__ = ["NONE", "Cluster", "Faults", "KvMachine", "SafetyChecker", "SafetyViolation", "SeedReport",
+           "SimNode", "SimStorage", "run_seed"]

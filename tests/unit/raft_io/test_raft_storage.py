@@ -1,0 +1,144 @@
+"""Crash recovery of the durable log: what survives, what is cut, what is refused."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from raft.storage import CorruptLog, Storage, frame
+from raft.types import ConfState, Entry, EntryType, HardState, Snapshot
+
+
+def ents(first: int, last: int, term: int) -> list[Entry]:
+    return [Entry(term, i, EntryType.NORMAL, b"v%d" % i) for i in range(first, last + 1)]
+
+
+def segment_paths(d: str) -> list[str]:
+    wal = os.path.join(d, "wal")
+    return [os.path.join(wal, n) for n in sorted(os.listdir(wal))]
+
+
+def test_synced_entries_and_hard_state_survive_reopen(tmp_path):
+    st, rec = Storage.open(str(tmp_path))
+    assert rec.entries == [] and rec.hard_state == HardState() and rec.snapshot is None
+    st.save(HardState(3, 2, 0), ents(1, 5, 3), None, sync=True)
+    st.save(HardState(3, 2, 4), [], None, sync=True)
+    st.close()
+    _, rec = Storage.open(str(tmp_path))
+    assert rec.entries == ents(1, 5, 3)
+    assert rec.hard_state == HardState(3, 2, 4)
+
+
+def test_a_batch_starting_inside_the_log_truncates_the_conflicting_suffix(tmp_path):
+    st, _ = Storage.open(str(tmp_path))
+    st.save(HardState(1, 1, 0), ents(1, 5, 1), None, sync=True)
+    st.save(HardState(2, 0, 0), ents(3, 4, 2), None, sync=True)
+    st.close()
+    _, rec = Storage.open(str(tmp_path))
+    assert rec.entries == ents(1, 2, 1) + ents(3, 4, 2)
+
+
+@pytest.mark.parametrize("cut", [1, 4, 7, 12])
+def test_torn_tail_record_is_cut_and_the_prefix_recovered(tmp_path, cut):
+    st, _ = Storage.open(str(tmp_path))
+    st.save(HardState(1, 1, 0), ents(1, 3, 1), None, sync=True)
+    size_ok = os.path.getsize(segment_paths(str(tmp_path))[-1])
+    st.save(None, ents(4, 6, 1), None, sync=True)
+    st.close()
+    path = segment_paths(str(tmp_path))[-1]
+    with open(path, "r+b") as f:
+        f.truncate(size_ok + cut)  # a crash mid-write left only `cut` bytes of the second record
+    _, rec = Storage.open(str(tmp_path))
+    assert rec.entries == ents(1, 3, 1)
+    assert rec.truncated_bytes == cut
+    assert os.path.getsize(path) == size_ok
+
+
+def test_garbage_after_the_last_record_is_truncated_and_appends_continue(tmp_path):
+    st, _ = Storage.open(str(tmp_path))
+    st.save(HardState(1, 1, 0), ents(1, 3, 1), None, sync=True)
+    st.close()
+    with open(segment_paths(str(tmp_path))[-1], "ab") as f:
+        f.write(os.urandom(100))
+    st, rec = Storage.open(str(tmp_path))
+    assert rec.entries == ents(1, 3, 1) and rec.truncated_bytes == 100
+    st.save(None, ents(4, 4, 1), None, sync=True)
+    st.close()
+    _, rec = Storage.open(str(tmp_path))
+    assert rec.entries == ents(1, 4, 1)
+
+
+def test_a_record_whose_checksum_fails_ends_the_recovered_log(tmp_path):
+    st, _ = Storage.open(str(tmp_path))
+    st.save(HardState(1, 1, 0), ents(1, 2, 1), None, sync=True)
+    st.save(None, ents(3, 4, 1), None, sync=True)
+    st.close()
+    path = segment_paths(str(tmp_path))[-1]
+    with open(path, "r+b") as f:
+        data = bytearray(f.read())
+        data[-1] ^= 0xFF  # one flipped bit in the last payload
+        f.seek(0)
+        f.write(data)
+    _, rec = Storage.open(str(tmp_path))
+    assert rec.entries == ents(1, 2, 1)
+
+
+def test_damage_inside_a_sealed_segment_is_refused_not_silently_dropped(tmp_path):
+    st, _ = Storage.open(str(tmp_path), segment_bytes=64)
+    for i in range(1, 6):
+        st.save(HardState(1, 1, 0), ents(i, i, 1), None, sync=True)
+    st.close()
+    first = segment_paths(str(tmp_path))[0]
+    with open(first, "r+b") as f:
+        f.seek(10)
+        f.write(b"\xff\xff")
+    with pytest.raises(CorruptLog):
+        Storage.open(str(tmp_path), segment_bytes=64)
+
+
+def test_snapshot_compacts_sealed_segments_and_reopen_starts_after_it(tmp_path):
+    st, _ = Storage.open(str(tmp_path), segment_bytes=200)
+    for i in range(1, 41):
+        st.save(HardState(1, 1, i - 1), ents(i, i, 1), None, sync=True)
+    before = st.segment_count()
+    st.save_snapshot(Snapshot(30, 1, ConfState((1, 2, 3)), b"state@30"))
+    assert st.segment_count() < before
+    st.close()
+    _, rec = Storage.open(str(tmp_path), segment_bytes=200)
+    assert rec.snapshot == Snapshot(30, 1, ConfState((1, 2, 3)), b"state@30")
+    assert rec.entries == ents(31, 40, 1)
+    assert rec.hard_state.commit == 39
+
+
+def test_installed_snapshot_that_disagrees_with_the_log_discards_the_log(tmp_path):
+    st, _ = Storage.open(str(tmp_path))
+    st.save(HardState(1, 1, 0), ents(1, 15, 1), None, sync=True)
+    st.save(HardState(3, 0, 20), [], Snapshot(20, 3, ConfState((1, 2, 3)), b"s"), sync=True)
+    st.save(None, ents(21, 22, 3), None, sync=True)
+    st.close()
+    _, rec = Storage.open(str(tmp_path))
+    assert rec.snapshot.index == 20
+    assert rec.entries == ents(21, 22, 3)
+
+
+def test_overwrites_spanning_segments_survive_compaction_in_order(tmp_path):
+    st, _ = Storage.open(str(tmp_path), segment_bytes=150)
+    st.save(HardState(2, 1, 0), ents(1, 12, 2), None, sync=True)  # a long uncommitted term-2 tail
+    st.save(HardState(3, 2, 0), ents(6, 8, 3), None, sync=True)  # the term-3 leader overwrote it
+    st.save(None, ents(9, 10, 3), None, sync=True)
+    st.save_snapshot(Snapshot(8, 3, ConfState((1, 2, 3)), b"s"))
+    st.close()
+    _, rec = Storage.open(str(tmp_path), segment_bytes=150)
+    assert rec.entries == ents(9, 10, 3)
+
+
+def test_a_leftover_temp_file_never_replaces_the_hard_state(tmp_path):
+    st, _ = Storage.open(str(tmp_path))
+    st.save(HardState(5, 3, 0), [], None, sync=True)
+    st.close()
+    with open(os.path.join(str(tmp_path), "hardstate.tmp"), "wb") as f:
+        f.write(frame(b"half-written"))
+    _, rec = Storage.open(str(tmp_path))
+    assert rec.hard_state.term == 5 and rec.hard_state.vote == 3
+    assert not os.path.exists(os.path.join(str(tmp_path), "hardstate.tmp"))
