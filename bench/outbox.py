@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import re
 import shutil
 import subprocess
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import psycopg
 from rich.console import Console
@@ -32,7 +33,7 @@ def pgbench_tps(pg_url: str, clients: int, seconds: int) -> float:
         raise RuntimeError("pgbench is not installed (apt-get install postgresql-contrib)")
     url = urlsplit(pg_url)
     conn = ["-h", url.hostname or "127.0.0.1", "-p", str(url.port or 5432), "-U", url.username or "postgres"]
-    env = {"PGPASSWORD": url.password or ""}
+    env = os.environ | {"PGPASSWORD": unquote(url.password or "")}
     subprocess.run(["psql", *conn, "-d", "postgres", "-qc", f"DROP DATABASE IF EXISTS {PGBENCH_DB}"],
                    check=True, capture_output=True, env=env)
     subprocess.run(["psql", *conn, "-d", "postgres", "-qc", f"CREATE DATABASE {PGBENCH_DB}"],
@@ -73,6 +74,7 @@ def main(argv: list[str]) -> int:
                 "commits/s", "pgbench -N tps", "commits/s ÷ tps", "invariants"):
         table.add_column(col, justify="right")
     before: list[tuple[int, int]] = []
+    violated = False
     for c in args.concurrency:
         console.print(f"[dim]pgbench -N -c {c} for {args.pgbench_seconds}s…[/dim]")
         tps = pgbench_tps(settings.pg, c, args.pgbench_seconds)
@@ -80,6 +82,10 @@ def main(argv: list[str]) -> int:
                                       on_seeded=lambda: before.append(commits_and_messages(settings))))
         after = commits_and_messages(settings)
         holds = result.report is not None and result.report.exit_code == 0
+        violated = violated or not holds
+        if not result.placed:
+            console.print(f"[red]no order was placed at {c} in flight[/red]")
+            return 1
         # the checker and the convergence polls commit read-only transactions too: count what orders cost
         commits = (after[0] - before[-1][0]) / result.placed
         messages = (after[1] - before[-1][1]) / result.placed
@@ -92,4 +98,4 @@ def main(argv: list[str]) -> int:
     console.print(table)
     console.print("commits/order counts every transaction the three service databases committed during the run "
                   "(including the convergence polls); msgs/order the outbox messages published with confirms")
-    return 0
+    return 1 if violated else 0

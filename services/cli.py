@@ -21,7 +21,7 @@ from services.common.faults import FaultSpecError, parse_spec
 from services.common.settings import SERVICES, Settings, get_settings
 from services.demo import fault_plan, render, render_report, run_demo
 from services.seed import SeedPlan, reset_and_seed
-from services.supervisor import Supervisor
+from services.supervisor import PortInUse, Supervisor
 
 app = typer.Typer(help="txlab: distributed consistency techniques, side by side, under real faults.",
                   no_args_is_help=True, add_completion=False)
@@ -96,14 +96,14 @@ def up() -> None:
             console.print(f"admin token: {sup.settings.admin_token}  (saved in {sup.settings.token_file})")
             console.print(f"logs: {sup.settings.log_dir}   Ctrl-C stops everything")
             stop = asyncio.Event()
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 asyncio.get_running_loop().add_signal_handler(sig, stop.set)
             await stop.wait()
             console.print("stopping…")
 
     try:
         asyncio.run(run())
-    except TimeoutError as exc:
+    except (TimeoutError, PortInUse) as exc:
         _fail(str(exc))
 
 
@@ -162,7 +162,7 @@ def demo(pattern: str = typer.Option("outbox"), orders: int = typer.Option(200, 
     try:
         result = asyncio.run(run_demo(_settings(), orders=orders, concurrency=concurrency, pattern=pattern,
                                       faults=plan, converge_timeout=converge_timeout, console=console))
-    except (TimeoutError, psycopg.OperationalError, CannotCheck) as exc:
+    except (TimeoutError, psycopg.OperationalError, CannotCheck, PortInUse) as exc:
         _fail(str(exc))
     render(result, console)
     raise typer.Exit(result.report.exit_code if result.report else 2)

@@ -6,7 +6,9 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import signal
+import socket
 import sys
 import time
 from dataclasses import dataclass, field
@@ -33,6 +35,10 @@ class Child:
         return self.process.pid if self.process else None
 
 
+class PortInUse(RuntimeError):
+    """A port the supervisor needs is taken."""
+
+
 class Supervisor:
     """Starts the processes, restarts any that exits unexpectedly, stops them all by pid."""
 
@@ -46,9 +52,20 @@ class Supervisor:
         for service in SERVICES:
             migrate(self.settings, service)
 
+    def _check_ports_free(self) -> None:
+        """Refuse to start over processes that are not ours (an orphaned earlier run, another program)."""
+        for name in self.children:
+            with socket.socket() as probe:
+                if probe.connect_ex((self.settings.host, self.settings.port(name))) == 0:
+                    raise PortInUse(f"{name}'s port {self.settings.host}:{self.settings.port(name)} is already "
+                                    "in use (is another txlab running? stop it, or set TXLAB_*_PORT)")
+
     async def start(self, health_timeout: float = 60.0) -> None:
+        self._check_ports_free()
         self.settings.log_dir.mkdir(parents=True, exist_ok=True)
         self.settings.save_token()
+        # faults armed in an earlier run must not break this one
+        shutil.rmtree(self.settings.data_dir / "faults", ignore_errors=True)
         await asyncio.to_thread(self.migrate)
         for child in self.children.values():
             await self._spawn(child)

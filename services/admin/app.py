@@ -7,6 +7,7 @@ import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import redis.asyncio as aioredis
@@ -38,9 +39,15 @@ async def _fan_out(request: Request, method: str, path: str, services: tuple[str
         except httpx.HTTPError as exc:
             raise HTTPException(503, f"the {service} service is unreachable ({exc.__class__.__name__}); "
                                 "it may be restarting, try again") from exc
+        try:
+            body = response.json()
+        except ValueError:
+            body = {"detail": response.text[:300]}
         if response.status_code >= 400:
-            raise HTTPException(response.status_code, response.json().get("detail", response.text))
-        return response.json()
+            detail = body.get("detail", body) if isinstance(body, dict) else body
+            raise HTTPException(response.status_code if response.status_code < 500 else 502,
+                                f"the {service} service answered {response.status_code}: {detail}")
+        return body
 
     return list(await asyncio.gather(*(one(s) for s in services)))
 
@@ -50,7 +57,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.settings = settings
         app.state.http = httpx.AsyncClient(timeout=10.0)
         app.state.cache = ShardedCache(current_nodes(settings), prefix=settings.cache_prefix,
                                        max_ttl=settings.cache_max_ttl)
@@ -59,7 +65,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await app.state.cache.close()
         await app.state.http.aclose()
 
-    app = FastAPI(title="txlab admin", lifespan=lifespan)
+    app = FastAPI(title="txlab admin", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.settings = settings
     install_error_handlers(app)
     r = APIRouter(dependencies=[Depends(require_token)])
 
@@ -103,6 +110,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise HTTPException(404, f"no service {service!r}; choose one of {', '.join(SERVICES)}")
         (result,) = await _fan_out(request, "POST", "/internal/outbox/resend", [service],
                                    params={"id": str(id)} if id else {})
+        return result
+
+    @r.post("/parked/{service}/replay")
+    async def replay_parked(service: str, request: Request, purge: bool = False) -> dict[str, int]:
+        """Put the messages a consumer gave up on back on its queue (or, with purge, drop them)."""
+        if service not in SERVICES:
+            raise HTTPException(404, f"no service {service!r}; choose one of {', '.join(SERVICES)}")
+        (result,) = await _fan_out(request, "POST", "/internal/parked/replay", [service],
+                                   params={"purge": "true"} if purge else {})
         return result
 
     @r.get("/invariants")
@@ -151,7 +167,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         before = len(cache.nodes)
         share = await cache.remove_node(name)
         save_nodes(settings, cache.nodes)
-        await _fan_out(request, "DELETE", f"/internal/cache/nodes/{name}", SERVICES)
+        await _fan_out(request, "DELETE", f"/internal/cache/nodes/{quote(name, safe='')}", SERVICES)
         return {"moved_share": share, "ideal_share": 1 / before, "ring": cache.ring_info()}
 
     app.include_router(r)

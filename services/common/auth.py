@@ -10,9 +10,10 @@ from services.common.settings import get_settings
 
 
 def require_token(request: Request) -> None:
-    expected = get_settings().admin_token
+    settings = getattr(request.app.state, "settings", None) or get_settings()
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not secrets.compare_digest(token.strip(), expected):
+    given = token.strip().encode("utf-8", "surrogateescape")
+    if scheme.lower() != "bearer" or not secrets.compare_digest(given, settings.admin_token.encode()):
         raise HTTPException(401, "missing or wrong admin token (Authorization: Bearer $TXLAB_ADMIN_TOKEN)",
                             headers={"WWW-Authenticate": "Bearer"})

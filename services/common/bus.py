@@ -20,6 +20,7 @@ from services.common.settings import Settings
 log = logging.getLogger("txlab.bus")
 
 Handler = Callable[[Envelope], Awaitable[None]]
+IsTransient = Callable[[BaseException], bool]
 
 
 class PublishFailed(RuntimeError):
@@ -54,7 +55,8 @@ class Bus:
     async def connect(self) -> None:
         self._connection = await aio_pika.connect_robust(self.settings.amqp, client_properties={
             "connection_name": f"txlab-{self.service}"})
-        channel = await self._connection.channel(publisher_confirms=True)
+        # mandatory + on_return_raises: a message no queue takes is a failed publish, never a silent SENT
+        channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
         self._exchange = await channel.declare_exchange(self.names.exchange, aio_pika.ExchangeType.TOPIC,
                                                         durable=True)
         await channel.declare_exchange(self.names.dlx, aio_pika.ExchangeType.DIRECT, durable=True)
@@ -82,33 +84,39 @@ class Bus:
         copies = 2 if action == "duplicate" else 1
         try:
             for _ in range(copies):
-                await self._exchange.publish(message, routing_key=routing_key, timeout=timeout)
+                await self._exchange.publish(message, routing_key=routing_key, timeout=timeout, mandatory=True)
         except (aio_pika.exceptions.DeliveryError, TimeoutError) as exc:
             raise PublishFailed(f"{routing_key} {message_id}: {exc!r}") from exc
 
-    async def consume(self, routing_keys: Iterable[str], handler: Handler) -> None:
+    async def consume(self, routing_keys: Iterable[str], handler: Handler,
+                      is_transient: IsTransient = lambda _: False) -> None:
         """Deliver every message bound to this service's queue to `handler`, ack after it returns.
 
-        A handler error requeues the message (after a short pause); one that fails
-        `consumer_max_failures` times, or that is not an envelope at all, goes to the parking queue.
-        """
+        A transient error (the database restarting, an injected fault) requeues the message after a
+        capped backoff, as often as it takes. Any other handler error requeues it too, but a message failing
+        `consumer_max_failures` times, or one that is not an envelope at all, goes to the parking queue
+        (`replay_parked` puts it back)."""
         assert self._connection is not None, "connect() first"
         channel = await self._connection.channel()
         await channel.set_qos(prefetch_count=self.settings.consumer_prefetch)
-        dlx = await channel.get_exchange(self.names.dlx)
-        parking = await channel.declare_queue(self.names.parking(self.service), durable=True)
-        await parking.bind(dlx, routing_key=self.service)
-        queue = await channel.declare_queue(self.names.queue(self.service), durable=True, arguments={
-            "x-dead-letter-exchange": self.names.dlx, "x-dead-letter-routing-key": self.service})
+        queue = await self._declare_queues(channel)
         exchange = await channel.get_exchange(self.names.exchange)
         for key in routing_keys:
             await queue.bind(exchange, routing_key=key)
+
         async def deliver(message: AbstractIncomingMessage) -> None:
-            await self._deliver(message, handler)
+            await self._deliver(message, handler, is_transient)
 
         await queue.consume(deliver)
 
-    async def _deliver(self, message: AbstractIncomingMessage, handler: Handler) -> None:
+    async def _declare_queues(self, channel: aio_pika.abc.AbstractChannel) -> aio_pika.abc.AbstractQueue:
+        dlx = await channel.get_exchange(self.names.dlx)
+        parking = await channel.declare_queue(self.names.parking(self.service), durable=True)
+        await parking.bind(dlx, routing_key=self.service)
+        return await channel.declare_queue(self.names.queue(self.service), durable=True, arguments={
+            "x-dead-letter-exchange": self.names.dlx, "x-dead-letter-routing-key": self.service})
+
+    async def _deliver(self, message: AbstractIncomingMessage, handler: Handler, is_transient: IsTransient) -> None:
         try:
             envelope = Envelope.from_bytes(message.body)
         except InvalidEnvelope as exc:
@@ -123,15 +131,42 @@ class Bus:
                 await handler(envelope)
         except Exception as exc:
             failures = self._failures.get(key, 0) + 1
-            if failures >= self.settings.consumer_max_failures:
+            if is_transient(exc):
+                log.warning("message %s (%s) hit a transient error (%d), requeued: %r", key, envelope.type,
+                            failures, exc)
+            elif failures >= self.settings.consumer_max_failures:
                 self._failures.pop(key, None)
                 log.error("message %s (%s) failed %d times, parked: %r", key, envelope.type, failures, exc)
                 await message.reject(requeue=False)
+                return
             else:
-                self._failures[key] = failures
                 log.warning("message %s (%s) failed (%d), requeued: %r", key, envelope.type, failures, exc)
-                await asyncio.sleep(min(0.05 * 2**failures, 2.0))
-                await message.nack(requeue=True)
+            self._failures[key] = failures
+            await asyncio.sleep(min(0.05 * 2**failures, 2.0))
+            await message.nack(requeue=True)
             return
         self._failures.pop(key, None)
         await message.ack()
+
+    async def replay_parked(self, purge: bool = False) -> int:
+        """Move this service's parked messages back onto its queue (the inbox absorbs any that were in
+        fact applied), or with `purge` drop them; return how many."""
+        assert self._connection is not None, "connect() first"
+        channel = await self._connection.channel(publisher_confirms=True)
+        try:
+            await self._declare_queues(channel)
+            parking = await channel.get_queue(self.names.parking(self.service))
+            if purge:
+                return (await parking.purge()).message_count
+            moved = 0
+            while (message := await parking.get(no_ack=False, fail=False)) is not None:
+                await channel.default_exchange.publish(
+                    aio_pika.Message(message.body, message_id=message.message_id, type=message.type,
+                                     content_type=message.content_type,
+                                     delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+                    routing_key=self.names.queue(self.service))
+                await message.ack()
+                moved += 1
+            return moved
+        finally:
+            await channel.close()

@@ -35,7 +35,7 @@ def migrate(settings: Settings, service: str) -> None:
     ensure_database(settings, service)
     cfg = Config(str(ROOT / "alembic.ini"), ini_section=service)
     cfg.set_main_option("script_location", str(ROOT / "migrations" / service))
-    cfg.set_main_option("sqlalchemy.url", settings.dsn(service, "psycopg"))
+    cfg.set_main_option("sqlalchemy.url", settings.dsn(service, "psycopg").replace("%", "%%"))  # ini escaping
     cfg.attributes["configure_logger"] = False
     command.upgrade(cfg, "head")
 

@@ -68,7 +68,6 @@ class UnitOfWork:
     """One local transaction: the business effect, the inbox claim and the outbox rows commit together."""
 
     conn: AsyncConnection
-    emitted: list[Envelope] = field(default_factory=list)
     stale_keys: set[str] = field(default_factory=set)  # cached views to invalidate once committed
 
     async def claim(self, envelope: Envelope) -> bool:
@@ -82,7 +81,6 @@ class UnitOfWork:
         await self.conn.execute(OUTBOX.insert().values(
             id=envelope.message_id, order_id=envelope.order_id, routing_key=envelope.type,
             envelope=envelope.to_dict()))
-        self.emitted.append(envelope)
 
 
 @contextlib.asynccontextmanager
@@ -111,10 +109,13 @@ class OutboxRelay:
         self.published = 0
 
     async def run(self) -> None:
-        listener = await asyncpg.connect(self.settings.raw_dsn(self.service))
-        await listener.add_listener(notify_channel(self.service), lambda *_: self._wake.set())
+        """Publish due rows until cancelled: woken by NOTIFY, polling as a fallback; a lost LISTEN
+        connection (the database restarting) is opened again, polling meanwhile."""
+        listener: asyncpg.Connection | None = None
         try:
             while True:
+                if listener is None or listener.is_closed():
+                    listener = await self._listen()
                 self._wake.clear()
                 try:
                     while await self.publish_batch() >= self.settings.relay_batch:
@@ -125,7 +126,18 @@ class OutboxRelay:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self.settings.relay_poll_seconds)
         finally:
-            await listener.close()
+            if listener is not None:
+                await listener.close()
+
+    async def _listen(self) -> asyncpg.Connection | None:
+        try:
+            listener = await asyncpg.connect(self.settings.raw_dsn(self.service), timeout=5)
+            await listener.add_listener(notify_channel(self.service), lambda *_: self._wake.set())
+            return listener
+        except (OSError, asyncpg.PostgresError) as exc:
+            log.warning("cannot LISTEN for outbox rows (%r); polling every %.1fs", exc,
+                        self.settings.relay_poll_seconds)
+            return None
 
     async def publish_batch(self) -> int:
         """Publish one batch of due rows; return how many rows were claimed."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -15,6 +16,7 @@ from typing import Any
 import httpx
 import sqlalchemy as sa
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -51,6 +53,16 @@ class Runtime:
     stats: Counter[str] = field(default_factory=Counter)  # events applied, duplicates skipped
 
 
+def is_transient(exc: BaseException) -> bool:
+    """Errors that go away by themselves: retry the message as long as it takes, never park it."""
+    if isinstance(exc, OSError | TimeoutError | InjectedFault | sa.exc.OperationalError | sa.exc.InterfaceError):
+        return True
+    if isinstance(exc, sa.exc.DBAPIError):
+        text = str(exc.orig).lower()
+        return exc.connection_invalidated or "deadlock" in text or "could not serialize" in text
+    return False
+
+
 def runtime(request: Request) -> Runtime:
     return request.app.state.rt
 
@@ -77,6 +89,16 @@ async def invalidate_after_commit(rt: Runtime, uow: UnitOfWork) -> None:
         await rt.cache.invalidate(key)
 
 
+def _exit_if_failed(task: asyncio.Task[None]) -> None:
+    """A relay that stopped for good would leave events unpublished behind a healthy /health: let the
+    supervisor restart the whole process instead."""
+    if not task.cancelled() and task.exception() is not None:
+        log.critical("the outbox relay stopped: %r; exiting so the supervisor restarts the service",
+                     task.exception())
+        logging.shutdown()
+        os._exit(1)
+
+
 def create_service_app(service: str, router: APIRouter, handlers: dict[str, EventHandler],
                        settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
@@ -94,7 +116,8 @@ def create_service_app(service: str, router: APIRouter, handlers: dict[str, Even
         rt = Runtime(service, settings, engine, bus, faults, relay, http, cache)
         app.state.rt = rt
         relay_task = asyncio.create_task(relay.run(), name=f"{service}-relay")
-        await bus.consume(handlers, lambda env: apply_event(rt, handlers, env))
+        relay_task.add_done_callback(_exit_if_failed)
+        await bus.consume(handlers, lambda env: apply_event(rt, handlers, env), is_transient)
         try:
             yield
         finally:
@@ -107,6 +130,7 @@ def create_service_app(service: str, router: APIRouter, handlers: dict[str, Even
             await engine.dispose()
 
     app = FastAPI(title=f"txlab {service} service", lifespan=lifespan)
+    app.state.settings = settings
     install_error_handlers(app)
     app.include_router(router)
     app.include_router(internal_router(service))
@@ -125,6 +149,19 @@ def install_error_handlers(app: FastAPI) -> None:
     """Bad input is a 4xx with a message; an unavailable dependency a 503; never a stack trace."""
 
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        # the offending input is not echoed back: it may not even be encodable (a lone surrogate)
+        errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+                  for e in exc.errors()]
+        return JSONResponse({"detail": errors}, status_code=422)
+
+    @app.exception_handler(sa.exc.DBAPIError)
+    async def database_error(_: Request, exc: sa.exc.DBAPIError) -> JSONResponse:
+        if isinstance(exc, sa.exc.DataError):
+            return JSONResponse({"detail": "the database refused this input"}, status_code=422)
+        return JSONResponse({"detail": "the database could not serve this request"}, status_code=503)
 
     @app.exception_handler(InjectedFault)
     async def injected(_: Request, exc: InjectedFault) -> JSONResponse:
@@ -190,7 +227,7 @@ class ArmRequest(BaseModel):
 
 def internal_router(service: str) -> APIRouter:
     """Routes the admin API fans out to: fault arming and the failed outbox rows."""
-    r = APIRouter(prefix="/internal", dependencies=[Depends(require_token)])
+    r = APIRouter(prefix="/internal", dependencies=[Depends(require_token)], include_in_schema=False)
 
     @r.get("/faults")
     async def list_faults(request: Request) -> list[dict[str, Any]]:
@@ -238,6 +275,11 @@ def internal_router(service: str) -> APIRouter:
         if name not in cache.nodes:
             return {"moved_share": 0.0}
         return {"moved_share": await cache.remove_node(name)}
+
+    @r.post("/parked/replay")
+    async def replay_parked(request: Request, purge: bool = False) -> dict[str, int]:
+        moved = await runtime(request).bus.replay_parked(purge)
+        return {"purged" if purge else "replayed": moved}
 
     @r.get("/outbox")
     async def outbox(request: Request, status: str = "FAILED", limit: int = 100) -> list[dict[str, Any]]:

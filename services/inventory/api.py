@@ -8,6 +8,7 @@ import sqlalchemy as sa
 from fastapi import APIRouter, HTTPException, Path, Query, Request
 
 from services.cache.keys import CATALOGUE_TTL, STOCK_TTL, product_key, stock_key
+from services.common.identifiers import PATTERN, Identifier
 from services.common.service_app import Runtime, runtime
 
 router = APIRouter()
@@ -15,7 +16,7 @@ router = APIRouter()
 
 @router.get("/products")
 async def list_products(request: Request,
-                        sku: Annotated[list[str] | None, Query(max_length=200)] = None) -> list[dict[str, Any]]:
+                        sku: Annotated[list[Identifier] | None, Query(max_length=200)] = None) -> list[dict[str, Any]]:
     """The catalogue, or only the named skus (unknown ones are simply absent)."""
     query = "SELECT sku, name, price_cents, available, reserved, sold FROM products"
     params: dict[str, Any] = {}
@@ -34,7 +35,7 @@ async def _select_one(rt: Runtime, query: str, sku: str) -> dict[str, Any] | Non
 
 
 @router.get("/products/{sku}")
-async def get_product(sku: Annotated[str, Path(max_length=64)], request: Request) -> dict[str, Any]:
+async def get_product(sku: Annotated[str, Path(pattern=PATTERN)], request: Request) -> dict[str, Any]:
     """One product with its stock view, read through the sharded cache (cache-aside).
 
     The catalogue entry (name, price) is cached for long; the stock view is invalidated by every event

@@ -15,6 +15,7 @@ from fastapi.encoders import jsonable_encoder
 from pydantic import BaseModel, Field, field_validator
 
 from services.cache.keys import CATALOGUE_TTL, ORDER_TTL, customer_key, order_key, product_key
+from services.common.identifiers import Identifier
 from services.common.service_app import Runtime, runtime
 from services.order.placement import PATTERNS, Item, PlaceOrder, place_order
 
@@ -25,12 +26,12 @@ ORDER_COLUMNS = ("id, customer_id, pattern, status, reason, total_cents, stock_s
 
 
 class ItemIn(BaseModel):
-    sku: str = Field(min_length=1, max_length=64)
+    sku: Identifier
     qty: int = Field(ge=1, le=10_000)
 
 
 class OrderIn(BaseModel):
-    customer_id: str = Field(min_length=1, max_length=64)
+    customer_id: Identifier
     items: list[ItemIn] = Field(min_length=1, max_length=50)
     pattern: str = "outbox"
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import sqlalchemy as sa
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, HTTPException, Path, Request
 
+from services.common.identifiers import PATTERN
 from services.common.service_app import runtime
 
 router = APIRouter()
@@ -21,7 +22,7 @@ async def list_customers(request: Request, limit: int = 100) -> list[dict[str, A
 
 
 @router.get("/customers/{customer_id}")
-async def get_customer(customer_id: str, request: Request) -> dict[str, Any]:
+async def get_customer(customer_id: Annotated[str, Path(pattern=PATTERN)], request: Request) -> dict[str, Any]:
     async with runtime(request).engine.connect() as conn:
         row = (await conn.execute(sa.text(
             "SELECT id, name, balance_cents FROM customers WHERE id = :c"), {"c": customer_id})).first()

@@ -6,8 +6,17 @@ import pytest
 from services.demo import Client
 from services.seed import SeedPlan, reset_and_seed
 from services.supervisor import Supervisor
+from tests.conftest import destroy, isolated_settings
 
 PLAN = SeedPlan(products=20, customers=40, stock=1_000, seed=11)
+
+
+@pytest.fixture(scope="package")
+def settings(servers, tmp_path_factory):
+    """The e2e system's own databases, queues, ports and data dir (not shared with other test packages)."""
+    s = isolated_settings(servers, tmp_path_factory.mktemp("e2e"))
+    yield s
+    destroy(s)
 
 
 @pytest.fixture(scope="package")

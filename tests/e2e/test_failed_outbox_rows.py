@@ -14,7 +14,7 @@ async def test_unpublishable_row_is_parked_visible_and_resendable(client, http, 
     try:
         _, order = await client.place({"customer_id": RICH, "items": [{"sku": PLENTY, "qty": 1}]})
         for _ in range(200):
-            parked = await client.admin("GET", "/outbox/failed")
+            parked = [r for r in await client.admin("GET", "/outbox/failed") if r["order_id"] == order["id"]]
             if parked:
                 break
             await asyncio.sleep(0.1)
@@ -28,5 +28,5 @@ async def test_unpublishable_row_is_parked_visible_and_resendable(client, http, 
         await client.admin("DELETE", "/faults")
     assert await client.admin("POST", "/outbox/order/resend") == {"resent": 1}
     assert (await final(http, order["id"]))["status"] == "PAID"
-    assert await client.admin("GET", "/outbox/failed") == []
+    assert not [r for r in await client.admin("GET", "/outbox/failed") if r["order_id"] == order["id"]]
     assert (await asyncio.to_thread(run_checks, settings, 30.0)).exit_code == 0

@@ -25,6 +25,8 @@ CRASHES = [
     ("bus.deliver=crash,times=1", ["order", "inventory", "payment"]),
 ]
 DUPLICATES = ["bus.publish=duplicate", "bus.deliver=duplicate"]
+ERRORS = ["payment.before_commit=error,times=8", "inventory.before_commit=error,p=0.5",
+          "relay.before_publish=error,times=3"]
 
 
 async def stats(settings, token) -> dict[str, int]:
@@ -80,3 +82,12 @@ async def test_duplicate_delivery_is_absorbed_by_the_inbox(spec, client, setting
     applied = after.get("events_applied", 0) - before.get("events_applied", 0)
     assert skipped >= ORDERS, f"expected every order's events duplicated, {skipped} duplicates skipped"
     assert applied >= ORDERS * 4, "each order's events were applied once"
+
+
+@pytest.mark.parametrize("spec", ERRORS)
+async def test_repeated_errors_delay_events_but_never_lose_or_park_them(spec, client, settings, system):
+    fired = await run_orders_under(spec, client, settings, system, seed=zlib.crc32(spec.encode()) % 1000,
+                                   whole_run=True)
+    assert any(fired.values()), f"{spec} never fired"
+    report = await asyncio.to_thread(run_checks, settings, 60.0)
+    assert report.exit_code == 0, report.to_dict()

@@ -41,6 +41,8 @@ async def final(http, order_id: str, within: float = 30.0) -> dict:
     ({"items": [{"sku": PLENTY, "qty": 1}]}, 422, "customer_id"),
     ({"customer_id": RICH, "items": [{"sku": PLENTY, "qty": "many"}]}, 422, "valid integer"),
     ({"customer_id": RICH, "items": [{"sku": "x" * 70_000, "qty": 1}]}, 413, "larger than"),
+    ({"customer_id": RICH, "items": [{"sku": "bad\u0000sku", "qty": 1}]}, 422, "pattern"),
+    ({"customer_id": "nul\u0000", "items": [{"sku": PLENTY, "qty": 1}]}, 422, "pattern"),
 ])
 async def test_bad_order_gets_a_4xx_with_a_clear_message_and_creates_nothing(http, body, status, message):
     before = await count_orders(http)
@@ -48,6 +50,19 @@ async def test_bad_order_gets_a_4xx_with_a_clear_message_and_creates_nothing(htt
     assert response.status_code == status
     assert message in response.text
     assert await count_orders(http) == before
+
+
+async def test_lone_surrogates_nul_bytes_and_odd_tokens_are_4xx_not_500(settings, http):
+    surrogate = b'{"customer_id": "c", "items": [{"sku": "\\ud800", "qty": 1}]}'
+    assert (await http.post("/orders", content=surrogate, headers={"content-type": "application/json"})
+            ).status_code == 422
+    async with httpx.AsyncClient(timeout=5.0) as raw:
+        assert (await raw.get(f"{settings.url('inventory')}/products/a%00b")).status_code == 422
+        assert (await raw.get(f"{settings.url('inventory')}/products", params={"sku": "a\x00b"})).status_code == 422
+        assert (await raw.get(f"{settings.url('payment')}/customers/a%00b")).status_code == 422
+        odd = {"authorization": b"Bearer caf\xc3\xa9"}
+        assert (await raw.get(f"{settings.url('admin')}/faults", headers=odd)).status_code == 401
+        assert (await raw.get(f"{settings.url('admin')}/docs")).status_code == 404
 
 
 async def test_malformed_json_and_bad_ids_are_4xx_not_500(http):
