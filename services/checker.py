@@ -15,8 +15,8 @@ import aio_pika
 import psycopg
 from psycopg.rows import namedtuple_row
 
-from services.common.bus import BusNames
-from services.common.settings import SERVICES, Settings
+from services.common.bus import queue_depths
+from services.common.settings import Settings
 
 OK, VIOLATED, UNCHECKABLE = 0, 1, 2
 
@@ -147,29 +147,13 @@ def check_agreement(settings: Settings) -> Invariant:
 
 
 def queued_messages(settings: Settings) -> dict[str, int]:
-    """Messages waiting in each service's event queue (`<service>_queued`) and parking queue
-    (`<service>_parked`: events a consumer gave up on). Messages a consumer holds unacknowledged are not
-    counted here; `run_checks` covers them by evaluating again until the deadline."""
-
-    async def count() -> dict[str, int]:
-        names = BusNames(settings.bus_prefix)
-        try:
-            connection = await aio_pika.connect(settings.amqp, timeout=5)
-        except (OSError, aio_pika.exceptions.AMQPError) as exc:
-            raise CannotCheck(f"RabbitMQ at {settings.amqp.rsplit('@', 1)[-1]}: {exc!r}") from exc
-        counts = {}
-        async with connection:
-            for service in SERVICES:
-                for kind, queue_name in (("queued", names.queue(service)), ("parked", names.parking(service))):
-                    channel = await connection.channel()
-                    try:
-                        queue = await channel.declare_queue(queue_name, passive=True)
-                        counts[f"{service}_{kind}"] = queue.declaration_result.message_count or 0
-                    except aio_pika.exceptions.ChannelClosed:
-                        counts[f"{service}_{kind}"] = 0  # never declared: nothing was ever sent there
-        return counts
-
-    return asyncio.run(count())
+    """Messages waiting in each service's event queue and parking queue (events a consumer gave up on).
+    Messages a consumer holds unacknowledged are not counted here; `run_checks` covers them by evaluating
+    again until its deadline."""
+    try:
+        return asyncio.run(queue_depths(settings))
+    except (OSError, aio_pika.exceptions.AMQPError) as exc:
+        raise CannotCheck(f"RabbitMQ at {settings.amqp.rsplit('@', 1)[-1]}: {exc!r}") from exc
 
 
 def convergence_counts(settings: Settings) -> dict[str, int]:

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 from dataclasses import dataclass
 
-import aio_pika
 import psycopg
 
 from services.cache.membership import flush
-from services.common.bus import BusNames
+from services.common.bus import queue_depths
 from services.common.db import migrate
 from services.common.settings import SERVICES, Settings
 
@@ -47,21 +45,6 @@ class SeedPlan:
                 for i in range(self.customers)]
 
 
-def purge_queues(settings: Settings) -> None:
-    """Drop the messages waiting in every service's event and parking queue."""
-
-    async def purge() -> None:
-        names = BusNames(settings.bus_prefix)
-        async with await aio_pika.connect(settings.amqp, timeout=10) as connection:
-            for service in SERVICES:
-                for queue_name in (names.queue(service), names.parking(service)):
-                    channel = await connection.channel()
-                    with contextlib.suppress(aio_pika.exceptions.ChannelClosed):  # not declared yet
-                        await (await channel.declare_queue(queue_name, passive=True)).purge()
-
-    asyncio.run(purge())
-
-
 def reset_and_seed(settings: Settings, plan: SeedPlan) -> tuple[int, int]:
     """Empty every service database and load the plan's catalogue and customers."""
     for service in SERVICES:
@@ -81,5 +64,5 @@ def reset_and_seed(settings: Settings, plan: SeedPlan) -> tuple[int, int]:
             cur.executemany("INSERT INTO customers (id, name, initial_cents, balance_cents) VALUES (%s, %s, %s, %s)",
                             [(cid, name, bal, bal) for cid, name, bal in plan.customer_rows()])
     flush(settings)  # cached views of the data just replaced
-    purge_queues(settings)  # and events about it
+    asyncio.run(queue_depths(settings, purge=True))  # and the events about it
     return plan.products, plan.customers

@@ -15,7 +15,7 @@ from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 
 from services.common.envelope import Envelope, InvalidEnvelope
 from services.common.faults import FaultInjector
-from services.common.settings import Settings
+from services.common.settings import SERVICES, Settings
 
 log = logging.getLogger("txlab.bus")
 
@@ -170,3 +170,23 @@ class Bus:
             return moved
         finally:
             await channel.close()
+
+
+async def queue_depths(settings: Settings, purge: bool = False) -> dict[str, int]:
+    """Messages waiting in every service's event queue (`<service>_queued`) and parking queue
+    (`<service>_parked`); with `purge`, also drop them. Queues never declared count as empty."""
+    names = BusNames(settings.bus_prefix)
+    depths: dict[str, int] = {}
+    async with await aio_pika.connect(settings.amqp, timeout=10) as connection:
+        for service in SERVICES:
+            for kind, queue_name in (("queued", names.queue(service)), ("parked", names.parking(service))):
+                channel = await connection.channel()  # a failed passive declare closes its channel
+                try:
+                    queue = await channel.declare_queue(queue_name, passive=True)
+                except aio_pika.exceptions.ChannelClosed:
+                    depths[f"{service}_{kind}"] = 0
+                    continue
+                depths[f"{service}_{kind}"] = queue.declaration_result.message_count or 0
+                if purge:
+                    await queue.purge()
+    return depths
