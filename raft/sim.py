@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from raft.core import Config, NotLeader, Raft
 from raft.linearizability import KvOp, check_kv
 from raft.types import (
-    NONE,
     ConfChange,
     Entry,
     EntryType,
@@ -276,7 +275,6 @@ class Cluster:
         self.history: list[KvOp] = []
         self.check_durable_quorum = check_durable_quorum
         self.drop: Callable[[Message], bool] | None = None  # tests: drop the messages this selects
-        self.membership_changed = False
         self.messages_sent = 0
 
     def _config(self, i: int, peers: tuple[int, ...]) -> Config:
@@ -629,9 +627,6 @@ class Cluster:
                 for k in [k for k, c in table.items() if c.deadline < self.now]:
                     del table[k]
 
-    def pending_client_ops(self) -> int:
-        return sum(len(n.waiting) + len(n.reads) for n in self.nodes.values())
-
 
 # -------------------------------------------------------------------- random runs
 
@@ -644,7 +639,7 @@ class SeedReport:
     ops: int
     completed: int
     commit: int
-    elections: int
+    leader_changes: int
     messages: int
     faults: list[str] = field(default_factory=list)
 
@@ -685,7 +680,7 @@ def run_seed(seed: int, ticks: int = 400, *, heal_ticks: int = 400) -> SeedRepor
     clients = {c: 0 for c in range(3)}  # client -> tick at which it may issue its next op
     busy: dict[int, KvOp] = {}
     removed: list[int] = []
-    elections = 0
+    leader_changes = 0
     last_leader = None
     try:
         for t in range(ticks):
@@ -700,11 +695,11 @@ def run_seed(seed: int, ticks: int = 400, *, heal_ticks: int = 400) -> SeedRepor
             cl.tick()
             ldr = cl.leader()
             if ldr is not None and ldr != last_leader:
-                elections += 1
+                leader_changes += 1
                 last_leader = ldr
         # Heal: every node up, network perfect; the cluster must elect a leader and converge.
         cl.heal()
-        cl.faults = Faults()
+        cl.faults = Faults(async_fsync=faults.async_fsync)
         for i, node in cl.nodes.items():
             if not node.up:
                 cl.restart(i)
@@ -722,7 +717,7 @@ def run_seed(seed: int, ticks: int = 400, *, heal_ticks: int = 400) -> SeedRepor
         raise AssertionError(f"seed={seed}: linearizability search bound hit on key {res.key!r}")
     commit = max(nd.raft.commit for nd in cl.nodes.values() if nd.raft)
     return SeedReport(seed, n, cl.now, len(cl.history), sum(o.ret is not None for o in cl.history),
-                      commit, elections, cl.messages_sent, notes)
+                      commit, leader_changes, cl.messages_sent, notes)
 
 
 def _in_flight(cl: Cluster, op: KvOp) -> bool:
@@ -822,7 +817,6 @@ def _random_fault(
                 notes.append(f"t={cl.now} remove {i}")
         except (ValueError, NotLeader):
             return
-        cl.membership_changed = True
 
 
 def _converged(cl: Cluster) -> bool:
@@ -837,5 +831,5 @@ def _converged(cl: Cluster) -> bool:
     return all(nd.raft is not None and nd.raft.applied == lr.commit for nd in members)
 
 
-__all__ = ["NONE", "Cluster", "Faults", "KvMachine", "SafetyChecker", "SafetyViolation", "SeedReport",
+__all__ = ["Cluster", "Faults", "KvMachine", "SafetyChecker", "SafetyViolation", "SeedReport",
            "SimNode", "SimStorage", "run_seed"]
