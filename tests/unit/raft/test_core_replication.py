@@ -140,6 +140,7 @@ def test_fast_backtracking_finds_the_match_point_in_few_round_trips() -> None:
 
 
 def test_leader_batches_proposals_between_two_readies_into_one_append_per_follower() -> None:
+    """Batching (thesis §10.2.1): proposals between two Readies travel in one APPEND per follower."""
     cl = Cluster(3, seed=5)
     ldr = cl.wait_leader()
     cl.tick(5)
@@ -235,6 +236,7 @@ def test_leader_counts_itself_toward_the_quorum_only_after_persisting() -> None:
 
 
 def test_ready_is_not_handed_out_twice_before_advance() -> None:
+    """One Ready at a time: proposals made while it is persisted go into the next one."""
     r = Raft(Config(1, (1,)))
     r.campaign()
     rd = r.ready()
@@ -246,6 +248,7 @@ def test_ready_is_not_handed_out_twice_before_advance() -> None:
 
 
 def test_stale_and_duplicated_messages_are_ignored() -> None:
+    """§5.1: messages of older terms are ignored; duplicated acks change nothing."""
     cl = Cluster(3, seed=8)
     ldr = cl.wait_leader()
     cl.tick(5)
