@@ -644,8 +644,12 @@ class SeedReport:
     faults: list[str] = field(default_factory=list)
 
 
-def run_seed(seed: int, ticks: int = 400, *, heal_ticks: int = 400) -> SeedReport:
+def run_seed(
+    seed: int, ticks: int = 400, *, heal_ticks: int = 400, membership: bool | None = None
+) -> SeedReport:
     """One random run: faults for `ticks`, then everything heals and the cluster must converge.
+
+    `membership` forces membership changes on or off (by default the seed decides, 1 run in 5).
 
     Raises SafetyViolation if a safety property fails at any step, or AssertionError if the KV history is
     not linearizable or the healed cluster does not converge (a liveness check).
@@ -661,7 +665,8 @@ def run_seed(seed: int, ticks: int = 400, *, heal_ticks: int = 400) -> SeedRepor
         crash_mid_ready=rng.choice((0.0, 0.0, 0.01)),
         async_fsync=rng.random() < 0.5,
     )
-    membership = rng.random() < 0.2
+    drawn = rng.random() < 0.2
+    membership = drawn if membership is None else membership
     cl = Cluster(
         n,
         seed=seed,

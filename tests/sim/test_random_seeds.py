@@ -40,6 +40,17 @@ def test_random_faults_keep_raft_safe_and_kv_linearizable(chunk: int) -> None:
     assert completed > 0  # the clients got answers: the runs did real work
 
 
+def test_random_membership_changes_keep_raft_safe() -> None:
+    """Thesis §4.1 under faults: one in ten seeds again, every one with adds, removes and brand-new nodes."""
+    one = os.environ.get("TXLAB_SIM_SEED")
+    seeds = [int(one)] if one is not None else range(int(os.environ.get("TXLAB_SIM_SEEDS", "2000")) // 10)
+    for seed in seeds:
+        try:
+            run_seed(seed, membership=True)
+        except AssertionError as exc:
+            pytest.fail(f"{exc}\nreplay: TXLAB_SIM_SEED={seed} pytest tests/sim -k membership", pytrace=False)
+
+
 def test_a_seed_replays_exactly() -> None:
     """Determinism: the same seed yields the same run, message for message."""
     a, b = run_seed(12345), run_seed(12345)
