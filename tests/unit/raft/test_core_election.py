@@ -156,7 +156,7 @@ def test_leadership_transfer_to_a_dead_node_is_aborted_after_an_election_timeout
 
 def test_stale_leader_learns_the_new_term_from_a_reply_and_steps_down() -> None:
     """§5.1: a server that sees a higher term in any message reverts to follower."""
-    cl = Cluster(3, seed=8, check_quorum=False)
+    cl = Cluster(3, seed=8, check_quorum=False, pre_vote=False)
     old = cl.wait_leader()
     cl.tick(5)
     cl.isolate(old)

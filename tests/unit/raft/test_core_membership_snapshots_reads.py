@@ -113,6 +113,33 @@ def test_a_new_leader_refuses_a_membership_change_until_its_noop_commits() -> No
         Raft(Config(2, (1, 2, 3))).propose_conf_change(ConfChange("add", 4))
 
 
+def test_a_node_whose_own_removal_is_uncommitted_may_still_lead_the_cluster_through_it() -> None:
+    """Thesis §4.2.2: a server not in C_new can still lead until C_new commits; counting only C_new's votes.
+    Otherwise a leader that removed itself and lost leadership could leave nobody able to finish."""
+    remove_me = Entry(1, 2, EntryType.CONF_CHANGE, ConfChange("remove", 1).encode())
+    log = [Entry(1, 1), remove_me]
+    r = Raft(Config(1, (1, 2, 3), pre_vote=False), hard_state=HardState(1, 0, 1), entries=log)
+    assert r.voters == (2, 3)
+    while r.role is Role.FOLLOWER:
+        r.tick()
+    assert r.role is Role.CANDIDATE
+    r.step(Message(MsgType.VOTE_RESP, 2, 1, r.term))
+    assert r.role is Role.CANDIDATE  # its own vote does not count in C_new = {2, 3}
+    r.step(Message(MsgType.VOTE_RESP, 3, 1, r.term))
+    assert r.role is Role.LEADER
+    rd = r.ready()
+    r.advance(rd)
+    for p in (2, 3):
+        r.step(Message(MsgType.APPEND_RESP, p, 1, r.term, index=r.last_index))
+    assert r.commit == r.last_index
+    r.advance(r.ready())
+    assert r.role is Role.FOLLOWER  # C_new committed: it steps down for good
+    committed = Raft(Config(1, (1, 2, 3)), hard_state=HardState(1, 0, 2), entries=[Entry(1, 1), remove_me])
+    for _ in range(100):
+        committed.tick()
+    assert committed.role is Role.FOLLOWER and committed.term == 1  # removal committed: never campaigns
+
+
 def test_a_truncated_membership_change_is_undone() -> None:
     """Membership follows the log: if an uncommitted conf-change entry is overwritten, so is its effect."""
     r = Raft(Config(2, (1, 2, 3)), hard_state=HardState(1, 1, 1),
