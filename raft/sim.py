@@ -3,13 +3,19 @@
 Time is virtual (ticks); every source of randomness is one `random.Random(seed)`, so a seed replays the
 same run exactly. The network loses, delays, reorders and duplicates messages and can be partitioned.
 Each node has a durable store: a Ready's hard state and entries become durable at its simulated fsync, and
-a crash drops whatever was not yet synced (including a crash in the middle of handling a Ready, before its
-messages are sent). After every step the `SafetyChecker` verifies the five properties of Raft's Figure 3:
-Election Safety, Leader Append-Only, Log Matching, Leader Completeness and State Machine Safety; a
-violation raises `SafetyViolation` naming the seed and the step.
+a crash drops whatever was not yet synced (including a torn write in the middle of a Ready, before its
+messages are sent). In `async_fsync` mode the fsync takes time, as in raft/node.py: the core keeps
+stepping messages meanwhile and a leader sends its APPENDs before its own fsync ends. Nodes compact
+their logs (so lagging ones get InstallSnapshot), leaders crash, get isolated or transfer leadership, and
+some runs add, remove and re-add members, brand-new nodes included. After every step the `SafetyChecker`
+verifies the five properties of Raft's Figure 3: Election Safety, Leader Append-Only, Log Matching,
+Leader Completeness and State Machine Safety; a violation raises `SafetyViolation` naming the seed and
+the step.
 
-`run_seed()` drives a random fault schedule plus KV clients (put / get via ReadIndex / compare-and-set)
-whose history `raft/linearizability.py` checks at the end.
+`run_seed()` drives a random fault schedule plus KV clients (put / get via ReadIndex on any node /
+compare-and-set) whose history `raft/linearizability.py` checks at the end; then it heals everything and
+requires the cluster to converge (a liveness check). An entry applied anywhere must already be durable on
+a quorum (checked in runs without membership changes, where the quorum is fixed).
 """
 
 from __future__ import annotations
