@@ -668,7 +668,7 @@ def run_seed(
         duplicate=rng.choice((0.0, 0.05)),
         min_delay=0,
         max_delay=rng.choice((0, 1, 3)),
-        crash_mid_ready=rng.choice((0.0, 0.0, 0.01)),
+        crash_mid_ready=rng.choice((0.0, 0.0, 0.01, 0.05)),
         async_fsync=rng.random() < 0.5,
     )
     drawn = rng.random() < 0.2

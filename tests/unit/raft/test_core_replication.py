@@ -295,3 +295,19 @@ def test_a_snapshot_installed_during_an_outstanding_ready_comes_out_in_the_next_
     assert (r.applied, r.commit, r.first_index) == (10, 10, 11)
     rd = r.ready()
     assert rd.hard_state is not None and rd.hard_state.commit == 10
+
+
+def test_hard_state_commit_never_covers_entries_written_in_the_same_ready() -> None:
+    """A crash may persist the hard state but not the entries beside it: the durable commit index must only
+    name entries that were already on disk, or a restart would apply the overwritten ones (§5.4.3)."""
+    old = [Entry(1, 1), Entry(1, 2, data=b"old-2"), Entry(1, 3, data=b"old-3")]
+    r = Raft(Config(2, (1, 2, 3)), hard_state=HardState(1, 1, 1), entries=old)
+    new = (Entry(2, 2, data=b"new-2"), Entry(2, 3, data=b"new-3"))
+    r.step(Message(MsgType.APPEND, 3, 2, 2, log_term=1, index=1, entries=new, commit=3))
+    assert r.commit == 3
+    rd = r.ready()
+    assert [(e.index, e.term) for e in rd.entries] == [(2, 2), (3, 2)]
+    assert rd.hard_state == HardState(2, 0, 1)  # new term now, commit 3 only once 2..3 are durable
+    r.advance(rd)
+    rd = r.ready()
+    assert rd.hard_state == HardState(2, 0, 3)
