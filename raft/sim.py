@@ -651,11 +651,17 @@ class SeedReport:
 
 
 def run_seed(
-    seed: int, ticks: int = 400, *, heal_ticks: int = 400, membership: bool | None = None
+    seed: int,
+    ticks: int = 400,
+    *,
+    heal_ticks: int = 400,
+    membership: bool | None = None,
+    crashy: bool = False,
 ) -> SeedReport:
     """One random run: faults for `ticks`, then everything heals and the cluster must converge.
 
     `membership` forces membership changes on or off (by default the seed decides, 1 run in 5).
+    `crashy` always uses slow fsyncs and crashes often, many of them in the middle of a write.
 
     Raises SafetyViolation if a safety property fails at any step, or AssertionError if the KV history is
     not linearizable or the healed cluster does not converge (a liveness check).
@@ -671,6 +677,9 @@ def run_seed(
         crash_mid_ready=rng.choice((0.0, 0.0, 0.01, 0.05)),
         async_fsync=rng.random() < 0.5,
     )
+    if crashy:
+        faults.crash_mid_ready = rng.choice((0.02, 0.05, 0.1))
+        faults.async_fsync = True
     drawn = rng.random() < 0.2
     membership = drawn if membership is None else membership
     cl = Cluster(
@@ -686,7 +695,7 @@ def run_seed(
         max_entries_per_msg=rng.choice((1, 4, 64)),
         max_inflight_msgs=rng.choice((1, 4, 64)),
     )
-    notes = [f"n={n} quorum={quorum} {faults} membership={membership}"]
+    notes = [f"n={n} quorum={quorum} {faults} membership={membership} crashy={crashy}"]
     keys = ("x", "y")
     clients = {c: 0 for c in range(3)}  # client -> tick at which it may issue its next op
     busy: dict[int, KvOp] = {}
@@ -696,6 +705,10 @@ def run_seed(
     try:
         for t in range(ticks):
             _random_fault(cl, rng, notes, removed, membership)
+            if crashy and rng.random() < 0.03:
+                i = rng.choice(list(cl.nodes))
+                cl.crash(i) if cl.nodes[i].up else cl.restart(i)
+                notes.append(f"t={cl.now} {'crash' if not cl.nodes[i].up else 'restart'} {i}")
             for c in clients:
                 op = busy.get(c)
                 if op is not None and (op.ret is not None or not _in_flight(cl, op)):
