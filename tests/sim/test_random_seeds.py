@@ -1,8 +1,9 @@
 """Seeded random fault runs: after every step the five safety properties hold, KV histories are linearizable,
 and the cluster converges once faults heal.
 
-TXLAB_SIM_SEEDS sets how many seeds run (default 2000; `make sim` runs 20000). A failure names its seed;
-replay exactly that run with `TXLAB_SIM_SEED=<seed> pytest tests/sim -k random`.
+TXLAB_SIM_SEEDS sets how many seeds run (default 2000; `make sim` runs 20000), plus a tenth of that again
+with forced membership changes and a quarter with the crash-heavy profile. A failure names its seed and
+the command that replays exactly that run, e.g. `TXLAB_SIM_SEED=<seed> pytest tests/sim -k random`.
 """
 
 from __future__ import annotations
