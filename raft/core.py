@@ -79,7 +79,7 @@ class _Progress:
     """The leader's view of one follower (etcd's tracker.Progress)."""
 
     __slots__ = ("inflights", "match", "next", "pending_snapshot", "probe_sent", "recent_active",
-                 "snapshot_elapsed", "state")
+                 "removal_told", "removed_at", "snapshot_elapsed", "state")
 
     def __init__(self, next_index: int) -> None:
         self.match = 0
@@ -89,6 +89,8 @@ class _Progress:
         self.recent_active = False
         self.pending_snapshot = 0
         self.snapshot_elapsed = 0
+        self.removed_at = 0  # index of the conf change that removed this node (0: a voter)
+        self.removal_told = 0  # heartbeats sent that carried a commit index covering that removal
         self.inflights: deque[int] = deque()  # last index of each unacknowledged APPEND, in order
 
     def become_probe(self) -> None:
@@ -371,8 +373,8 @@ class Raft:
             else:
                 self._become_follower(m.term, NONE)
         elif m.term < self._term:
-            if m.type in (MsgType.APPEND, MsgType.HEARTBEAT) and (self.cfg.check_quorum or self.cfg.pre_vote):
-                # Tell a stale leader our term, or a partitioned-then-healed one would never step down.
+            if m.type in (MsgType.APPEND, MsgType.HEARTBEAT):
+                # §5.1: every reply carries the current term, so a stale leader learns it and steps down.
                 self._send(Message(MsgType.APPEND_RESP, self.id, m.frm, self._term))
             elif m.type is MsgType.PRE_VOTE:
                 self._send(Message(MsgType.PRE_VOTE_RESP, self.id, m.frm, self._term, reject=True))
@@ -482,7 +484,12 @@ class Raft:
         return HardState(self._term, self._vote, commit)
 
     def _promotable(self) -> bool:
-        return self.id in self._voters and self._pending_snapshot is None
+        """May this node start an election? A voter may; so may a node whose own removal is still
+        uncommitted (thesis §4.2.2: it can lead the cluster through the change, counting only the new
+        voters), or a cluster whose last leader removed itself could be left with no one able to finish."""
+        if self._pending_snapshot is not None:
+            return False
+        return self.id in self._voters or self.id in self._pending_removals()
 
     def _reset(self, term: int) -> None:
         if term != self._term:
@@ -523,8 +530,11 @@ class Raft:
         self._role = Role.LEADER
         self._lead = self.id
         nxt = self.last_index + 1
-        for p in (*self._voters, *self._pending_removals()):
+        for p in self._voters:
             self._prs[p] = _Progress(nxt)
+        for p in self._pending_removals():
+            self._prs[p] = _Progress(nxt)
+            self._prs[p].removed_at = self._last_conf_index()
         self._append([Entry(self._term, nxt, EntryType.NOOP)])  # §5.4.2: commits earlier terms' entries
         self._term_start = nxt
         me = self._prs.get(self.id)
@@ -731,6 +741,10 @@ class Raft:
                 if p not in self._prs:
                     pr = self._prs[p] = _Progress(self.last_index + 1)
                     pr.recent_active = True  # give a new member one election timeout to answer
+                self._prs[p].removed_at = self._prs[p].removal_told = 0
+            for p, pr in self._prs.items():
+                if p not in voters and p != self.id and not pr.removed_at:
+                    pr.removed_at = e.index
             if self._lead_transferee not in (NONE, *voters):
                 self._lead_transferee = NONE
 
@@ -802,6 +816,11 @@ class Raft:
                 return
             pr.recent_active = True
             pr.probe_sent = False
+            if pr.removal_told >= 3:
+                # A removed node is replicated to until it surely knows its removal committed: otherwise it
+                # would take its removal for pending and campaign (see _promotable).
+                del self._prs[m.frm]
+                return
             if pr.state is _PrState.REPLICATE and len(pr.inflights) >= self.cfg.max_inflight_msgs:
                 pr.inflights.popleft()
             if pr.match < self.last_index:
@@ -852,10 +871,6 @@ class Raft:
         # §5.4.2 / Figure 8: only an entry of the current term is committed by counting replicas.
         if idx > self._commit and self.term_at(idx) == self._term:
             self._commit = idx
-            if len(self._prs) > len(self._voters) and not self._pending_removals():
-                # A removed node was kept in the loop until its removal committed, so it learns of it.
-                for p in [p for p in self._prs if p not in self._voters and p != self.id]:
-                    del self._prs[p]
             if self._reads_waiting_commit and self._commit >= self._term_start:
                 waiting, self._reads_waiting_commit = self._reads_waiting_commit, []
                 for ctx, frm in waiting:
@@ -917,8 +932,10 @@ class Raft:
     def _bcast_heartbeat(self, context: bytes) -> None:
         for p, pr in self._prs.items():
             if p != self.id:
-                self._send(Message(MsgType.HEARTBEAT, self.id, p, self._term,
-                                   commit=min(pr.match, self._commit), context=context))
+                commit = min(pr.match, self._commit)
+                if pr.removed_at and commit >= pr.removed_at:
+                    pr.removal_told += 1
+                self._send(Message(MsgType.HEARTBEAT, self.id, p, self._term, commit=commit, context=context))
 
     def _leader_read(self, context: bytes, frm: int) -> None:
         if self._commit < self._term_start:

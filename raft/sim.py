@@ -3,13 +3,19 @@
 Time is virtual (ticks); every source of randomness is one `random.Random(seed)`, so a seed replays the
 same run exactly. The network loses, delays, reorders and duplicates messages and can be partitioned.
 Each node has a durable store: a Ready's hard state and entries become durable at its simulated fsync, and
-a crash drops whatever was not yet synced (including a crash in the middle of handling a Ready, before its
-messages are sent). After every step the `SafetyChecker` verifies the five properties of Raft's Figure 3:
-Election Safety, Leader Append-Only, Log Matching, Leader Completeness and State Machine Safety; a
-violation raises `SafetyViolation` naming the seed and the step.
+a crash drops whatever was not yet synced (including a torn write in the middle of a Ready, before its
+messages are sent). In `async_fsync` mode the fsync takes time, as in raft/node.py: the core keeps
+stepping messages meanwhile and a leader sends its APPENDs before its own fsync ends. Nodes compact
+their logs (so lagging ones get InstallSnapshot), leaders crash, get isolated or transfer leadership, and
+some runs add, remove and re-add members, brand-new nodes included. After every step the `SafetyChecker`
+verifies the five properties of Raft's Figure 3: Election Safety, Leader Append-Only, Log Matching,
+Leader Completeness and State Machine Safety; a violation raises `SafetyViolation` naming the seed and
+the step.
 
-`run_seed()` drives a random fault schedule plus KV clients (put / get via ReadIndex / compare-and-set)
-whose history `raft/linearizability.py` checks at the end.
+`run_seed()` drives a random fault schedule plus KV clients (put / get via ReadIndex on any node /
+compare-and-set) whose history `raft/linearizability.py` checks at the end; then it heals everything and
+requires the cluster to converge (a liveness check). An entry applied anywhere must already be durable on
+a quorum (checked in runs without membership changes, where the quorum is fixed).
 """
 
 from __future__ import annotations
@@ -23,7 +29,6 @@ from dataclasses import dataclass, field
 from raft.core import Config, NotLeader, Raft
 from raft.linearizability import KvOp, check_kv
 from raft.types import (
-    NONE,
     ConfChange,
     Entry,
     EntryType,
@@ -276,7 +281,6 @@ class Cluster:
         self.history: list[KvOp] = []
         self.check_durable_quorum = check_durable_quorum
         self.drop: Callable[[Message], bool] | None = None  # tests: drop the messages this selects
-        self.membership_changed = False
         self.messages_sent = 0
 
     def _config(self, i: int, peers: tuple[int, ...]) -> Config:
@@ -629,9 +633,6 @@ class Cluster:
                 for k in [k for k, c in table.items() if c.deadline < self.now]:
                     del table[k]
 
-    def pending_client_ops(self) -> int:
-        return sum(len(n.waiting) + len(n.reads) for n in self.nodes.values())
-
 
 # -------------------------------------------------------------------- random runs
 
@@ -644,13 +645,23 @@ class SeedReport:
     ops: int
     completed: int
     commit: int
-    elections: int
+    leader_changes: int
     messages: int
     faults: list[str] = field(default_factory=list)
 
 
-def run_seed(seed: int, ticks: int = 400, *, heal_ticks: int = 400) -> SeedReport:
+def run_seed(
+    seed: int,
+    ticks: int = 400,
+    *,
+    heal_ticks: int = 400,
+    membership: bool | None = None,
+    crashy: bool = False,
+) -> SeedReport:
     """One random run: faults for `ticks`, then everything heals and the cluster must converge.
+
+    `membership` forces membership changes on or off (by default the seed decides, 1 run in 5).
+    `crashy` always uses slow fsyncs and crashes often, many of them in the middle of a write.
 
     Raises SafetyViolation if a safety property fails at any step, or AssertionError if the KV history is
     not linearizable or the healed cluster does not converge (a liveness check).
@@ -663,10 +674,14 @@ def run_seed(seed: int, ticks: int = 400, *, heal_ticks: int = 400) -> SeedRepor
         duplicate=rng.choice((0.0, 0.05)),
         min_delay=0,
         max_delay=rng.choice((0, 1, 3)),
-        crash_mid_ready=rng.choice((0.0, 0.0, 0.01)),
+        crash_mid_ready=rng.choice((0.0, 0.0, 0.01, 0.05)),
         async_fsync=rng.random() < 0.5,
     )
-    membership = rng.random() < 0.2
+    if crashy:
+        faults.crash_mid_ready = rng.choice((0.02, 0.05, 0.1))
+        faults.async_fsync = True
+    drawn = rng.random() < 0.2
+    membership = drawn if membership is None else membership
     cl = Cluster(
         n,
         seed=seed,
@@ -680,16 +695,20 @@ def run_seed(seed: int, ticks: int = 400, *, heal_ticks: int = 400) -> SeedRepor
         max_entries_per_msg=rng.choice((1, 4, 64)),
         max_inflight_msgs=rng.choice((1, 4, 64)),
     )
-    notes = [f"n={n} quorum={quorum} {faults} membership={membership}"]
+    notes = [f"n={n} quorum={quorum} {faults} membership={membership} crashy={crashy}"]
     keys = ("x", "y")
     clients = {c: 0 for c in range(3)}  # client -> tick at which it may issue its next op
     busy: dict[int, KvOp] = {}
     removed: list[int] = []
-    elections = 0
+    leader_changes = 0
     last_leader = None
     try:
         for t in range(ticks):
             _random_fault(cl, rng, notes, removed, membership)
+            if crashy and rng.random() < 0.03:
+                i = rng.choice(list(cl.nodes))
+                cl.crash(i) if cl.nodes[i].up else cl.restart(i)
+                notes.append(f"t={cl.now} {'crash' if not cl.nodes[i].up else 'restart'} {i}")
             for c in clients:
                 op = busy.get(c)
                 if op is not None and (op.ret is not None or not _in_flight(cl, op)):
@@ -700,11 +719,11 @@ def run_seed(seed: int, ticks: int = 400, *, heal_ticks: int = 400) -> SeedRepor
             cl.tick()
             ldr = cl.leader()
             if ldr is not None and ldr != last_leader:
-                elections += 1
+                leader_changes += 1
                 last_leader = ldr
         # Heal: every node up, network perfect; the cluster must elect a leader and converge.
         cl.heal()
-        cl.faults = Faults()
+        cl.faults = Faults(async_fsync=faults.async_fsync)
         for i, node in cl.nodes.items():
             if not node.up:
                 cl.restart(i)
@@ -722,7 +741,7 @@ def run_seed(seed: int, ticks: int = 400, *, heal_ticks: int = 400) -> SeedRepor
         raise AssertionError(f"seed={seed}: linearizability search bound hit on key {res.key!r}")
     commit = max(nd.raft.commit for nd in cl.nodes.values() if nd.raft)
     return SeedReport(seed, n, cl.now, len(cl.history), sum(o.ret is not None for o in cl.history),
-                      commit, elections, cl.messages_sent, notes)
+                      commit, leader_changes, cl.messages_sent, notes)
 
 
 def _in_flight(cl: Cluster, op: KvOp) -> bool:
@@ -822,7 +841,6 @@ def _random_fault(
                 notes.append(f"t={cl.now} remove {i}")
         except (ValueError, NotLeader):
             return
-        cl.membership_changed = True
 
 
 def _converged(cl: Cluster) -> bool:
@@ -837,5 +855,5 @@ def _converged(cl: Cluster) -> bool:
     return all(nd.raft is not None and nd.raft.applied == lr.commit for nd in members)
 
 
-__all__ = ["NONE", "Cluster", "Faults", "KvMachine", "SafetyChecker", "SafetyViolation", "SeedReport",
+__all__ = ["Cluster", "Faults", "KvMachine", "SafetyChecker", "SafetyViolation", "SeedReport",
            "SimNode", "SimStorage", "run_seed"]

@@ -1,8 +1,9 @@
 """Seeded random fault runs: after every step the five safety properties hold, KV histories are linearizable,
 and the cluster converges once faults heal.
 
-TXLAB_SIM_SEEDS sets how many seeds run (default 2000; `make sim` runs 20000). A failure names its seed;
-replay exactly that run with `TXLAB_SIM_SEED=<seed> pytest tests/sim -k random`.
+TXLAB_SIM_SEEDS sets how many seeds run (default 2000; `make sim` runs 20000), plus a tenth of that again
+with forced membership changes and a quarter with the crash-heavy profile. A failure names its seed and
+the command that replays exactly that run, e.g. `TXLAB_SIM_SEED=<seed> pytest tests/sim -k random`.
 """
 
 from __future__ import annotations
@@ -38,6 +39,29 @@ def test_random_faults_keep_raft_safe_and_kv_linearizable(chunk: int) -> None:
             pytest.fail(f"{exc}\nreplay: TXLAB_SIM_SEED={seed} pytest tests/sim -k random", pytrace=False)
         completed += report.completed
     assert completed > 0  # the clients got answers: the runs did real work
+
+
+def _extra_seeds(share: int) -> range | list[int]:
+    one = os.environ.get("TXLAB_SIM_SEED")
+    return [int(one)] if one is not None else range(int(os.environ.get("TXLAB_SIM_SEEDS", "2000")) // share)
+
+
+def test_random_membership_changes_keep_raft_safe() -> None:
+    """Thesis §4.1 under faults: one in ten seeds again, every one with adds, removes and brand-new nodes."""
+    for seed in _extra_seeds(10):
+        try:
+            run_seed(seed, membership=True)
+        except AssertionError as exc:
+            pytest.fail(f"{exc}\nreplay: TXLAB_SIM_SEED={seed} pytest tests/sim -k membership", pytrace=False)
+
+
+def test_random_crashes_mid_write_keep_raft_safe() -> None:
+    """Figure 2's persistence rules under stress: slow fsyncs and frequent crashes, many tearing a write."""
+    for seed in _extra_seeds(4):
+        try:
+            run_seed(seed, crashy=True)
+        except AssertionError as exc:
+            pytest.fail(f"{exc}\nreplay: TXLAB_SIM_SEED={seed} pytest tests/sim -k crashes", pytrace=False)
 
 
 def test_a_seed_replays_exactly() -> None:

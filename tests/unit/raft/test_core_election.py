@@ -24,6 +24,7 @@ def test_randomized_election_timeouts_fall_in_one_to_two_election_ticks() -> Non
 
 
 def test_single_node_cluster_elects_itself_and_commits_alone() -> None:
+    """§5.2/§5.3 degenerate case: one voter is its own majority, once its entry is on its disk."""
     r = Raft(Config(1, (1,)))
     r.campaign()
     assert r.role is Role.LEADER
@@ -155,7 +156,7 @@ def test_leadership_transfer_to_a_dead_node_is_aborted_after_an_election_timeout
 
 def test_stale_leader_learns_the_new_term_from_a_reply_and_steps_down() -> None:
     """§5.1: a server that sees a higher term in any message reverts to follower."""
-    cl = Cluster(3, seed=8, check_quorum=False)
+    cl = Cluster(3, seed=8, check_quorum=False, pre_vote=False)
     old = cl.wait_leader()
     cl.tick(5)
     cl.isolate(old)
@@ -167,5 +168,6 @@ def test_stale_leader_learns_the_new_term_from_a_reply_and_steps_down() -> None:
 
 
 def test_config_rejects_an_unknown_commit_quorum() -> None:
+    """Only 'majority' (Raft) and 'all' (master-slave sync replication) exist."""
     with pytest.raises(ValueError):
         Config(1, (1, 2, 3), commit_quorum="some")

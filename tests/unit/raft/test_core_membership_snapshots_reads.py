@@ -39,6 +39,7 @@ def test_adding_a_node_catches_it_up_and_counts_it_in_the_quorum() -> None:
 
 
 def test_removing_a_follower_shrinks_the_quorum_and_the_removed_node_stays_quiet() -> None:
+    """Thesis §4.1/§4.2.3: after its removal a node counts in no quorum and no longer campaigns."""
     cl = Cluster(3, seed=2)
     ldr = cl.wait_leader()
     cl.tick(5)
@@ -76,6 +77,7 @@ def test_a_removed_leader_steps_down_once_the_change_commits_and_a_new_leader_ta
 
 
 def test_only_one_membership_change_may_be_in_flight() -> None:
+    """Thesis §4.1: single-server changes are safe only one at a time."""
     cl = Cluster(3, seed=4)
     ldr = cl.wait_leader()
     cl.tick(5)
@@ -89,6 +91,7 @@ def test_only_one_membership_change_may_be_in_flight() -> None:
 
 
 def test_membership_changes_that_change_nothing_are_refused() -> None:
+    """Adding a voter twice or removing a stranger is a caller error, not a log entry."""
     cl = Cluster(3, seed=10)
     ldr = cl.wait_leader()
     cl.tick(5)
@@ -108,6 +111,33 @@ def test_a_new_leader_refuses_a_membership_change_until_its_noop_commits() -> No
         r.propose_conf_change(ConfChange("add", 4))
     with pytest.raises(NotLeader):
         Raft(Config(2, (1, 2, 3))).propose_conf_change(ConfChange("add", 4))
+
+
+def test_a_node_whose_own_removal_is_uncommitted_may_still_lead_the_cluster_through_it() -> None:
+    """Thesis §4.2.2: a server not in C_new can still lead until C_new commits; counting only C_new's votes.
+    Otherwise a leader that removed itself and lost leadership could leave nobody able to finish."""
+    remove_me = Entry(1, 2, EntryType.CONF_CHANGE, ConfChange("remove", 1).encode())
+    log = [Entry(1, 1), remove_me]
+    r = Raft(Config(1, (1, 2, 3), pre_vote=False), hard_state=HardState(1, 0, 1), entries=log)
+    assert r.voters == (2, 3)
+    while r.role is Role.FOLLOWER:
+        r.tick()
+    assert r.role is Role.CANDIDATE
+    r.step(Message(MsgType.VOTE_RESP, 2, 1, r.term))
+    assert r.role is Role.CANDIDATE  # its own vote does not count in C_new = {2, 3}
+    r.step(Message(MsgType.VOTE_RESP, 3, 1, r.term))
+    assert r.role is Role.LEADER
+    rd = r.ready()
+    r.advance(rd)
+    for p in (2, 3):
+        r.step(Message(MsgType.APPEND_RESP, p, 1, r.term, index=r.last_index))
+    assert r.commit == r.last_index
+    r.advance(r.ready())
+    assert r.role is Role.FOLLOWER  # C_new committed: it steps down for good
+    committed = Raft(Config(1, (1, 2, 3)), hard_state=HardState(1, 0, 2), entries=[Entry(1, 1), remove_me])
+    for _ in range(100):
+        committed.tick()
+    assert committed.role is Role.FOLLOWER and committed.term == 1  # removal committed: never campaigns
 
 
 def test_a_truncated_membership_change_is_undone() -> None:
@@ -147,6 +177,7 @@ def test_lagging_follower_receives_and_installs_a_snapshot_after_compaction() ->
 
 
 def test_a_lost_snapshot_is_sent_again() -> None:
+    """§7: InstallSnapshot is retried when the follower never acknowledges it."""
     cl = Cluster(3, seed=6)
     ldr = cl.wait_leader()
     cl.tick(5)
@@ -172,6 +203,7 @@ def test_a_lost_snapshot_is_sent_again() -> None:
 
 
 def test_a_node_restarts_from_its_snapshot_and_log_suffix() -> None:
+    """§7: after a restart the state machine comes from the snapshot plus the log after it."""
     cl = Cluster(3, seed=7)
     ldr = cl.wait_leader()
     for k in range(6):
@@ -190,6 +222,7 @@ def test_a_node_restarts_from_its_snapshot_and_log_suffix() -> None:
 
 
 def test_compacting_beyond_the_applied_index_is_refused() -> None:
+    """§7: a snapshot covers only applied (hence committed) state."""
     r = Raft(Config(1, (1,)))
     r.campaign()
     with pytest.raises(ValueError):
@@ -197,6 +230,7 @@ def test_compacting_beyond_the_applied_index_is_refused() -> None:
 
 
 def test_a_follower_that_already_has_the_snapshot_prefix_keeps_its_log() -> None:
+    """§7: if the follower's log has the snapshot's last entry, it keeps the entries after it."""
     r = Raft(Config(2, (1, 2, 3)), hard_state=HardState(1, 1, 0),
              entries=[Entry(1, 1), Entry(1, 2), Entry(1, 3)])
     r.step(Message(MsgType.SNAPSHOT, 1, 2, 1, snapshot=Snapshot(2, 1, ConfState((1, 2, 3)))))
@@ -216,6 +250,7 @@ def _read(cl: Cluster, node: int, key: str, ticks: int = 20) -> object:
 
 
 def test_read_index_on_leader_and_followers_sees_the_latest_committed_write() -> None:
+    """Thesis §6.4: ReadIndex on any node (followers ask the leader) returns the last committed value."""
     cl = Cluster(3, seed=8)
     ldr = cl.wait_leader()
     assert cl.client_put(0, ldr, "k", "v1", timeout=20)

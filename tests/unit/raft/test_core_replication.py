@@ -140,6 +140,7 @@ def test_fast_backtracking_finds_the_match_point_in_few_round_trips() -> None:
 
 
 def test_leader_batches_proposals_between_two_readies_into_one_append_per_follower() -> None:
+    """Batching (thesis §10.2.1): proposals between two Readies travel in one APPEND per follower."""
     cl = Cluster(3, seed=5)
     ldr = cl.wait_leader()
     cl.tick(5)
@@ -235,6 +236,7 @@ def test_leader_counts_itself_toward_the_quorum_only_after_persisting() -> None:
 
 
 def test_ready_is_not_handed_out_twice_before_advance() -> None:
+    """One Ready at a time: proposals made while it is persisted go into the next one."""
     r = Raft(Config(1, (1,)))
     r.campaign()
     rd = r.ready()
@@ -246,6 +248,7 @@ def test_ready_is_not_handed_out_twice_before_advance() -> None:
 
 
 def test_stale_and_duplicated_messages_are_ignored() -> None:
+    """§5.1: messages of older terms are ignored; duplicated acks change nothing."""
     cl = Cluster(3, seed=8)
     ldr = cl.wait_leader()
     cl.tick(5)
@@ -292,3 +295,19 @@ def test_a_snapshot_installed_during_an_outstanding_ready_comes_out_in_the_next_
     assert (r.applied, r.commit, r.first_index) == (10, 10, 11)
     rd = r.ready()
     assert rd.hard_state is not None and rd.hard_state.commit == 10
+
+
+def test_hard_state_commit_never_covers_entries_written_in_the_same_ready() -> None:
+    """A crash may persist the hard state but not the entries beside it: the durable commit index must only
+    name entries that were already on disk, or a restart would apply the overwritten ones (§5.4.3)."""
+    old = [Entry(1, 1), Entry(1, 2, data=b"old-2"), Entry(1, 3, data=b"old-3")]
+    r = Raft(Config(2, (1, 2, 3)), hard_state=HardState(1, 1, 1), entries=old)
+    new = (Entry(2, 2, data=b"new-2"), Entry(2, 3, data=b"new-3"))
+    r.step(Message(MsgType.APPEND, 3, 2, 2, log_term=1, index=1, entries=new, commit=3))
+    assert r.commit == 3
+    rd = r.ready()
+    assert [(e.index, e.term) for e in rd.entries] == [(2, 2), (3, 2)]
+    assert rd.hard_state == HardState(2, 0, 1)  # new term now, commit 3 only once 2..3 are durable
+    r.advance(rd)
+    rd = r.ready()
+    assert rd.hard_state == HardState(2, 0, 3)
