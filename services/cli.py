@@ -47,7 +47,7 @@ def _run_entry(target: str, argv: list[str]) -> int:
     return int(getattr(module, func_name or "main")(argv) or 0)
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []})
 def bench(ctx: typer.Context, name: str = typer.Argument(..., help=f"one of: {', '.join(BENCHES)}")) -> None:
     """Run a benchmark and print its table (extra options go to the benchmark)."""
     if name not in BENCHES:
@@ -55,7 +55,7 @@ def bench(ctx: typer.Context, name: str = typer.Argument(..., help=f"one of: {',
     raise typer.Exit(_run_entry(BENCHES[name], list(ctx.args)))
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []})
 def scenario(ctx: typer.Context,
              name: str = typer.Argument(..., help=f"one of: {', '.join(SCENARIOS)}")) -> None:
     """Reproduce one of the seed's claims on real processes, with narrated output."""
