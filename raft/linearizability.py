@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 _UNKNOWN = object()  # output of an operation whose response never arrived
+_BLANK = object()  # register value written by a timed-out put whose value nobody observed
 
 
 @dataclass(slots=True)
@@ -74,8 +75,13 @@ def _step(state: Any, op: KvOp) -> tuple[bool, Any]:
 
 
 def _check_register(ops: list[KvOp], max_steps: int) -> tuple[bool | None, int]:
-    ops = sorted(ops, key=lambda o: o.call)
-    n = len(ops)
+    # Timed-out puts whose value nobody ever observed are interchangeable "blank" writes: they can only
+    # matter by hiding the current value (e.g. to explain a failed compare-and-set). Counting how many of
+    # them were used, instead of which, keeps long histories with many timeouts tractable.
+    observed = {o.output for o in ops if o.kind == "get"} | {o.expected for o in ops if o.kind == "cas"}
+    blank_calls = sorted(o.call for o in ops if o.kind == "put" and o.ret is None and o.value not in observed)
+    ops = sorted((o for o in ops if not (o.kind == "put" and o.ret is None and o.value not in observed)),
+                 key=lambda o: o.call)
     inf = float("inf")
     rets = [o.ret if o.ret is not None else inf for o in ops]
     calls = [o.call for o in ops]
@@ -83,13 +89,15 @@ def _check_register(ops: list[KvOp], max_steps: int) -> tuple[bool | None, int]:
     for i, o in enumerate(ops):
         if o.ret is not None:
             required |= 1 << i
-    seen: set[tuple[int, Any]] = set()
-    # Depth-first search over (ops linearized so far, register state); each frame keeps its candidate list.
-    stack: list[tuple[int, Any, list[int]]] = [(0, None, _candidates(0, n, calls, rets))]
-    seen.add((0, None))
+    seen: set[tuple[int, Any, int]] = set()
+    # Depth-first search over (ops linearized so far, register state, blank writes used); each frame keeps
+    # its candidate list, where -1 stands for "one more blank write".
+    first = _candidates(0, None, 0, calls, rets, blank_calls)
+    stack: list[tuple[int, Any, int, list[int]]] = [(0, None, 0, first)]
+    seen.add((0, None, 0))
     steps = 0
     while stack:
-        done, state, cands = stack[-1]
+        done, state, used, cands = stack[-1]
         if done & required == required:
             return True, steps
         if not cands:
@@ -99,18 +107,27 @@ def _check_register(ops: list[KvOp], max_steps: int) -> tuple[bool | None, int]:
         steps += 1
         if steps > max_steps:
             return None, steps
-        legal, nxt = _step(state, ops[i])
-        if not legal:
+        if i < 0:
+            nd, nxt, nu = done, _BLANK, used + 1
+        else:
+            legal, nxt = _step(state, ops[i])
+            if not legal:
+                continue
+            nd, nu = done | (1 << i), used
+        if (nd, nxt, nu) in seen:
             continue
-        nd = done | (1 << i)
-        if (nd, nxt) in seen:
-            continue
-        seen.add((nd, nxt))
-        stack.append((nd, nxt, _candidates(nd, n, calls, rets)))
+        seen.add((nd, nxt, nu))
+        stack.append((nd, nxt, nu, _candidates(nd, nxt, nu, calls, rets, blank_calls)))
     return False, steps
 
 
-def _candidates(done: int, n: int, calls: list[int], rets: list[float]) -> list[int]:
-    """Ops that may be linearized next: not yet done and invoked before the earliest pending response."""
+def _candidates(done: int, state: Any, used: int, calls: list[int], rets: list[float],
+                blank_calls: list[int]) -> list[int]:
+    """Ops that may be linearized next: not yet done and invoked before the earliest pending response;
+    -1 (a blank write) when an unused blank put was invoked before it too."""
+    n = len(calls)
     min_ret = min((rets[i] for i in range(n) if not done >> i & 1), default=float("inf"))
-    return [i for i in range(n) if not done >> i & 1 and calls[i] < min_ret]
+    cands = [i for i in range(n) if not done >> i & 1 and calls[i] < min_ret]
+    if state is not _BLANK and used < len(blank_calls) and blank_calls[used] < min_ret:
+        cands.insert(0, -1)  # tried last: blank writes are rarely needed
+    return cands

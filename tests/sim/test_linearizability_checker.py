@@ -75,6 +75,20 @@ def test_keys_are_checked_independently() -> None:
 
 
 def test_the_step_bound_reports_undecided_instead_of_guessing() -> None:
-    h = [put(c, "k", f"v{c}", 1, None) for c in range(14)] + [get(99, "k", "nope", 100, 101)]
+    h = [cas(c, "k", None, f"v{c}", None, 1, None) for c in range(14)] + [get(99, "k", "nope", 100, 101)]
     res = check_kv(h, max_steps=50)
     assert res.ok is None and not res
+
+
+def test_a_timed_out_write_nobody_read_can_explain_a_failed_compare_and_set() -> None:
+    base = [put(1, "k", "w", 1, 2), cas(2, "k", "w", "z", False, 5, 6),
+            put(3, "k", "u", 7, 8), get(4, "k", "u", 9, 10)]
+    assert check_kv(base).ok is False  # nothing but "w" can be there when the CAS ran
+    assert check_kv([*base, put(5, "k", "v", 3, None)])  # unless the timed-out write of "v" landed first
+
+
+def test_many_timed_out_writes_nobody_read_do_not_blow_up_the_search() -> None:
+    h = [put(c, "k", f"lost{c}", c, None) for c in range(60)]
+    h += [put(100, "k", "a", 100, 101), get(101, "k", "a", 102, 103), get(102, "k", None, 104, 105)]
+    res = check_kv(h, max_steps=5_000)
+    assert res.ok is False and res.steps < 5_000  # decided: None after "a" needs a write of None
