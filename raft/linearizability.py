@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 _UNKNOWN = object()  # output of an operation whose response never arrived
-_BLANK = object()  # register value written by a timed-out put whose value nobody observed
+_BLANK = object()  # register value written by a timed-out write whose value nobody observed
+_ANY = object()  # guard of a blank put: it applies whatever the register holds
 
 
 @dataclass(slots=True)
@@ -75,13 +76,21 @@ def _step(state: Any, op: KvOp) -> tuple[bool, Any]:
 
 
 def _check_register(ops: list[KvOp], max_steps: int) -> tuple[bool | None, int]:
-    # Timed-out puts whose value nobody ever observed are interchangeable "blank" writes: they can only
-    # matter by hiding the current value (e.g. to explain a failed compare-and-set). Counting how many of
-    # them were used, instead of which, keeps long histories with many timeouts tractable.
+    # A timed-out write whose value nobody ever observed can only matter by hiding the current value (e.g. to
+    # explain a failed compare-and-set): such writes with the same guard (none for a put, the expected value
+    # for a CAS) are interchangeable "blank" writes. Counting how many of each group were used, instead of
+    # which, keeps long histories with many timeouts tractable.
     observed = {o.output for o in ops if o.kind == "get"} | {o.expected for o in ops if o.kind == "cas"}
-    blank_calls = sorted(o.call for o in ops if o.kind == "put" and o.ret is None and o.value not in observed)
-    ops = sorted((o for o in ops if not (o.kind == "put" and o.ret is None and o.value not in observed)),
-                 key=lambda o: o.call)
+    groups: dict[Any, list[int]] = defaultdict(list)  # guard -> invocation times of its blank writes
+    rest = []
+    for o in ops:
+        if o.ret is None and o.kind in ("put", "cas") and o.value not in observed:
+            groups[_ANY if o.kind == "put" else o.expected].append(o.call)
+        else:
+            rest.append(o)
+    guards = list(groups)
+    blanks = [sorted(groups[g]) for g in guards]
+    ops = sorted(rest, key=lambda o: o.call)
     inf = float("inf")
     rets = [o.ret if o.ret is not None else inf for o in ops]
     calls = [o.call for o in ops]
@@ -89,12 +98,12 @@ def _check_register(ops: list[KvOp], max_steps: int) -> tuple[bool | None, int]:
     for i, o in enumerate(ops):
         if o.ret is not None:
             required |= 1 << i
-    seen: set[tuple[int, Any, int]] = set()
-    # Depth-first search over (ops linearized so far, register state, blank writes used); each frame keeps
-    # its candidate list, where -1 stands for "one more blank write".
-    first = _candidates(0, None, 0, calls, rets, blank_calls)
-    stack: list[tuple[int, Any, int, list[int]]] = [(0, None, 0, first)]
-    seen.add((0, None, 0))
+    no_blanks = (0,) * len(guards)
+    seen: set[tuple[int, Any, tuple[int, ...]]] = {(0, None, no_blanks)}
+    # Depth-first search over (ops linearized so far, register state, blank writes used per group); each
+    # frame keeps its candidate list, where -1 - g stands for "one more blank write of group g".
+    first = _candidates(0, None, no_blanks, calls, rets, guards, blanks)
+    stack: list[tuple[int, Any, tuple[int, ...], list[int]]] = [(0, None, no_blanks, first)]
     steps = 0
     while stack:
         done, state, used, cands = stack[-1]
@@ -108,7 +117,8 @@ def _check_register(ops: list[KvOp], max_steps: int) -> tuple[bool | None, int]:
         if steps > max_steps:
             return None, steps
         if i < 0:
-            nd, nxt, nu = done, _BLANK, used + 1
+            g = -1 - i
+            nd, nxt, nu = done, _BLANK, (*used[:g], used[g] + 1, *used[g + 1 :])
         else:
             legal, nxt = _step(state, ops[i])
             if not legal:
@@ -117,17 +127,20 @@ def _check_register(ops: list[KvOp], max_steps: int) -> tuple[bool | None, int]:
         if (nd, nxt, nu) in seen:
             continue
         seen.add((nd, nxt, nu))
-        stack.append((nd, nxt, nu, _candidates(nd, nxt, nu, calls, rets, blank_calls)))
+        stack.append((nd, nxt, nu, _candidates(nd, nxt, nu, calls, rets, guards, blanks)))
     return False, steps
 
 
-def _candidates(done: int, state: Any, used: int, calls: list[int], rets: list[float],
-                blank_calls: list[int]) -> list[int]:
+def _candidates(done: int, state: Any, used: tuple[int, ...], calls: list[int], rets: list[float],
+                guards: list[Any], blanks: list[list[int]]) -> list[int]:
     """Ops that may be linearized next: not yet done and invoked before the earliest pending response;
-    -1 (a blank write) when an unused blank put was invoked before it too."""
+    -1 - g for a blank write of group g when an unused one was invoked before it too and its guard holds."""
     n = len(calls)
     min_ret = min((rets[i] for i in range(n) if not done >> i & 1), default=float("inf"))
     cands = [i for i in range(n) if not done >> i & 1 and calls[i] < min_ret]
-    if state is not _BLANK and used < len(blank_calls) and blank_calls[used] < min_ret:
-        cands.insert(0, -1)  # tried last: blank writes are rarely needed
+    if state is not _BLANK:
+        for g, guard in enumerate(guards):
+            k = used[g]
+            if k < len(blanks[g]) and blanks[g][k] < min_ret and (guard is _ANY or guard == state):
+                cands.insert(0, -1 - g)  # tried last: blank writes are rarely needed
     return cands
