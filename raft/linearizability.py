@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 _UNKNOWN = object()  # output of an operation whose response never arrived
+_BLANK = object()  # register value written by a timed-out write whose value nobody observed
+_ANY = object()  # guard of a blank put: it applies whatever the register holds
 
 
 @dataclass(slots=True)
@@ -74,8 +76,21 @@ def _step(state: Any, op: KvOp) -> tuple[bool, Any]:
 
 
 def _check_register(ops: list[KvOp], max_steps: int) -> tuple[bool | None, int]:
-    ops = sorted(ops, key=lambda o: o.call)
-    n = len(ops)
+    # A timed-out write whose value nobody ever observed can only matter by hiding the current value (e.g. to
+    # explain a failed compare-and-set): such writes with the same guard (none for a put, the expected value
+    # for a CAS) are interchangeable "blank" writes. Counting how many of each group were used, instead of
+    # which, keeps long histories with many timeouts tractable.
+    observed = {o.output for o in ops if o.kind == "get"} | {o.expected for o in ops if o.kind == "cas"}
+    groups: dict[Any, list[int]] = defaultdict(list)  # guard -> invocation times of its blank writes
+    rest = []
+    for o in ops:
+        if o.ret is None and o.kind in ("put", "cas") and o.value not in observed:
+            groups[_ANY if o.kind == "put" else o.expected].append(o.call)
+        else:
+            rest.append(o)
+    guards = list(groups)
+    blanks = [sorted(groups[g]) for g in guards]
+    ops = sorted(rest, key=lambda o: o.call)
     inf = float("inf")
     rets = [o.ret if o.ret is not None else inf for o in ops]
     calls = [o.call for o in ops]
@@ -83,13 +98,15 @@ def _check_register(ops: list[KvOp], max_steps: int) -> tuple[bool | None, int]:
     for i, o in enumerate(ops):
         if o.ret is not None:
             required |= 1 << i
-    seen: set[tuple[int, Any]] = set()
-    # Depth-first search over (ops linearized so far, register state); each frame keeps its candidate list.
-    stack: list[tuple[int, Any, list[int]]] = [(0, None, _candidates(0, n, calls, rets))]
-    seen.add((0, None))
+    no_blanks = (0,) * len(guards)
+    seen: set[tuple[int, Any, tuple[int, ...]]] = {(0, None, no_blanks)}
+    # Depth-first search over (ops linearized so far, register state, blank writes used per group); each
+    # frame keeps its candidate list, where -1 - g stands for "one more blank write of group g".
+    first = _candidates(0, None, no_blanks, calls, rets, guards, blanks)
+    stack: list[tuple[int, Any, tuple[int, ...], list[int]]] = [(0, None, no_blanks, first)]
     steps = 0
     while stack:
-        done, state, cands = stack[-1]
+        done, state, used, cands = stack[-1]
         if done & required == required:
             return True, steps
         if not cands:
@@ -99,18 +116,31 @@ def _check_register(ops: list[KvOp], max_steps: int) -> tuple[bool | None, int]:
         steps += 1
         if steps > max_steps:
             return None, steps
-        legal, nxt = _step(state, ops[i])
-        if not legal:
+        if i < 0:
+            g = -1 - i
+            nd, nxt, nu = done, _BLANK, (*used[:g], used[g] + 1, *used[g + 1 :])
+        else:
+            legal, nxt = _step(state, ops[i])
+            if not legal:
+                continue
+            nd, nu = done | (1 << i), used
+        if (nd, nxt, nu) in seen:
             continue
-        nd = done | (1 << i)
-        if (nd, nxt) in seen:
-            continue
-        seen.add((nd, nxt))
-        stack.append((nd, nxt, _candidates(nd, n, calls, rets)))
+        seen.add((nd, nxt, nu))
+        stack.append((nd, nxt, nu, _candidates(nd, nxt, nu, calls, rets, guards, blanks)))
     return False, steps
 
 
-def _candidates(done: int, n: int, calls: list[int], rets: list[float]) -> list[int]:
-    """Ops that may be linearized next: not yet done and invoked before the earliest pending response."""
+def _candidates(done: int, state: Any, used: tuple[int, ...], calls: list[int], rets: list[float],
+                guards: list[Any], blanks: list[list[int]]) -> list[int]:
+    """Ops that may be linearized next: not yet done and invoked before the earliest pending response;
+    -1 - g for a blank write of group g when an unused one was invoked before it too and its guard holds."""
+    n = len(calls)
     min_ret = min((rets[i] for i in range(n) if not done >> i & 1), default=float("inf"))
-    return [i for i in range(n) if not done >> i & 1 and calls[i] < min_ret]
+    cands = [i for i in range(n) if not done >> i & 1 and calls[i] < min_ret]
+    if state is not _BLANK:
+        for g, guard in enumerate(guards):
+            k = used[g]
+            if k < len(blanks[g]) and blanks[g][k] < min_ret and (guard is _ANY or guard == state):
+                cands.insert(0, -1 - g)  # tried last: blank writes are rarely needed
+    return cands

@@ -75,6 +75,29 @@ def test_keys_are_checked_independently() -> None:
 
 
 def test_the_step_bound_reports_undecided_instead_of_guessing() -> None:
-    h = [put(c, "k", f"v{c}", 1, None) for c in range(14)] + [get(99, "k", "nope", 100, 101)]
+    h = [put(c, "k", f"v{c}", 1, None) for c in range(14)]
+    h += [get(90 + c, "k", f"v{c}", 100 + 2 * c, 101 + 2 * c) for c in range(14)]
+    h.append(get(99, "k", "nope", 200, 201))
     res = check_kv(h, max_steps=50)
     assert res.ok is None and not res
+
+
+def test_a_timed_out_write_nobody_read_can_explain_a_failed_compare_and_set() -> None:
+    base = [put(1, "k", "w", 1, 2), cas(2, "k", "w", "z", False, 5, 6),
+            put(3, "k", "u", 7, 8), get(4, "k", "u", 9, 10)]
+    assert check_kv(base).ok is False  # nothing but "w" can be there when the CAS ran
+    assert check_kv([*base, put(5, "k", "v", 3, None)])  # unless the timed-out write of "v" landed first
+
+
+def test_many_timed_out_writes_nobody_read_do_not_blow_up_the_search() -> None:
+    h = [put(c, "k", f"lost{c}", c, None) for c in range(60)]
+    h += [put(100, "k", "a", 100, 101), get(101, "k", "a", 102, 103), get(102, "k", None, 104, 105)]
+    res = check_kv(h, max_steps=5_000)
+    assert res.ok is False and res.steps < 5_000  # decided: None after "a" needs a write of None
+
+
+def test_a_timed_out_compare_and_set_nobody_read_applies_only_if_its_expected_value_was_there() -> None:
+    base = [put(1, "k", "w", 1, 2), cas(2, "k", "w", "z", False, 5, 6),
+            put(3, "k", "u", 7, 8), get(4, "k", "u", 9, 10)]
+    assert check_kv([*base, cas(5, "k", "w", "v", None, 3, None)])  # w -> v hid "w" from the failed CAS
+    assert check_kv([*base, cas(5, "k", "q", "v", None, 3, None)]).ok is False  # "q" was never there

@@ -2,8 +2,9 @@
 and the cluster converges once faults heal.
 
 TXLAB_SIM_SEEDS sets how many seeds run (default 2000; `make sim` runs 20000), plus a tenth of that again
-with forced membership changes and a quarter with the crash-heavy profile. A failure names its seed and
-the command that replays exactly that run, e.g. `TXLAB_SIM_SEED=<seed> pytest tests/sim -k random`.
+with forced membership changes, a quarter with the crash-heavy profile and a fortieth as long runs.
+A failure names its seed and the command that replays exactly that run, e.g.
+`TXLAB_SIM_SEED=<seed> pytest tests/sim -k random`.
 """
 
 from __future__ import annotations
@@ -62,6 +63,15 @@ def test_random_crashes_mid_write_keep_raft_safe() -> None:
             run_seed(seed, crashy=True)
         except AssertionError as exc:
             pytest.fail(f"{exc}\nreplay: TXLAB_SIM_SEED={seed} pytest tests/sim -k crashes", pytrace=False)
+
+
+def test_random_long_runs_keep_raft_safe() -> None:
+    """Deeper states: one in forty seeds again with runs almost four times as long."""
+    for seed in _extra_seeds(40):
+        try:
+            run_seed(seed, ticks=1500)
+        except AssertionError as exc:
+            pytest.fail(f"{exc}\nreplay: TXLAB_SIM_SEED={seed} pytest tests/sim -k long", pytrace=False)
 
 
 def test_a_seed_replays_exactly() -> None:
