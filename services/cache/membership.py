@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import redis
 
@@ -12,7 +13,7 @@ from services.cache.config import parse_nodes
 from services.common.settings import Settings
 
 
-def membership_file(settings: Settings):
+def membership_file(settings: Settings) -> Path:
     return settings.data_dir / "cache-nodes.json"
 
 

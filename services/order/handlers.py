@@ -7,6 +7,7 @@ import sqlalchemy as sa
 from services.cache.keys import order_key
 from services.common.envelope import Envelope
 from services.common.outbox import UnitOfWork
+from services.common.service_app import EventHandler
 from services.order.domain import (
     CHARGED,
     FAILED,
@@ -40,7 +41,7 @@ async def _record(uow: UnitOfWork, event: Envelope, column: str, value: str) -> 
         await uow.emit(event.caused("order.cancelled", {"reason": row.reason}))
 
 
-def _recorder(column: str, value: str):
+def _recorder(column: str, value: str) -> EventHandler:
     async def handle(uow: UnitOfWork, event: Envelope) -> None:
         await _record(uow, event, column, value)
     handle.__name__ = f"record_{column}_{value.lower()}"
