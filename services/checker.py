@@ -16,7 +16,7 @@ import psycopg
 from psycopg.rows import namedtuple_row
 
 from services.common.bus import queue_depths
-from services.common.settings import Settings
+from services.common.settings import SERVICES, Settings
 
 OK, VIOLATED, UNCHECKABLE = 0, 1, 2
 
@@ -115,9 +115,11 @@ def check_money(settings: Settings) -> Invariant:
 
 def check_agreement(settings: Settings) -> Invariant:
     inv = Invariant("agreement: PAID = charged once + stock deducted; CANCELLED holds nothing")
-    orders = {o.id: o for o in _query(settings, "order", "SELECT id, status, total_cents FROM orders")}
+    order_rows, item_rows = _snapshot(settings, "order", "SELECT id, status, total_cents FROM orders",
+                                      "SELECT order_id, sku, qty FROM order_items")
+    orders = {o.id: o for o in order_rows}
     items: dict[Any, set[tuple[str, int]]] = defaultdict(set)
-    for i in _query(settings, "order", "SELECT order_id, sku, qty FROM order_items"):
+    for i in item_rows:
         items[i.order_id].add((i.sku, i.qty))
     payments = {p.order_id: p for p in _query(settings, "payment",
                                               "SELECT order_id, amount_cents, status FROM payments")}
@@ -158,15 +160,18 @@ def queued_messages(settings: Settings) -> dict[str, int]:
 
 def convergence_counts(settings: Settings) -> dict[str, int]:
     """What is still in flight: every count must reach 0 once faults are cleared."""
-    counts = {"orders_pending": _query(settings, "order",
-                                       "SELECT count(*) AS n FROM orders WHERE status = 'PENDING'")[0].n}
-    for service in ("order", "inventory", "payment"):
-        rows = _query(settings, service, "SELECT status, count(*) AS n FROM outbox "
-                                         "WHERE status <> 'SENT' GROUP BY status")
-        for r in rows:
+    counts: dict[str, int] = {}
+    for service in SERVICES:  # one connection per database and poll
+        outbox, prepared, *pending = _snapshot(
+            settings, service,
+            "SELECT status, count(*) AS n FROM outbox WHERE status <> 'SENT' GROUP BY status",
+            "SELECT count(*) AS n FROM pg_prepared_xacts WHERE database = current_database()",
+            *(["SELECT count(*) AS n FROM orders WHERE status = 'PENDING'"] if service == "order" else []))
+        if pending:
+            counts["orders_pending"] = pending[0][0].n
+        for r in outbox:
             counts[f"{service}_outbox_{r.status.lower()}"] = r.n
-        counts[f"{service}_prepared_xacts"] = _query(
-            settings, service, "SELECT count(*) AS n FROM pg_prepared_xacts WHERE database = current_database()")[0].n
+        counts[f"{service}_prepared_xacts"] = prepared[0].n
     counts.update(queued_messages(settings))
     return {k: v for k, v in counts.items() if v or k == "orders_pending"}
 

@@ -27,18 +27,20 @@ def _seeds(chunk: int) -> range:
     return range(chunk * per, min(total, (chunk + 1) * per))
 
 
+def _run_or_fail(seed: int, selector: str, **profile: object) -> int:
+    """Run one seed; on a violated property, fail with the command that replays exactly that run."""
+    try:
+        return run_seed(seed, **profile).completed
+    except AssertionError as exc:
+        pytest.fail(f"{exc}\nreplay: TXLAB_SIM_SEED={seed} pytest tests/sim -k {selector}", pytrace=False)
+
+
 @pytest.mark.parametrize("chunk", range(CHUNKS))
 def test_random_faults_keep_raft_safe_and_kv_linearizable(chunk: int) -> None:
     seeds = _seeds(chunk)
     if not seeds:
         pytest.skip("TXLAB_SIM_SEED replays a single seed in chunk 0")
-    completed = 0
-    for seed in seeds:
-        try:
-            report = run_seed(seed)
-        except AssertionError as exc:
-            pytest.fail(f"{exc}\nreplay: TXLAB_SIM_SEED={seed} pytest tests/sim -k random", pytrace=False)
-        completed += report.completed
+    completed = sum(_run_or_fail(seed, "random") for seed in seeds)
     assert completed > 0  # the clients got answers: the runs did real work
 
 
@@ -50,28 +52,19 @@ def _extra_seeds(share: int) -> range | list[int]:
 def test_random_membership_changes_keep_raft_safe() -> None:
     """Thesis §4.1 under faults: one in ten seeds again, every one with adds, removes and brand-new nodes."""
     for seed in _extra_seeds(10):
-        try:
-            run_seed(seed, membership=True)
-        except AssertionError as exc:
-            pytest.fail(f"{exc}\nreplay: TXLAB_SIM_SEED={seed} pytest tests/sim -k membership", pytrace=False)
+        _run_or_fail(seed, "membership", membership=True)
 
 
 def test_random_crashes_mid_write_keep_raft_safe() -> None:
     """Figure 2's persistence rules under stress: slow fsyncs and frequent crashes, many tearing a write."""
     for seed in _extra_seeds(4):
-        try:
-            run_seed(seed, crashy=True)
-        except AssertionError as exc:
-            pytest.fail(f"{exc}\nreplay: TXLAB_SIM_SEED={seed} pytest tests/sim -k crashes", pytrace=False)
+        _run_or_fail(seed, "crashes", crashy=True)
 
 
 def test_random_long_runs_keep_raft_safe() -> None:
     """Deeper states: one in forty seeds again with runs almost four times as long."""
     for seed in _extra_seeds(40):
-        try:
-            run_seed(seed, ticks=1500)
-        except AssertionError as exc:
-            pytest.fail(f"{exc}\nreplay: TXLAB_SIM_SEED={seed} pytest tests/sim -k long", pytrace=False)
+        _run_or_fail(seed, "long", ticks=1500)
 
 
 def test_a_seed_replays_exactly() -> None:
