@@ -6,6 +6,7 @@ COPY services services
 COPY raft raft
 COPY hashring hashring
 COPY bench bench
+COPY scenarios scenarios
 COPY migrations migrations
 RUN pip install --no-cache-dir .
 ENV TXLAB_HOST=0.0.0.0

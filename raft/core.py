@@ -1,10 +1,10 @@
 """Raft as a deterministic state machine: ticks and messages in, `Ready` batches out (etcd-io/raft's shape).
 
 No asyncio, sockets, files, clock or global random live here: the same inputs always give the same
-outputs, which is what lets `raft/sim.py` replay any failing seed exactly. Section numbers in comments
-refer to the Raft paper (Ongaro & Ousterhout, 2014) and Ongaro's thesis (2014, "thesis §").
+outputs, which is what lets `raft/testing/sim.py` replay any failing seed exactly. Section numbers in
+comments refer to the Raft paper (Ongaro & Ousterhout, 2014) and Ongaro's thesis (2014, "thesis §").
 
-Caller contract (what `raft/node.py` and `raft/sim.py` do):
+Caller contract (what `raft/node.py` and `raft/testing/sim.py` do):
   rd = raft.ready()          # at most one Ready outstanding: call advance(rd) before the next ready()
   persist rd.hard_state, rd.snapshot, rd.entries (truncating at rd.entries[0].index); fsync if must_sync
   send rd.messages

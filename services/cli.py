@@ -33,11 +33,11 @@ BENCHES = {
     "hashring": "bench.hashring",
 }
 SCENARIOS = {
-    "raft-election": "raft.scenarios:election",
-    "raft-split-vote": "raft.scenarios:split_vote",
-    "raft-partition": "raft.scenarios:partition",
-    "master-slave-blocking": "raft.scenarios:master_slave_blocking",
-    "hashring": "services.cache.scenario:main",
+    "raft-election": "scenarios.raft:election",
+    "raft-split-vote": "scenarios.raft:split_vote",
+    "raft-partition": "scenarios.raft:partition",
+    "master-slave-blocking": "scenarios.raft:master_slave_blocking",
+    "hashring": "scenarios.hashring:main",
 }
 
 

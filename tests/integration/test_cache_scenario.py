@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from services.cache import scenario
+from scenarios import hashring as scenario
 
 
 def test_scenario_adds_and_removes_a_node_under_load_and_serves_nothing_stale(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from raft.linearizability import KvOp, check_kv
+from raft.testing.linearizability import KvOp, check_kv
 
 
 def put(c: int, key: str, v: str, call: int, ret: int | None) -> KvOp:

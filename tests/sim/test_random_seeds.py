@@ -13,7 +13,7 @@ import os
 
 import pytest
 
-from raft.sim import run_seed
+from raft.testing.sim import run_seed
 
 CHUNKS = 8
 

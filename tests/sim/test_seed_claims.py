@@ -6,7 +6,7 @@ Ticks are the node's 10 ms ticks, so the default election timeout (15-30 ticks) 
 from __future__ import annotations
 
 from raft.core import NotLeader
-from raft.sim import Cluster
+from raft.testing.sim import Cluster
 from raft.types import NONE, EntryType, MsgType, Role
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from raft.core import Raft, _PendingRead
-from raft.sim import Cluster, SafetyChecker, SafetyViolation, run_seed
+from raft.testing.sim import Cluster, SafetyChecker, SafetyViolation, run_seed
 from raft.types import Message, MsgType
 
 

@@ -8,7 +8,7 @@ import time
 import httpx
 
 from raft.cluster import LocalCluster
-from raft.linearizability import KvOp
+from raft.testing.linearizability import KvOp
 
 
 class NotSent(Exception):

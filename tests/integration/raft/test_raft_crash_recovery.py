@@ -8,7 +8,7 @@ import signal
 
 import httpx
 
-from raft.linearizability import check_kv
+from raft.testing.linearizability import check_kv
 
 from .kvclient import HistoryClient
 

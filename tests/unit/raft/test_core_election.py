@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from raft.core import Config, NotLeader, Raft
-from raft.sim import Cluster
+from raft.testing.sim import Cluster
 from raft.types import Message, MsgType, Role
 
 

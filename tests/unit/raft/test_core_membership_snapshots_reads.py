@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from raft.core import Config, NotLeader, Raft
-from raft.sim import Cluster, kv_command
+from raft.testing.sim import Cluster, kv_command
 from raft.types import ConfChange, ConfState, Entry, EntryType, HardState, Message, MsgType, Role, Snapshot
 
 

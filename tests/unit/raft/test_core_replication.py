@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from raft.core import Config, Raft
-from raft.sim import Cluster
+from raft.testing.sim import Cluster
 from raft.types import ConfState, Entry, HardState, Message, MsgType, Role, Snapshot
 
 

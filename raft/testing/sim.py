@@ -13,9 +13,9 @@ Leader Completeness and State Machine Safety; a violation raises `SafetyViolatio
 the step.
 
 `run_seed()` drives a random fault schedule plus KV clients (put / get via ReadIndex on any node /
-compare-and-set) whose history `raft/linearizability.py` checks at the end; then it heals everything and
-requires the cluster to converge (a liveness check). An entry applied anywhere must already be durable on
-a quorum (checked in runs without membership changes, where the quorum is fixed).
+compare-and-set) whose history `raft/testing/linearizability.py` checks at the end; then it heals
+everything and requires the cluster to converge (a liveness check). An entry applied anywhere must
+already be durable on a quorum (checked in runs without membership changes, where the quorum is fixed).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from raft.core import Config, NotLeader, Raft
-from raft.linearizability import KvOp, check_kv
+from raft.testing.linearizability import KvOp, check_kv
 from raft.types import (
     ConfChange,
     Entry,

@@ -1,0 +1,1 @@
+"""The narrated `txlab scenario NAME` demos of the seed's claims, run on real processes."""
