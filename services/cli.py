@@ -199,12 +199,13 @@ def fault_arm(specs: list[str] = typer.Argument(..., help="point=action[:ms][,ti
 
 @fault_app.command("list")
 def fault_list() -> None:
-    """The armed faults and how often each fired."""
-    table = Table("service", "point", "action", "times", "probability", "fired")
+    """The armed faults and how often each fired, in all (what `times` limits) and per service."""
+    table = Table("point", "action", "times", "probability", "fired", "per service")
     for a in _admin("GET", "/faults"):
         action = f"delay:{a['delay_ms']}" if a["action"] == "delay" else a["action"]
-        table.add_row(a["service"], a["point"], action, str(a["times"] or "∞"), str(a["probability"]),
-                      str(a["fired"]))
+        per_service = ", ".join(f"{service} {n}" for service, n in a["services"].items())
+        table.add_row(a["point"], action, str(a["times"] or "∞"), str(a["probability"]), str(a["fired"]),
+                      per_service)
     _console().print(table)
 
 

@@ -77,11 +77,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @r.get("/faults")
     async def armed(request: Request) -> list[dict[str, Any]]:
-        return [a for per in await _fan_out(request, "GET", "/internal/faults", SERVICES) for a in per]
+        """One entry per arming: how often it fired in all (what `times` limits) and in each service armed."""
+        armings: dict[str, dict[str, Any]] = {}
+        for row in [a for per in await _fan_out(request, "GET", "/internal/faults", SERVICES) for a in per]:
+            service, fired_here = row.pop("service"), row.pop("fired_here")
+            entry = armings.setdefault(row["id"], row | {"services": {}})
+            entry["services"][service] = fired_here
+            entry["fired"] = max(entry["fired"], row["fired"])  # the services read the shared count one by one
+        return list(armings.values())
 
     @r.post("/faults", status_code=201)
     async def arm(body: ArmAcross, request: Request) -> list[dict[str, Any]]:
-        arming = body.model_dump(exclude={"service"})
+        arming = body.model_dump(exclude={"service"}) | {"id": uuid.uuid4().hex}  # one id for every service
         try:
             Arming(**arming).validate()
         except FaultSpecError as exc:

@@ -1,19 +1,27 @@
 """Named fault points: `await faults.hit("relay.after_publish")` is a no-op unless armed.
 
-Arming is kept per process in memory and persisted under `$TXLAB_DATA_DIR/faults/<process>.json`, so a
-`crash` with `times=2` survives the restart it causes and fires exactly twice in all.
+Each process keeps its armings in memory and persists them under `$TXLAB_DATA_DIR/faults/<process>.json`.
+An arming's `times` counts across processes and restarts: the admin API gives the arming one id in every
+service it fans out to, and every firing is counted, before it acts, in `$TXLAB_DATA_DIR/faults/fired.json`,
+which all processes of a deployment share and change only under an exclusive lock. So `crash,times=1` armed
+in three services crashes one process once, and `crash,times=2` fires exactly twice across the restarts it causes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import json
 import logging
 import os
 import random
 import re
-from dataclasses import asdict, dataclass
+import uuid
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger("txlab.faults")
 
@@ -63,9 +71,9 @@ class Arming:
     point: str
     action: str
     delay_ms: int = 0
-    times: int | None = None  # None = until disarmed
+    times: int | None = None  # None = until disarmed, across all processes
     probability: float = 1.0
-    fired: int = 0
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)  # one per arming, shared by the processes armed
 
     def validate(self) -> Arming:
         point = POINTS.get(self.point)
@@ -82,12 +90,8 @@ class Arming:
         return self
 
     def request(self) -> dict[str, object]:
-        """The body of POST /faults that arms this."""
-        return {k: v for k, v in asdict(self).items() if k != "fired"}
-
-    @property
-    def exhausted(self) -> bool:
-        return self.times is not None and self.fired >= self.times
+        """The body of POST /faults that arms this (the admin API names the arming)."""
+        return {k: v for k, v in asdict(self).items() if k != "id"}
 
 
 _SPEC = re.compile(r"^(?P<point>[a-z0-9_.]+)=(?P<action>[a-z]+)(?::(?P<ms>\d+))?(?P<opts>(?:,[a-z]+=[0-9.]+)*)$")
@@ -107,24 +111,79 @@ def parse_spec(spec: str) -> Arming:
                   probability=float(opts.get("p", 1.0))).validate()
 
 
+Counts = dict[str, dict[str, int]]  # arming id -> process -> times fired
+
+
+class FiredCounts:
+    """How often each arming fired in each process: one file shared by every process of a deployment.
+
+    An arming's entry exists from its arming until its disarming; a process that finds no entry does not fire
+    (another process already disarmed it). Changes happen under an exclusive `flock`, replacing the file
+    atomically, so readers need no lock."""
+
+    def __init__(self, state_dir: Path) -> None:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        self._path = state_dir / "fired.json"
+        self._lock = state_dir / "fired.lock"
+
+    def read(self) -> Counts:
+        try:
+            return json.loads(self._path.read_text())
+        except FileNotFoundError:
+            return {}
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[Counts]:
+        with open(self._lock, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or the process dies
+            yield self.read()
+
+    def _write(self, counts: Counts) -> None:
+        tmp = self._path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(counts))
+        os.replace(tmp, self._path)
+
+    def add(self, arming_id: str) -> None:
+        with self._locked() as counts:
+            if arming_id not in counts:  # the same arming reaching another process keeps what fired already
+                counts[arming_id] = {}
+                self._write(counts)
+
+    def remove(self, arming_ids: set[str]) -> None:
+        with self._locked() as counts:
+            if arming_ids & counts.keys():
+                self._write({k: v for k, v in counts.items() if k not in arming_ids})
+
+    def claim(self, arming: Arming, process: str) -> int | None:
+        """Count one firing of `arming` in `process` and return the total so far, or None when it may not fire
+        (`times` used up, or disarmed)."""
+        with self._locked() as counts:
+            fired = counts.get(arming.id)
+            if fired is None or (arming.times is not None and sum(fired.values()) >= arming.times):
+                return None
+            fired[process] = fired.get(process, 0) + 1
+            self._write(counts)
+            return sum(fired.values())
+
+
 class FaultInjector:
     """The fault points of one process."""
 
-    def __init__(self, process: str, state_dir: Path | None = None, rng: random.Random | None = None) -> None:
+    def __init__(self, process: str, state_dir: Path, rng: random.Random | None = None) -> None:
         self.process = process
-        self._path = state_dir / f"{process}.json" if state_dir else None
+        self._counts = FiredCounts(state_dir)
+        self._path = state_dir / f"{process}.json"
         self._rng = rng or random.Random()
+        self._spent: set[str] = set()  # armings this process saw used up or disarmed: no lock for them again
         self.armed: dict[str, Arming] = {}
         self._load()
 
     def _load(self) -> None:
-        if self._path and self._path.exists():
-            self.armed = {a["point"]: Arming(**a) for a in json.loads(self._path.read_text())}
+        if self._path.exists():
+            # an arming without an id was saved by an older version, whose count was per process: drop it
+            self.armed = {a["point"]: Arming(**a) for a in json.loads(self._path.read_text()) if "id" in a}
 
     def _save(self) -> None:
-        if not self._path:
-            return
-        self._path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self._path.with_suffix(".tmp")
         tmp.write_text(json.dumps([asdict(a) for a in self.armed.values()]))
         os.replace(tmp, self._path)
@@ -133,27 +192,43 @@ class FaultInjector:
         arming.validate()
         if self.process not in POINTS[arming.point].services:
             raise FaultSpecError(f"{arming.point} does not exist in the {self.process} service")
+        self._counts.add(arming.id)
+        self._spent.discard(arming.id)
         self.armed[arming.point] = arming
         self._save()
 
     def disarm(self, point: str | None = None) -> None:
-        if point is None:
-            self.armed.clear()
-        else:
-            self.armed.pop(point, None)
+        """Disarm one point, or all, and forget how often those armings fired, in every process."""
+        gone = [self.armed.pop(p) for p in (list(self.armed) if point is None else [point]) if p in self.armed]
         self._save()
+        self._counts.remove({a.id for a in gone})
+
+    def fired_by(self, arming_id: str) -> dict[str, int]:
+        """How often the arming fired in each process (their sum is what `times` limits)."""
+        return self._counts.read().get(arming_id, {})
+
+    def status(self) -> list[dict[str, Any]]:
+        """The armings of this process, each with how often it fired in all and here."""
+        counts = self._counts.read()
+        rows = []
+        for arming in self.armed.values():
+            fired = counts.get(arming.id, {})
+            rows.append(asdict(arming) | {"fired": sum(fired.values()), "fired_here": fired.get(self.process, 0)})
+        return rows
 
     async def hit(self, name: str) -> str | None:
         """Fire the fault armed at `name`, if any. crash/error/delay act here; for drop and duplicate the
         action's name is returned and the caller acts."""
         arming = self.armed.get(name)
-        if arming is None or arming.exhausted:
+        if arming is None or arming.id in self._spent:
             return None
         if arming.probability < 1.0 and self._rng.random() >= arming.probability:
             return None
-        arming.fired += 1
-        self._save()  # before acting: a crash must not fire again after the restart it causes
-        log.warning("fault %s fired: %s (%d so far)", name, arming.action, arming.fired)
+        fired = self._counts.claim(arming, self.process)  # counted before acting: a crash must not fire again
+        if fired is None:
+            self._spent.add(arming.id)
+            return None
+        log.warning("fault %s fired: %s (%d so far in all)", name, arming.action, fired)
         if arming.action == "crash":
             logging.shutdown()
             os._exit(CRASH_EXIT_CODE)

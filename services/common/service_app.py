@@ -225,13 +225,17 @@ class ArmRequest(BaseModel):
     probability: float = Field(1.0, gt=0.0, le=1.0)
 
 
+class ArmInService(ArmRequest):
+    id: str = Field(default_factory=lambda: uuid.uuid4().hex, min_length=1, max_length=64)  # same in every service
+
+
 def internal_router(service: str) -> APIRouter:
     """Routes the admin API fans out to: fault arming and the failed outbox rows."""
     r = APIRouter(prefix="/internal", dependencies=[Depends(require_token)], include_in_schema=False)
 
     @r.get("/faults")
     async def list_faults(request: Request) -> list[dict[str, Any]]:
-        return [vars(a) | {"service": service} for a in runtime(request).faults.armed.values()]
+        return [a | {"service": service} for a in runtime(request).faults.status()]
 
     @r.get("/faults/points")
     async def points() -> list[dict[str, Any]]:
@@ -239,7 +243,7 @@ def internal_router(service: str) -> APIRouter:
                 for p in POINTS.values() if service in p.services]
 
     @r.post("/faults", status_code=201)
-    async def arm(body: ArmRequest, request: Request) -> dict[str, Any]:
+    async def arm(body: ArmInService, request: Request) -> dict[str, Any]:
         try:
             arming = Arming(**body.model_dump())
             runtime(request).faults.arm(arming)

@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from services.checker import check_convergence, run_checks
-from services.common.faults import parse_spec
+from services.common.faults import CRASH_EXIT_CODE, POINTS, parse_spec
 from services.demo import order_bodies
 
 from .conftest import PLAN
@@ -50,7 +50,7 @@ async def run_orders_under(spec: str, client, settings, system, seed: int, whole
     if whole_run:
         await asyncio.to_thread(check_convergence, settings, 60.0)
     for _ in range(300):  # the orders' events are still flowing: wait until the fault met one
-        fired = {a["service"]: a["fired"] for a in await client.admin("GET", "/faults")}
+        fired = {svc: n for a in await client.admin("GET", "/faults") for svc, n in a["services"].items()}
         if any(fired.values()):
             break
         await asyncio.sleep(0.1)
@@ -69,6 +69,22 @@ async def test_outbox_flow_converges_with_invariants_after_a_crash_at(spec, cras
     crashed = [n for n in crashing if system.children[n].restarts > restarts[n]]
     assert crashed, f"no process restarted after {spec}"
     assert all(system.children[n].exits[-1] == 86 for n in crashed)
+
+
+async def test_a_crash_armed_in_every_service_with_times_1_crashes_one_process_in_all(client, settings, system):
+    spec = "relay.after_publish=crash,times=1"
+    names = POINTS["relay.after_publish"].services
+    assert len(names) == 3  # the admin API fans the arming out to all three services
+    exits = {n: len(system.children[n].exits) for n in names}
+    restarts = sum(system.children[n].restarts for n in names)
+    fired = await run_orders_under(spec, client, settings, system, seed=zlib.crc32(b"times across processes") % 1000,
+                                   whole_run=True)
+    crashes = {n: system.children[n].exits[exits[n]:] for n in names}
+    assert sum(system.children[n].restarts for n in names) - restarts == 1, crashes
+    assert sum(codes.count(CRASH_EXIT_CODE) for codes in crashes.values()) == 1, crashes
+    assert sum(fired.values()) == 1, fired
+    report = await asyncio.to_thread(run_checks, settings, 60.0)
+    assert report.exit_code == 0, report.to_dict()
 
 
 @pytest.mark.parametrize("spec", DUPLICATES)
