@@ -8,7 +8,7 @@ import sqlalchemy as sa
 from fastapi import APIRouter, HTTPException, Path, Query, Request
 
 from services.cache.keys import CATALOGUE_TTL, STOCK_TTL, product_key, stock_key
-from services.common.identifiers import PATTERN, Identifier
+from services.common.identifiers import Identifier
 from services.common.service_app import Runtime, runtime
 
 router = APIRouter()
@@ -35,7 +35,7 @@ async def _select_one(rt: Runtime, query: str, sku: str) -> dict[str, Any] | Non
 
 
 @router.get("/products/{sku}")
-async def get_product(sku: Annotated[str, Path(pattern=PATTERN)], request: Request) -> dict[str, Any]:
+async def get_product(sku: Annotated[Identifier, Path()], request: Request) -> dict[str, Any]:
     """One product with its stock view, read through the sharded cache (cache-aside).
 
     The catalogue entry (name, price) is cached for long; the stock view is invalidated by every event

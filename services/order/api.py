@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
 import uuid
 from typing import Annotated, Any
 from urllib.parse import quote
@@ -12,7 +13,7 @@ import httpx
 import sqlalchemy as sa
 from fastapi import APIRouter, Header, HTTPException, Request, Response
 from fastapi.encoders import jsonable_encoder
-from pydantic import BaseModel, Field, field_validator
+from pydantic import AfterValidator, BaseModel, Field, field_validator
 
 from services.cache.keys import CATALOGUE_TTL, ORDER_TTL, customer_key, order_key, product_key
 from services.common.identifiers import Identifier
@@ -23,6 +24,18 @@ router = APIRouter()
 
 ORDER_COLUMNS = ("id, customer_id, pattern, status, reason, total_cents, stock_status, payment_status, "
                  "created_at, decided_at")
+
+# printable ASCII, spaces only inside: servers may strip those around a header value, so they tell nothing
+IDEMPOTENCY_KEY = re.compile(r"[!-~](?:[ -~]{0,198}[!-~])?")
+
+
+def valid_idempotency_key(key: str) -> str:
+    if not IDEMPOTENCY_KEY.fullmatch(key):
+        raise ValueError("Idempotency-Key must be 1 to 200 printable ASCII characters (a UUID will do)")
+    return key
+
+
+IdempotencyKey = Annotated[str, AfterValidator(valid_idempotency_key)]
 
 
 class ItemIn(BaseModel):
@@ -70,7 +83,13 @@ async def _lookup(rt: Runtime, url: str, fields: tuple[str, ...]) -> dict[str, A
         return None
     if response.status_code != 200:
         raise HTTPException(503, f"{url} answered {response.status_code}")
-    body = response.json()
+    try:
+        body = response.json()
+    except ValueError:  # not JSON, or not even UTF-8
+        body = None
+    if not isinstance(body, dict) or not all(f in body for f in fields):
+        raise HTTPException(503, f"{url} answered 200 with something that is not a JSON object with "
+                                 f"{', '.join(fields)}")
     return {f: body[f] for f in fields}
 
 
@@ -125,8 +144,11 @@ async def _replay(rt: Runtime, key: str, body: OrderIn, response: Response) -> d
 
 @router.post("/orders", status_code=201)
 async def create_order(body: OrderIn, request: Request, response: Response,
-                       idempotency_key: Annotated[str | None, Header(max_length=200)] = None) -> dict[str, Any]:
-    """Place an order. A retry with the same Idempotency-Key returns the first order (200), never a second."""
+                       idempotency_key: Annotated[IdempotencyKey | None, Header()] = None) -> dict[str, Any]:
+    """Place an order. A retry with the same Idempotency-Key returns the first order (200), never a second.
+
+    An Idempotency-Key is 1 to 200 printable ASCII characters (`!` to `~`, spaces only between them); an
+    empty, blank, longer or non-ASCII one is a 422 and places nothing."""
     rt = runtime(request)
     command = PlaceOrder(order_id=uuid.uuid4(), customer_id=body.customer_id, pattern=body.pattern,
                          items=await _price_items(rt, body), idempotency_key=idempotency_key,

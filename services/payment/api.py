@@ -7,7 +7,7 @@ from typing import Annotated, Any
 import sqlalchemy as sa
 from fastapi import APIRouter, HTTPException, Path, Request
 
-from services.common.identifiers import PATTERN
+from services.common.identifiers import Identifier
 from services.common.service_app import runtime
 
 router = APIRouter()
@@ -22,7 +22,7 @@ async def list_customers(request: Request, limit: int = 100) -> list[dict[str, A
 
 
 @router.get("/customers/{customer_id}")
-async def get_customer(customer_id: Annotated[str, Path(pattern=PATTERN)], request: Request) -> dict[str, Any]:
+async def get_customer(customer_id: Annotated[Identifier, Path()], request: Request) -> dict[str, Any]:
     async with runtime(request).engine.connect() as conn:
         row = (await conn.execute(sa.text(
             "SELECT id, name, balance_cents FROM customers WHERE id = :c"), {"c": customer_id})).first()

@@ -1,6 +1,11 @@
 """POST /orders end to end: bad input changes nothing, Idempotency-Key, PAID and both compensations."""
 
 import asyncio
+import json
+import socket
+import string
+import uuid
+from urllib.parse import quote
 
 import httpx
 import hypothesis
@@ -19,6 +24,36 @@ RICH = next(cid for cid, _, bal in PLAN.customer_rows() if bal == PLAN.balance_c
 
 async def count_orders(http) -> int:
     return len((await http.get("/orders", params={"limit": 1000})).json())
+
+
+@pytest.fixture(scope="module")
+def web():
+    """One client for the synchronous tests (a client per request would cost more than the request)."""
+    with httpx.Client(timeout=10.0) as client:
+        yield client
+
+
+def newest_order(web: httpx.Client, settings) -> str | None:
+    """The id of the last order placed (a count saturates at the list limit; this does not)."""
+    orders = web.get(f"{settings.url('order')}/orders", params={"limit": 1}).json()
+    return orders[0]["id"] if orders else None
+
+
+def send_raw(url: str, head: bytes, body: bytes = b"") -> tuple[int, str]:
+    """Send `head` (request line and headers) byte for byte; answer the status and the body. HTTP clients
+    rewrite dot segments and refuse blank header values; other clients need not."""
+    target = httpx.URL(url)
+    with socket.create_connection((target.host, target.port), timeout=10.0) as conn:
+        conn.sendall(head + b"\r\nHost: txlab\r\nConnection: close\r\nContent-Type: application/json\r\n"
+                     + b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        reply = b"".join(iter(lambda: conn.recv(65536), b""))
+    status_line, _, rest = reply.partition(b"\r\n")
+    return int(status_line.split()[1]), rest.partition(b"\r\n\r\n")[2].decode("latin-1")
+
+
+def post_with_key(settings, key: bytes, body: dict) -> tuple[int, str]:
+    return send_raw(settings.url("order"), b"POST /orders HTTP/1.1\r\nIdempotency-Key: " + key,
+                    json.dumps(body).encode())
 
 
 async def final(http, order_id: str, within: float = 30.0) -> dict:
@@ -43,6 +78,10 @@ async def final(http, order_id: str, within: float = 30.0) -> dict:
     ({"customer_id": RICH, "items": [{"sku": "x" * 70_000, "qty": 1}]}, 413, "larger than"),
     ({"customer_id": RICH, "items": [{"sku": "bad\u0000sku", "qty": 1}]}, 422, "pattern"),
     ({"customer_id": "nul\u0000", "items": [{"sku": PLENTY, "qty": 1}]}, 422, "pattern"),
+    ({"customer_id": RICH, "items": [{"sku": ".", "qty": 1}]}, 422, "HTTP rewrites"),
+    ({"customer_id": RICH, "items": [{"sku": "..", "qty": 1}]}, 422, "HTTP rewrites"),
+    ({"customer_id": ".", "items": [{"sku": PLENTY, "qty": 1}]}, 422, "HTTP rewrites"),
+    ({"customer_id": "..", "items": [{"sku": PLENTY, "qty": 1}]}, 422, "HTTP rewrites"),
 ])
 async def test_bad_order_gets_a_4xx_with_a_clear_message_and_creates_nothing(http, body, status, message):
     before = await count_orders(http)
@@ -63,6 +102,37 @@ async def test_lone_surrogates_nul_bytes_and_odd_tokens_are_4xx_not_500(settings
         odd = {"authorization": b"Bearer caf\xc3\xa9"}
         assert (await raw.get(f"{settings.url('admin')}/faults", headers=odd)).status_code == 401
         assert (await raw.get(f"{settings.url('admin')}/docs")).status_code == 404
+
+
+def test_dot_segments_are_refused_as_ids_on_every_route(settings, system, web):
+    inventory, payment = settings.url("inventory"), settings.url("payment")
+    for url in (f"{inventory}/products/%2E", f"{inventory}/products/%2e%2E", f"{payment}/customers/%2E",
+                f"{payment}/customers/%2E%2e"):
+        response = web.get(url)
+        assert response.status_code == 422 and "HTTP rewrites" in response.text, url
+    assert web.get(f"{inventory}/products", params={"sku": "."}).status_code == 422
+    # verbatim, as a client that does not normalise the path sends them
+    for url, path in [(inventory, b"/products/."), (inventory, b"/products/.."), (payment, b"/customers/."),
+                      (payment, b"/customers/..")]:
+        assert send_raw(url, b"GET " + path + b" HTTP/1.1")[0] == 422, path
+    assert web.get(f"{inventory}/products/a..b").status_code == 404
+
+
+@pytest.mark.parametrize("key", [b"", b"   ", b"\t", b"x" * 201, b"caf\xc3\xa9", b"caf\xe9", b"a\tb"])
+def test_blank_long_or_non_ascii_idempotency_key_is_422_and_creates_nothing(settings, system, web, key):
+    before = newest_order(web, settings)
+    body = {"customer_id": RICH, "items": [{"sku": PLENTY, "qty": 1}]}
+    for _ in range(2):  # a second order used to collide with the first on the stored blank key
+        status, text = post_with_key(settings, key, body)
+        assert status == 422 and "Idempotency-Key must be" in text, text
+    assert newest_order(web, settings) == before
+
+
+def test_idempotency_key_may_hold_inner_spaces_and_200_characters(settings, system):
+    body = {"customer_id": RICH, "items": [{"sku": PLENTY, "qty": 1}]}
+    fresh = uuid.uuid4().hex  # keys no other test sends
+    for key in (f"order {fresh}, second try", (fresh * 7)[:200], f"!{fresh}~"):
+        assert [post_with_key(settings, key.encode(), body)[0] for _ in range(2)] == [201, 200], key
 
 
 async def test_malformed_json_and_bad_ids_are_4xx_not_500(http):
@@ -161,3 +231,54 @@ BODY = st.fixed_dictionaries({}, optional={"customer_id": st.sampled_from([RICH,
 def test_no_request_body_makes_post_orders_answer_500(settings, system, body):
     response = httpx.post(f"{settings.url('order')}/orders", json=body, timeout=10.0)
     assert response.status_code in (200, 201, 413, 422), response.text
+
+
+# what the identifier grammar allows, `.` and its neighbours, and characters a URL treats specially
+ID_ALPHABET = string.ascii_letters + string.digits + "_.:@-" + ",/%?#;+~ " + "é中"
+IDS = (st.sampled_from([".", "..", "...", ".a", "a.", "a..b", "%2E", "%2e%2e", "./a", "", " "])
+       | st.text(ID_ALPHABET, max_size=66) | st.text(st.characters(codec="utf-8"), max_size=66))
+
+
+@hypothesis.settings(max_examples=150, deadline=None,
+                     suppress_health_check=[hypothesis.HealthCheck.function_scoped_fixture])
+@hypothesis.given(sku=st.just(PLENTY) | IDS, customer=st.just(RICH) | IDS)
+def test_no_sku_or_customer_id_makes_a_service_answer_500(settings, system, web, sku, customer):
+    before = newest_order(web, settings)
+    response = web.post(f"{settings.url('order')}/orders",
+                        json={"customer_id": customer, "items": [{"sku": sku, "qty": 1}]})
+    if (sku, customer) == (PLENTY, RICH):
+        assert response.status_code == 201, response.text
+    else:
+        assert response.status_code == 422, response.text
+        assert newest_order(web, settings) == before
+    inventory, payment = settings.url("inventory"), settings.url("payment")
+    for url, params in [(f"{inventory}/products/{quote(sku, safe='')}", {}), (f"{inventory}/products", {"sku": sku}),
+                        (f"{payment}/customers/{quote(customer, safe='')}", {})]:
+        response = web.get(url, params=params)
+        assert response.status_code < 500, (url, response.text)
+
+
+def good_key(key: str) -> bool:
+    return 0 < len(key) <= 200 and key == key.strip(" ") and all(" " <= c <= "~" for c in key)
+
+
+# every byte a header value may carry; a server may strip the spaces and tabs around it
+KEYS = (st.sampled_from(["", " ", " \t ", "k" * 200, "k" * 201, " k", "k ", "k\tk", "k k"])
+        | st.text(st.characters(codec="latin-1", exclude_characters="\r\n\x00"), max_size=210)
+        | st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=210))
+
+
+@hypothesis.settings(max_examples=150, deadline=None,
+                     suppress_health_check=[hypothesis.HealthCheck.function_scoped_fixture])
+@hypothesis.given(key=KEYS)
+def test_no_idempotency_key_makes_post_orders_answer_500(settings, system, web, key):
+    before = newest_order(web, settings)
+    status, text = post_with_key(settings, key.encode("latin-1"),
+                                 {"customer_id": RICH, "items": [{"sku": PLENTY, "qty": 1}]})
+    assert status in (200, 201, 400, 422), text
+    if good_key(key):
+        assert status in (200, 201), text
+    if not good_key(key.strip(" \t")):
+        assert status in (400, 422), text
+    if status >= 400:
+        assert newest_order(web, settings) == before
