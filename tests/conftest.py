@@ -6,13 +6,18 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
+import subprocess
+import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
 import pytest
+import redis
 
 from services.cache.membership import flush
 from services.common.settings import SERVICES, Settings
@@ -51,6 +56,66 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@dataclass
+class OwnRedis:
+    """A redis-server this test run started and alone may signal (by its pid)."""
+
+    port: int
+    process: subprocess.Popen[bytes]
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}"
+
+    def hang(self) -> None:
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self.process.send_signal(signal.SIGCONT)
+
+
+@contextlib.contextmanager
+def own_redis_servers(count: int) -> Iterator[list[OwnRedis]]:
+    """`count` fresh redis-servers on free loopback ports, without persistence; stopped on exit."""
+    started: list[OwnRedis] = []
+    try:
+        for _ in range(count):
+            port = free_port()
+            process = subprocess.Popen(
+                ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+            started.append(OwnRedis(port, process))
+        for server in started:
+            _wait_answers(server)
+        yield started
+    finally:
+        for server in started:
+            server.resume()  # a stopped process acts on SIGTERM only once it runs again
+            server.process.terminate()
+        for server in started:
+            try:
+                server.process.wait(5)
+            except subprocess.TimeoutExpired:
+                server.process.kill()
+                server.process.wait()
+
+
+def _wait_answers(server: OwnRedis, within: float = 10.0) -> None:
+    deadline = time.monotonic() + within
+    client = redis.Redis(host="127.0.0.1", port=server.port, socket_timeout=1, socket_connect_timeout=1)
+    try:
+        while True:
+            try:
+                client.ping()
+                return
+            except (redis.RedisError, OSError):
+                if server.process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"redis-server on port {server.port} did not start") from None
+                time.sleep(0.05)
+    finally:
+        client.close()
 
 
 @pytest.fixture(scope="session")

@@ -58,8 +58,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.http = httpx.AsyncClient(timeout=10.0)
-        app.state.cache = ShardedCache(current_nodes(settings), prefix=settings.cache_prefix,
-                                       max_ttl=settings.cache_max_ttl)
+        app.state.cache = ShardedCache.from_env(settings, current_nodes(settings))
         await app.state.cache.start()
         yield
         await app.state.cache.close()

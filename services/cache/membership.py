@@ -8,6 +8,8 @@ import os
 from pathlib import Path
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from services.cache.config import parse_nodes
 from services.common.settings import Settings
@@ -36,14 +38,16 @@ def flush(settings: Settings) -> int:
     """Delete every key of this deployment's cache on every known node (after a reseed)."""
     removed = 0
     urls = set(parse_nodes(settings.cache_nodes).values()) | set(current_nodes(settings).values())
+    timeout = settings.cache_timeout_seconds
     for url in urls:
-        client = redis.Redis.from_url(url, socket_timeout=5)
+        client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout,
+                                      retry=Retry(NoBackoff(), 0))
         try:
             keys = list(client.scan_iter(match=settings.cache_prefix + "*", count=1000))
             for i in range(0, len(keys), 500):
                 removed += client.unlink(*keys[i:i + 500])
         except (redis.RedisError, OSError):
-            pass  # a node that is down holds nothing it could serve; it is purged when it rejoins
+            pass  # a node that does not answer in time is left as it is: what it holds lives at most cache_max_ttl
         finally:
             client.close()
     return removed

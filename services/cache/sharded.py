@@ -7,12 +7,24 @@ Guarantees:
 * `invalidate` deletes the key on its owner and, while a ring change is in progress (for `max_ttl`
   seconds after it, the longest an entry written under the old ring can live), on the owners under
   the rings before the change; a load that was in flight when the key was invalidated is returned to
-  its callers but not stored.
+  its callers but not stored. A node that fails or cools down misses the delete: see below.
 * A node (re)joins empty: `add_node` deletes this cache's keys on it before it enters the ring, so a
   node that was removed, missed invalidations while it was out, and comes back cannot serve the
   stale values it still holds. (Chosen over per-node key versioning, which needs every client to
   agree on the version; the price is a SCAN of the joining node.)
-* A node that fails is a miss, never an error: reads fall through to the loader.
+* Waiting on a node is bounded: `timeout` to connect and `timeout` for each reply, never retried. A
+  node that fails (refuses, errs, or does not answer in time) is a miss, never an error: reads fall
+  through to the loader, stores and deletes are given up on that node.
+* After a failure the node is skipped for `cooldown` seconds (reads miss, nothing is sent to it); then
+  one call tries it while the others keep skipping, and the node is back once that call succeeds. A
+  hung node costs one `timeout` per cool-down, not one per call.
+* A delete a node missed leaves what it holds for the key: an entry it had, or a store that was on the
+  wire when it stopped answering and that it applies when it resumes. Such an entry is stale for at
+  most its TTL (at most `max_ttl`) after the node answers again, as after a crash between a commit and
+  its invalidation. Sooner in the usual case: this process remembers the keys (up to `MAX_MISSED` per
+  node) whose delete missed a node, and its trial call deletes them there before anything else is
+  sent to it; another process reading that node sees the stale entry until its TTL, and a late store
+  that the node applies after the trial's deletes lives its TTL too.
 * The ring is immutable and swapped in one assignment, so a lookup never sees a half-changed ring.
 
 Scope: single flight and the in-flight check are per process. Several processes agree on placement
@@ -23,14 +35,17 @@ another is the usual cache-aside window, closed at the latest by the TTL.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import msgpack
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from hashring import Ring, moved_share
@@ -40,16 +55,23 @@ from services.common.settings import Settings
 log = logging.getLogger(__name__)
 
 Loader = Callable[[], Awaitable[Any]]
+T = TypeVar("T")
+
+DEFAULT_TIMEOUT = 0.25  # seconds; a cache node on the same network answers in about a millisecond
+DEFAULT_COOLDOWN = 1.0  # seconds a failed node is skipped before one call tries it again
+MAX_MISSED = 10_000  # keys per node whose missed delete is remembered and made good on its return
 
 
 @dataclass
 class NodeStats:
-    """What one node served: reads that hit, reads that missed, loads stored, errors."""
+    """What one node served: reads that hit, reads that missed, loads stored, errors (timeouts included),
+    and calls skipped while it cooled down after an error."""
 
     hits: int = 0
     misses: int = 0
     stores: int = 0
     errors: int = 0
+    skipped: int = 0
 
     @property
     def hit_ratio(self) -> float:
@@ -74,30 +96,40 @@ class _PastRing:
 class ShardedCache:
     """Cache-aside over Redis nodes (ring name -> redis URL) sharded by a `hashring.Ring`.
 
+    `timeout` bounds every call to a node; a node that fails is skipped for `cooldown` seconds (the
+    guarantees, staleness after a missed delete included, are in the module docstring).
     Use as an async context manager (or call `start` and `close`)."""
 
     def __init__(self, nodes: Mapping[str, str], *, prefix: str = "txlab:cache:", default_ttl: float = 60.0,
-                 max_ttl: float = 300.0, scheme: str = "ketama",
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 max_ttl: float = 300.0, scheme: str = "ketama", timeout: float = DEFAULT_TIMEOUT,
+                 cooldown: float = DEFAULT_COOLDOWN, clock: Callable[[], float] = time.monotonic) -> None:
         if default_ttl > max_ttl:
             raise ValueError("default_ttl cannot exceed max_ttl")
+        if timeout <= 0 or cooldown < 0:
+            raise ValueError("timeout must be positive and cooldown not negative")
         self.prefix, self.default_ttl, self.max_ttl, self.clock = prefix, default_ttl, max_ttl, clock
+        self.timeout, self.cooldown = timeout, cooldown
         self._urls = dict(nodes)
         self._ring = Ring(list(self._urls), scheme=scheme)
         self._clients: dict[str, aioredis.Redis] = {}
         self._past: list[_PastRing] = []
         self._flights: dict[str, _Flight] = {}
         self._stats: dict[str, NodeStats] = {}
+        self._down_until: dict[str, float] = {}  # nodes cooling down after a failure
+        self._missed: dict[str, set[str]] = {}  # keys whose delete did not reach the node
         self._change_lock = asyncio.Lock()
         self.coalesced = 0  # get_or_load calls that joined a load already in flight
 
     @classmethod
-    def from_env(cls, settings: Settings | None = None, **overrides: Any) -> ShardedCache:
-        """A cache over the nodes of `TXLAB_CACHE_NODES` (or of `settings`)."""
+    def from_env(cls, settings: Settings | None = None, nodes: Mapping[str, str] | None = None,
+                 **overrides: Any) -> ShardedCache:
+        """A cache configured by `TXLAB_*` (or `settings`), over `nodes` or else those of `TXLAB_CACHE_NODES`."""
         settings = settings or Settings()
-        options: dict[str, Any] = {"prefix": settings.cache_prefix, "max_ttl": settings.cache_max_ttl}
+        options: dict[str, Any] = {"prefix": settings.cache_prefix, "max_ttl": settings.cache_max_ttl,
+                                   "timeout": settings.cache_timeout_seconds,
+                                   "cooldown": settings.cache_cooldown_seconds}
         options.update(overrides)
-        return cls(parse_nodes(settings.cache_nodes), **options)
+        return cls(parse_nodes(settings.cache_nodes) if nodes is None else nodes, **options)
 
     # --- lifecycle ---------------------------------------------------------------------------------
 
@@ -109,15 +141,16 @@ class ShardedCache:
         await self.close()
 
     async def start(self) -> None:
-        """Open a connection pool per node (nodes that do not answer count errors, not failures)."""
+        """Open a connection pool per node (a node that does not answer counts an error and cools down)."""
         for name, url in self._urls.items():
-            self._clients[name] = aioredis.Redis.from_url(url)
+            self._clients[name] = self._connect(url)
             self._stats.setdefault(name, NodeStats())
-            try:
-                await self._clients[name].ping()
-            except (RedisError, OSError) as exc:
-                self._stats[name].errors += 1
-                log.warning("cache node %s does not answer: %s", name, exc)
+            await self._call(name, lambda client: client.ping())
+
+    def _connect(self, url: str) -> aioredis.Redis:
+        # no retries: each would wait `timeout` again; the cool-down decides when to try the node again
+        return aioredis.Redis.from_url(url, socket_timeout=self.timeout, socket_connect_timeout=self.timeout,
+                                       retry=Retry(NoBackoff(), 0))
 
     async def close(self) -> None:
         """Wait for in-flight loads, then close every connection pool."""
@@ -133,20 +166,52 @@ class ShardedCache:
     def _key(self, key: str) -> str:
         return self.prefix + key
 
-    def _client(self, key: str) -> tuple[str, aioredis.Redis]:
-        name = self._ring.node_for(key)
-        return name, self._clients[name]
+    async def _call(self, name: str, op: Callable[[aioredis.Redis], Awaitable[T]]) -> tuple[bool, T | None]:
+        """(True, what `op` returned on the node), or (False, None) if it failed or the node cools down.
+
+        The first call after a cool-down is the node's trial (the others keep skipping until it is
+        over): it deletes the keys whose delete missed the node before `op` runs."""
+        stats = self._stats[name]
+        until = self._down_until.get(name)
+        if until is not None:
+            now = self.clock()
+            if now < until:
+                stats.skipped += 1
+                return False, None
+            self._down_until[name] = now + self.cooldown  # this call is the trial
+        client = self._clients[name]
+        try:
+            if until is not None:
+                await self._redeliver(name, client)
+            result = await op(client)
+        except (RedisError, OSError) as exc:
+            stats.errors += 1
+            if until is None and name not in self._down_until:
+                log.warning("cache node %s failed (%s); skipping it for %.1fs", name, exc, self.cooldown)
+            self._down_until[name] = self.clock() + self.cooldown
+            return False, None
+        if until is not None:
+            self._down_until.pop(name, None)
+            log.info("cache node %s answers again", name)
+        return True, result
+
+    async def _redeliver(self, name: str, client: aioredis.Redis) -> None:
+        missed = self._missed.get(name)
+        while missed:
+            batch = list(itertools.islice(missed, 500))
+            await client.delete(*(self._key(k) for k in batch))
+            missed.difference_update(batch)
+
+    def _remember_missed(self, name: str, key: str) -> None:
+        missed = self._missed.setdefault(name, set())
+        if len(missed) < MAX_MISSED:  # beyond it, the TTL bounds how long the entry stays stale
+            missed.add(key)
 
     async def get(self, key: str) -> tuple[bool, Any]:
-        """(found, value) from the key's owner; a failing node reads as not found."""
-        name, client = self._client(key)
+        """(found, value) from the key's owner; a failing or cooling node reads as not found."""
+        name = self._ring.node_for(key)
         stats = self._stats[name]
-        try:
-            raw = await client.get(self._key(key))
-        except (RedisError, OSError):
-            stats.errors += 1
-            stats.misses += 1
-            return False, None
+        _, raw = await self._call(name, lambda client: client.get(self._key(key)))
         if raw is None:
             stats.misses += 1
             return False, None
@@ -154,14 +219,13 @@ class ShardedCache:
         return True, msgpack.unpackb(raw, raw=False)
 
     async def set(self, key: str, value: Any, ttl: float | None = None) -> None:
-        """Store `value` on the key's owner for `ttl` seconds (capped at max_ttl)."""
-        name, client = self._client(key)
+        """Store `value` on the key's owner for `ttl` seconds (capped at max_ttl); given up if it fails."""
+        name = self._ring.node_for(key)
         ttl_ms = max(1, int(min(ttl or self.default_ttl, self.max_ttl) * 1000))
-        try:
-            await client.set(self._key(key), msgpack.packb(value, use_bin_type=True), px=ttl_ms)
+        packed = msgpack.packb(value, use_bin_type=True)
+        ok, _ = await self._call(name, lambda client: client.set(self._key(key), packed, px=ttl_ms))
+        if ok:
             self._stats[name].stores += 1
-        except (RedisError, OSError):
-            self._stats[name].errors += 1
 
     async def get_or_load(self, key: str, loader: Loader, ttl: float | None = None) -> Any:
         """The cached value, or the loader's (stored for `ttl`); one load per key at a time."""
@@ -215,10 +279,11 @@ class ShardedCache:
     async def _delete_everywhere(self, key: str) -> int:
         deleted = 0
         for name in self._owners(key):
-            try:
-                deleted += await self._clients[name].delete(self._key(key))
-            except (RedisError, OSError):
-                self._stats[name].errors += 1
+            ok, count = await self._call(name, lambda client: client.delete(self._key(key)))
+            if ok:
+                deleted += count or 0
+            else:
+                self._remember_missed(name, key)
         return deleted
 
     # --- ring changes ------------------------------------------------------------------------------
@@ -234,7 +299,7 @@ class ShardedCache:
         async with self._change_lock:
             if name in self._urls:
                 raise ValueError(f"cache node {name!r} is already on the ring")
-            client = aioredis.Redis.from_url(url)
+            client = self._connect(url)
             try:
                 await self._purge(client)
             except (RedisError, OSError):
@@ -242,6 +307,8 @@ class ShardedCache:
                 raise
             self._clients[name] = client
             self._stats.setdefault(name, NodeStats())
+            self._down_until.pop(name, None)  # it joins empty: nothing missed to make good
+            self._missed.pop(name, None)
             self._urls[name] = url
             return self._swap(self._ring.with_node(name))
 
@@ -252,6 +319,8 @@ class ShardedCache:
                 raise KeyError(f"cache node {name!r} is not on the ring")
             share = self._swap(self._ring.without_node(name))
             del self._urls[name]
+            self._down_until.pop(name, None)
+            self._missed.pop(name, None)
             client = self._clients.pop(name)
             await client.aclose()
             return share

@@ -111,7 +111,7 @@ def create_service_app(service: str, router: APIRouter, handlers: dict[str, Even
         await bus.connect()
         relay = OutboxRelay(engine, bus, settings, service, faults)
         http = httpx.AsyncClient(timeout=5.0)
-        cache = ShardedCache(current_nodes(settings), prefix=settings.cache_prefix, max_ttl=settings.cache_max_ttl)
+        cache = ShardedCache.from_env(settings, current_nodes(settings))
         await cache.start()
         rt = Runtime(service, settings, engine, bus, faults, relay, http, cache)
         app.state.rt = rt

@@ -19,6 +19,8 @@ class Settings(BaseSettings):
     cache_nodes: str = "redis://127.0.0.1:6380,redis://127.0.0.1:6381,redis://127.0.0.1:6382"
     cache_prefix: str = "txlab:cache:"
     cache_max_ttl: float = 300.0  # no entry lives longer; also how long a ring change stays "in progress"
+    cache_timeout_seconds: float = 0.25  # to connect to a cache node and for each reply; slower is a miss
+    cache_cooldown_seconds: float = 1.0  # a cache node that failed is skipped this long, then tried again
     admin_token: str = ""  # unset: the token `txlab up` saved under data_dir, else a new random one
     data_dir: Path = Path(".txlab")
     host: str = "127.0.0.1"
