@@ -8,7 +8,8 @@ COPY hashring hashring
 COPY bench bench
 COPY scenarios scenarios
 COPY migrations migrations
-RUN pip install --no-cache-dir .
+# editable: alembic.ini and migrations/ are read from /app
+RUN pip install --no-cache-dir -e .
 ENV TXLAB_HOST=0.0.0.0
 # one image, one process per container: `python -m services.run order|inventory|payment|admin`
 CMD ["python", "-m", "services.run", "order"]

@@ -8,15 +8,18 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import aio_pika
+import httpx
 import psycopg
 from psycopg.rows import namedtuple_row
 
-from services.common.bus import queue_depths
 from services.common.settings import SERVICES, Settings
+from services.messaging.parking import queue_depths
+from services.messaging.topology import topology_of
 
 OK, VIOLATED, UNCHECKABLE = 0, 1, 2
 
@@ -115,17 +118,19 @@ def check_money(settings: Settings) -> Invariant:
 
 def check_agreement(settings: Settings) -> Invariant:
     inv = Invariant("agreement: PAID = charged once + stock deducted; CANCELLED holds nothing")
+    # the effects first, the orders last: an order commits before any effect of it exists, so every effect
+    # read here has its order visible below, even when orders are placed while the check runs
+    payments = {p.order_id: p for p in _query(settings, "payment",
+                                              "SELECT order_id, amount_cents, status FROM payments")}
+    reservations: dict[Any, dict[str, set[tuple[str, int]]]] = defaultdict(lambda: defaultdict(set))
+    for r in _query(settings, "inventory", "SELECT order_id, sku, qty, status FROM reservations"):
+        reservations[r.order_id][r.status].add((r.sku, r.qty))
     order_rows, item_rows = _snapshot(settings, "order", "SELECT id, status, total_cents FROM orders",
                                       "SELECT order_id, sku, qty FROM order_items")
     orders = {o.id: o for o in order_rows}
     items: dict[Any, set[tuple[str, int]]] = defaultdict(set)
     for i in item_rows:
         items[i.order_id].add((i.sku, i.qty))
-    payments = {p.order_id: p for p in _query(settings, "payment",
-                                              "SELECT order_id, amount_cents, status FROM payments")}
-    reservations: dict[Any, dict[str, set[tuple[str, int]]]] = defaultdict(lambda: defaultdict(set))
-    for r in _query(settings, "inventory", "SELECT order_id, sku, qty, status FROM reservations"):
-        reservations[r.order_id][r.status].add((r.sku, r.qty))
     for oid in (set(payments) | set(reservations)) - set(orders):
         inv.violations.append(f"effect for unknown order {oid}")
     status_counts: Counter[str] = Counter()
@@ -149,56 +154,147 @@ def check_agreement(settings: Settings) -> Invariant:
 
 
 def queued_messages(settings: Settings) -> dict[str, int]:
-    """Messages waiting in each service's event queue and parking queue (events a consumer gave up on).
-    Messages a consumer holds unacknowledged are not counted here; `run_checks` covers them by evaluating
-    again until its deadline."""
+    """Messages ready in each service's event queue and parking queue, and the consumers on each queue."""
     try:
-        return asyncio.run(queue_depths(settings))
+        return asyncio.run(queue_depths(settings.amqp, topology_of(settings)))
     except (OSError, aio_pika.exceptions.AMQPError) as exc:
         raise CannotCheck(f"RabbitMQ at {settings.amqp.rsplit('@', 1)[-1]}: {exc!r}") from exc
 
 
-def convergence_counts(settings: Settings) -> dict[str, int]:
-    """What is still in flight: every count must reach 0 once faults are cleared."""
+def consumers_in_flight(settings: Settings, consumers: dict[str, int]) -> tuple[dict[str, int], dict[str, int]]:
+    """(messages each service's consumer holds unacknowledged, each service's progress counter).
+
+    A service that does not answer holds nothing when its queue has no consumer (unacked messages go back
+    to the queue when a consumer's connection closes); otherwise it counts as `<service>_unreachable`."""
+    held: dict[str, int] = {}
+    progress: dict[str, int] = {}
+    with httpx.Client(timeout=3.0, headers={"authorization": f"Bearer {settings.admin_token}"}) as http:
+        for service in SERVICES:
+            try:
+                answer = http.get(f"{settings.url(service)}/internal/messaging")
+                answer.raise_for_status()
+                body = answer.json()
+            except (httpx.HTTPError, ValueError):
+                if consumers.get(f"{service}_consumers", 0):
+                    held[f"{service}_unreachable"] = 1
+                continue
+            held[f"{service}_in_flight"] = int(body["in_flight"])
+            progress[service] = int(body["progress"])
+    return held, progress
+
+
+# Counts of work still moving: the system is quiet when each is 0 (and nothing moved between two looks).
+IN_FLIGHT = ("_outbox_pending", "_queued", "_in_flight", "_unreachable")
+
+
+def in_flight(counts: dict[str, int]) -> dict[str, int]:
+    return {k: v for k, v in counts.items() if v and k.endswith(IN_FLIGHT)}
+
+
+def _look(settings: Settings) -> tuple[dict[str, int], dict[str, int]]:
+    """One look at everything: outbox rows, then queues, then consumers (the direction work moves), and the
+    progress counters. A look can still miss work that a consumer finished between two reads (its new outbox
+    row written after the outbox was read); the progress counters, compared between looks, catch that."""
     counts: dict[str, int] = {}
-    for service in SERVICES:  # one connection per database and poll
-        outbox, prepared, *pending = _snapshot(
+    placed = 0
+    for service in SERVICES:  # one connection per database and look
+        outbox, prepared, *orders = _snapshot(
             settings, service,
             "SELECT status, count(*) AS n FROM outbox WHERE status <> 'SENT' GROUP BY status",
             "SELECT count(*) AS n FROM pg_prepared_xacts WHERE database = current_database()",
-            *(["SELECT count(*) AS n FROM orders WHERE status = 'PENDING'"] if service == "order" else []))
-        if pending:
-            counts["orders_pending"] = pending[0][0].n
+            *(["SELECT count(*) FILTER (WHERE status = 'PENDING') AS pending, count(*) AS placed FROM orders"]
+              if service == "order" else []))
+        if orders:
+            counts["orders_pending"] = orders[0][0].pending
+            placed = orders[0][0].placed
         for r in outbox:
             counts[f"{service}_outbox_{r.status.lower()}"] = r.n
         counts[f"{service}_prepared_xacts"] = prepared[0].n
-    counts.update(queued_messages(settings))
-    return {k: v for k, v in counts.items() if v or k == "orders_pending"}
+    queues = queued_messages(settings)
+    held, progress = consumers_in_flight(settings, queues)
+    progress["orders_placed"] = placed  # a new order moves the system even before its first event
+    counts.update({k: v for k, v in queues.items() if not k.endswith("_consumers")})
+    counts.update(held)
+    return {k: v for k, v in counts.items() if v or k == "orders_pending"}, progress
 
 
-def check_convergence(settings: Settings, wait: float = 0.0) -> Invariant:
-    inv = Invariant("convergence: nothing pending, unsent, parked or prepared")
+def convergence_counts(settings: Settings) -> dict[str, int]:
+    """Everything not yet settled (in flight, pending, unsent, parked or prepared); each must reach 0."""
+    return _look(settings)[0]
+
+
+@dataclass
+class Quiet:
+    """Whether the system is quiet: nothing in flight in two looks in a row, and no progress between them."""
+
+    counts: dict[str, int]
+    quiet: bool
+    progress: dict[str, int] = field(default_factory=dict)
+
+
+def wait_quiet(settings: Settings, wait: float, interval: float = 0.2,
+               on_look: Callable[[dict[str, int] | None, CannotCheck | None], None] | None = None) -> Quiet:
+    """Look until the system is quiet or `wait` seconds have passed; return the last look.
+
+    A server that cannot be reached (RabbitMQ or PostgreSQL down) is waited for within the same bound, and
+    `CannotCheck` raised only when it is still down at the end. `on_look` sees each look, or each failure."""
     deadline = time.monotonic() + wait
+    previous: dict[str, int] | None = None
     while True:
-        counts = convergence_counts(settings)
-        if not any(counts.values()) or time.monotonic() >= deadline:
-            break
-        time.sleep(0.2)
+        try:
+            counts, progress = _look(settings)
+        except CannotCheck as exc:
+            if time.monotonic() >= deadline:
+                raise
+            if on_look:
+                on_look(None, exc)
+            previous = None
+            time.sleep(1.0)
+            continue
+        if on_look:
+            on_look(counts, None)
+        if not in_flight(counts):
+            if progress == previous:
+                return Quiet(counts, True, progress)
+            previous = progress
+        else:
+            previous = None
+        if time.monotonic() >= deadline:
+            return Quiet(counts, False, progress)
+        time.sleep(interval)
+
+
+Look = Callable[[dict[str, int] | None, CannotCheck | None], None]
+
+
+def check_convergence(settings: Settings, wait: float = 0.0, on_look: Look | None = None) -> Invariant:
+    """Nothing pending, unsent, parked or prepared, judged on a quiet system (waiting up to `wait` seconds
+    for it to become quiet)."""
+    return _convergence(wait_quiet(settings, wait, on_look=on_look))
+
+
+def _convergence(look: Quiet) -> Invariant:
+    inv = Invariant("convergence: nothing in flight, pending, unsent, parked or prepared")
     inv.checked = 1
-    inv.counts = counts
-    inv.violations = [f"{k} = {v}" for k, v in counts.items() if v]
+    inv.counts = look.counts
+    inv.violations = [f"{k} = {v}" for k, v in look.counts.items() if v]
     return inv
 
 
-def run_checks(settings: Settings, wait: float = 0.0) -> Report:
-    """Evaluate every invariant; while one fails, evaluate again until `wait` seconds have passed.
+def run_checks(settings: Settings, wait: float = 0.0, on_look: Look | None = None) -> Report:
+    """Evaluate every invariant on a quiet system, waiting up to `wait` seconds for it to become quiet.
 
-    Waiting matters because an event can be in flight where no count sees it (held unacknowledged by a
-    consumer): a PAID order whose stock is not yet SOLD is only a violation if it stays that way."""
+    Judging a busy system would report events in flight as violations (a PAID order whose stock is not yet
+    SOLD), so the invariants are evaluated once nothing moves; if the system never quiets down within the
+    wait, the convergence invariant names what is still in flight. A violation found while something moved
+    again during the evaluation (an order placed meanwhile) is judged again, within the same wait."""
     deadline = time.monotonic() + wait
     while True:
-        convergence = check_convergence(settings, max(0.0, deadline - time.monotonic()))
-        report = Report([check_stock(settings), check_money(settings), check_agreement(settings), convergence])
-        if report.exit_code == OK or time.monotonic() >= deadline:
+        look = wait_quiet(settings, max(0.0, deadline - time.monotonic()), on_look=on_look)
+        report = Report([check_stock(settings), check_money(settings), check_agreement(settings),
+                         _convergence(look)])
+        if report.exit_code == OK or not look.quiet or time.monotonic() >= deadline:
             return report
-        time.sleep(0.2)
+        counts, progress = _look(settings)
+        if counts == look.counts and progress == look.progress:
+            return report

@@ -134,11 +134,18 @@ def seed(products: int = typer.Option(50, min=1, max=100_000), customers: int = 
 
 
 @app.command()
-def check(wait: float = typer.Option(0.0, help="seconds to wait for convergence first"),
+def check(wait: float = typer.Option(30.0, help="seconds to wait for a quiet system (outages included) first"),
           as_json: bool = typer.Option(False, "--json")) -> None:
     """Check the invariants; exit 0 when all hold, 1 on a violation, 2 when the system cannot be checked."""
+    told: list[str] = []
+
+    def tell(_: dict[str, int] | None, down: CannotCheck | None) -> None:
+        if down is not None and not told:  # once: a server is down, and how long we wait for it
+            told.append(str(down))
+            Console(stderr=True).print(f"[yellow]waiting up to {wait:.0f}s (--wait) for: {down}[/yellow]")
+
     try:
-        report = run_checks(_settings(), wait)
+        report = run_checks(_settings(), wait, tell)
     except CannotCheck as exc:
         _fail(f"cannot check: {exc}", 2)
     if as_json:
@@ -152,9 +159,12 @@ def check(wait: float = typer.Option(0.0, help="seconds to wait for convergence 
 def demo(pattern: str = typer.Option("outbox"), orders: int = typer.Option(200, min=1, max=100_000),
          concurrency: int = typer.Option(16, min=1, max=512),
          faults: list[str] = typer.Option(["none"], help="none | random | point=action[:ms][,times=N][,p=P]"),
-         converge_timeout: float = typer.Option(90.0)) -> None:
+         converge_timeout: float = typer.Option(300.0, help="seconds to wait for the system to converge, "
+                                                "outages of RabbitMQ or PostgreSQL included")) -> None:
     """Run the e-commerce scenario (starting the system when it is not running) and print the results."""
     console = _console()
+    console.print(f"[dim]orders are retried and convergence awaited for up to {converge_timeout:.0f}s, "
+                  "through outages of RabbitMQ or PostgreSQL[/dim]")
     try:
         plan = fault_plan(faults)
     except FaultSpecError as exc:

@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from services.checker import Report, convergence_counts, run_checks
+from services.checker import CannotCheck, Report, run_checks, wait_quiet
 from services.common.faults import Arming, parse_spec
 from services.common.settings import Settings
 from services.seed import SeedPlan, reset_and_seed
@@ -158,20 +158,27 @@ def e2e_latencies(settings: Settings) -> tuple[dict[str, int], list[float]]:
 
 
 async def wait_converged(settings: Settings, timeout: float, progress: Progress | None) -> float:
+    """Wait until the system is quiet (outages included, up to `timeout` seconds); return how long it took."""
     start = time.monotonic()
     task = progress.add_task("converging", total=None) if progress else None
-    while True:
-        counts = await asyncio.to_thread(convergence_counts, settings)
-        if progress and task is not None:
-            progress.update(task, description="converging: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
-        if not any(counts.values()) or time.monotonic() - start > timeout:
-            return time.monotonic() - start
-        await asyncio.sleep(0.2)
+
+    def show(counts: dict[str, int] | None, down: CannotCheck | None) -> None:
+        if progress is None or task is None:
+            return
+        waited = f"{time.monotonic() - start:.0f}/{timeout:.0f}s"
+        if down is not None:
+            progress.update(task, description=f"waiting for a server ({waited}): {down}")
+        else:
+            progress.update(task, description=f"converging ({waited}): " + ", ".join(
+                f"{k}={v}" for k, v in counts.items() if v) if counts else "converging")
+
+    await asyncio.to_thread(wait_quiet, settings, timeout, 0.2, show)
+    return time.monotonic() - start
 
 
 async def run_demo(settings: Settings, *, orders: int = 200, concurrency: int = 16, pattern: str = "outbox",
                    faults: list[Arming] | None = None, plan: SeedPlan | None = None,
-                   converge_timeout: float = 90.0, console: Console | None = None,
+                   converge_timeout: float = 300.0, console: Console | None = None,
                    on_seeded: Callable[[], object] | None = None) -> DemoResult:
     console = console or Console()
     plan = plan or SeedPlan()
@@ -180,7 +187,7 @@ async def run_demo(settings: Settings, *, orders: int = 200, concurrency: int = 
         await asyncio.to_thread(reset_and_seed, settings, plan)
         if on_seeded is not None:
             on_seeded()
-        client = Client(settings)
+        client = Client(settings, retry_for=converge_timeout)
         try:
             await client.admin("DELETE", "/faults")
             for arming in faults or []:
@@ -215,8 +222,8 @@ async def run_demo(settings: Settings, *, orders: int = 200, concurrency: int = 
         finally:
             result.client_retries = client.retries
             await client.aclose()
+        result.report = await asyncio.to_thread(run_checks, settings, 10.0)  # quiet by now, or it never will be
         result.statuses, result.e2e_latencies = await asyncio.to_thread(e2e_latencies, settings)
-        result.report = await asyncio.to_thread(run_checks, settings)
     return result
 
 

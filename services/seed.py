@@ -9,9 +9,10 @@ from dataclasses import dataclass
 import psycopg
 
 from services.cache.membership import flush
-from services.common.bus import queue_depths
 from services.common.db import migrate
 from services.common.settings import SERVICES, Settings
+from services.messaging.parking import queue_depths
+from services.messaging.topology import topology_of
 
 ADJECTIVES = ("red", "blue", "green", "swift", "quiet", "bold", "tiny", "grand", "lucky", "sharp")
 NOUNS = ("kettle", "lamp", "chair", "mug", "pen", "clock", "scarf", "drum", "kite", "bowl")
@@ -64,5 +65,5 @@ def reset_and_seed(settings: Settings, plan: SeedPlan) -> tuple[int, int]:
             cur.executemany("INSERT INTO customers (id, name, initial_cents, balance_cents) VALUES (%s, %s, %s, %s)",
                             [(cid, name, bal, bal) for cid, name, bal in plan.customer_rows()])
     flush(settings)  # cached views of the data just replaced
-    asyncio.run(queue_depths(settings, purge=True))  # and the events about it
+    asyncio.run(queue_depths(settings.amqp, topology_of(settings), purge=True))  # and the events about it
     return plan.products, plan.customers

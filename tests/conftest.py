@@ -159,10 +159,10 @@ def _delete_bus(s: Settings) -> None:
 
     import aio_pika
 
-    from services.common.bus import BusNames
+    from services.messaging.topology import topology_of
 
     async def delete() -> None:
-        names = BusNames(s.bus_prefix)
+        names = topology_of(s)
         async with await aio_pika.connect(s.amqp) as conn:
             channel = await conn.channel()
             for service in SERVICES:

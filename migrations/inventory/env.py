@@ -1,3 +1,3 @@
-from services.common.migration_env import run_migrations
+from migrations.environment import run_migrations
 
 run_migrations("inventory")

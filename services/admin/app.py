@@ -19,8 +19,9 @@ from services.cache.sharded import ShardedCache
 from services.checker import CannotCheck, run_checks
 from services.common.auth import require_token
 from services.common.faults import POINTS, Arming, FaultSpecError
-from services.common.service_app import ArmRequest, CacheNode, install_error_handlers
 from services.common.settings import SERVICES, Settings, get_settings
+from services.runtime.http_errors import install_error_handlers
+from services.runtime.internal_routes import ArmRequest, CacheNode
 
 
 class ArmAcross(ArmRequest):

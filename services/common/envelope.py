@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -46,3 +47,12 @@ class Envelope(BaseModel):
             return cls.model_validate_json(body)
         except ValidationError as exc:
             raise InvalidEnvelope(str(exc)) from exc
+
+
+@dataclass(frozen=True)
+class Emit:
+    """An event a business decision asks for; the use case publishes it as an envelope caused by the event
+    it is handling (same order, same trace)."""
+
+    type: str
+    payload: dict[str, Any] = field(default_factory=dict)

@@ -6,6 +6,7 @@ import secrets
 from functools import lru_cache
 from pathlib import Path
 
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 SERVICES = ("order", "inventory", "payment")
@@ -37,9 +38,14 @@ class Settings(BaseSettings):
     bus_prefix: str = ""  # prepended to every exchange and queue name (isolates test runs)
     relay_batch: int = 200
     relay_poll_seconds: float = 1.0
-    relay_max_attempts: int = 8
+    relay_max_attempts: int = 8  # RabbitMQ refusing a row this often makes it FAILED (outages never count)
+    relay_lease_seconds: float = Field(15.0, gt=0)  # a dead relay's rows go to another relay after this
+    publish_confirm_timeout: float = Field(5.0, gt=0)
     consumer_prefetch: int = 64
-    consumer_max_failures: int = 5  # a message failing this often is dead-lettered to the parking queue
+    consumer_max_failures: int = 5  # a message failing this often by its own fault is parked
+    # SENT outbox rows and inbox rows are kept this long: longer than any message can wait to be redelivered
+    message_retention_hours: float = Field(168.0, ge=1.0)
+    prune_interval_seconds: float = Field(600.0, gt=0)
 
     def model_post_init(self, _context: object) -> None:
         if not self.admin_token:

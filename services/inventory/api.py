@@ -9,7 +9,7 @@ from fastapi import APIRouter, HTTPException, Path, Query, Request
 
 from services.cache.keys import CATALOGUE_TTL, STOCK_TTL, product_key, stock_key
 from services.common.identifiers import Identifier
-from services.common.service_app import Runtime, runtime
+from services.runtime.state import Runtime, runtime
 
 router = APIRouter()
 

@@ -17,8 +17,9 @@ from pydantic import AfterValidator, BaseModel, Field, field_validator
 
 from services.cache.keys import CATALOGUE_TTL, ORDER_TTL, customer_key, order_key, product_key
 from services.common.identifiers import Identifier
-from services.common.service_app import Runtime, runtime
+from services.order.domain import OrderStatus
 from services.order.placement import PATTERNS, Item, PlaceOrder, place_order
+from services.runtime.state import Runtime, runtime
 
 router = APIRouter()
 
@@ -181,8 +182,8 @@ async def get_order(order_id: uuid.UUID, request: Request) -> dict[str, Any]:
 
 @router.get("/orders")
 async def list_orders(request: Request, status: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
-    if status is not None and status not in ("PENDING", "PAID", "CANCELLED"):
-        raise HTTPException(422, "status must be PENDING, PAID or CANCELLED")
+    if status is not None and status not in OrderStatus.__members__:
+        raise HTTPException(422, f"status must be one of {', '.join(OrderStatus)}")
     query = f"SELECT {ORDER_COLUMNS} FROM orders" + (" WHERE status = :s" if status else "")
     async with runtime(request).engine.connect() as conn:
         rows = await conn.execute(sa.text(query + " ORDER BY created_at DESC LIMIT :n"),

@@ -12,9 +12,9 @@ from typing import Any
 import sqlalchemy as sa
 
 from services.common.envelope import Envelope
-from services.common.outbox import unit_of_work
-from services.common.service_app import Runtime
-from services.order.domain import PENDING
+from services.messaging.inbox import unit_of_work
+from services.order.domain import OrderStatus, PaymentAnswer, StockAnswer
+from services.runtime.state import Runtime
 
 
 @dataclass(frozen=True)
@@ -39,9 +39,10 @@ class PlaceOrder:
 
     def view(self, created_at: datetime) -> dict[str, Any]:
         """The order as GET /orders/{id} shows it right after it was placed."""
-        return {"id": self.order_id, "customer_id": self.customer_id, "pattern": self.pattern, "status": PENDING,
-                "reason": None, "total_cents": self.total_cents, "stock_status": PENDING,
-                "payment_status": PENDING, "created_at": created_at, "decided_at": None,
+        return {"id": self.order_id, "customer_id": self.customer_id, "pattern": self.pattern,
+                "status": OrderStatus.PENDING, "reason": None, "total_cents": self.total_cents,
+                "stock_status": StockAnswer.PENDING, "payment_status": PaymentAnswer.PENDING,
+                "created_at": created_at, "decided_at": None,
                 "items": [vars(i) for i in sorted(self.items, key=lambda i: i.sku)]}
 
 
@@ -49,8 +50,9 @@ async def place_with_outbox(rt: Runtime, cmd: PlaceOrder) -> datetime:
     async with unit_of_work(rt.engine) as uow:
         created_at = await uow.conn.scalar(sa.text(
             "INSERT INTO orders (id, customer_id, pattern, status, total_cents, stock_status, payment_status, "
-            "idempotency_key, request_hash) VALUES (:id, :c, :p, :s, :t, :s, :s, :k, :h) RETURNING created_at"),
-            {"id": cmd.order_id, "c": cmd.customer_id, "p": cmd.pattern, "s": PENDING, "t": cmd.total_cents,
+            "idempotency_key, request_hash) VALUES (:id, :c, :p, 'PENDING', :t, 'PENDING', 'PENDING', :k, :h) "
+            "RETURNING created_at"),
+            {"id": cmd.order_id, "c": cmd.customer_id, "p": cmd.pattern, "t": cmd.total_cents,
              "k": cmd.idempotency_key, "h": cmd.request_hash})
         await uow.conn.execute(sa.text(
             "INSERT INTO order_items (order_id, sku, qty, unit_price_cents) VALUES (:o, :s, :q, :p)"),

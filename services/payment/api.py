@@ -8,7 +8,7 @@ import sqlalchemy as sa
 from fastapi import APIRouter, HTTPException, Path, Request
 
 from services.common.identifiers import Identifier
-from services.common.service_app import runtime
+from services.runtime.state import runtime
 
 router = APIRouter()
 

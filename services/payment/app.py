@@ -1,8 +1,8 @@
 from fastapi import FastAPI
 
-from services.common.service_app import create_service_app
 from services.payment.api import router
 from services.payment.handlers import HANDLERS
+from services.runtime.app import create_service_app
 
 
 def create_app() -> FastAPI:

@@ -2,42 +2,33 @@
 
 from __future__ import annotations
 
-import sqlalchemy as sa
-
 from services.common.envelope import Envelope
-from services.common.outbox import UnitOfWork
-from services.payment.domain import CAPTURED, FAILED, REFUNDED, charge_refusal
+from services.messaging.inbox import UnitOfWork
+from services.payment.domain import Payment, decide
+from services.payment.repository import Money, SqlMoney
+from services.runtime.events import Outbox
 
 
-async def charge(uow: UnitOfWork, event: Envelope) -> None:
-    customer, amount = event.payload["customer_id"], int(event.payload["total_cents"])
-    balance = (await uow.conn.execute(sa.text(
-        "SELECT balance_cents FROM customers WHERE id = :c FOR UPDATE"), {"c": customer})).scalar()
-    refusal = charge_refusal(balance, amount)
-    await uow.conn.execute(sa.text(
-        "INSERT INTO payments (order_id, customer_id, amount_cents, status, reason) VALUES (:o, :c, :a, :s, :r)"),
-        {"o": event.order_id, "c": customer, "a": amount, "s": FAILED if refusal else CAPTURED, "r": refusal})
-    if refusal:
-        await uow.emit(event.caused("payment.failed", {"reason": refusal}))
-        return
-    await uow.conn.execute(sa.text(
-        "UPDATE customers SET balance_cents = balance_cents - :a WHERE id = :c"), {"a": amount, "c": customer})
-    await uow.emit(event.caused("payment.succeeded", {"amount_cents": amount}))
+async def apply_payment_event(money: Money, outbox: Outbox, event: Envelope) -> None:
+    if event.order_id is None:
+        raise LookupError(f"{event.type} {event.message_id} names no order")
+    payment = await money.payment(event.order_id)
+    if event.type == "order.created":
+        customer, amount = str(event.payload["customer_id"]), int(event.payload["total_cents"])
+        decision = decide(payment, event.type, amount, await money.lock_balance(customer))
+    else:
+        decision = decide(payment, event.type)
+        customer, amount = (payment.customer_id, payment.amount_cents) if payment else ("", 0)
+    if decision.record is not None:
+        await money.record(event.order_id, Payment(decision.record, customer, amount), decision.reason)
+    if decision.balance_change:
+        await money.add_to_balance(customer, decision.balance_change)
+    for emit in decision.emit:
+        await outbox.emit(event.caused(emit.type, emit.payload))
 
 
-async def refund(uow: UnitOfWork, event: Envelope) -> None:
-    row = (await uow.conn.execute(sa.text(
-        "UPDATE payments SET status = :to, refunded_at = now() WHERE order_id = :o AND status = :from "
-        "RETURNING customer_id, amount_cents"), {"to": REFUNDED, "o": event.order_id, "from": CAPTURED})).first()
-    if row is None:
-        return
-    await uow.conn.execute(sa.text(
-        "UPDATE customers SET balance_cents = balance_cents + :a WHERE id = :c"),
-        {"a": row.amount_cents, "c": row.customer_id})
-    await uow.emit(event.caused("payment.refunded", {"amount_cents": row.amount_cents}))
+async def _apply(uow: UnitOfWork, event: Envelope) -> None:
+    await apply_payment_event(SqlMoney(uow.conn), uow, event)
 
 
-HANDLERS = {
-    "order.created": charge,
-    "order.cancelled": refund,
-}
+HANDLERS = {"order.created": _apply, "order.cancelled": _apply}

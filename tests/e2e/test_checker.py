@@ -4,9 +4,11 @@ import asyncio
 import os
 import subprocess
 import sys
+import uuid
 
 import psycopg
 
+from services import checker
 from services.checker import run_checks
 
 from .test_orders_api import PLENTY, RICH
@@ -17,10 +19,10 @@ def sql(settings, service: str, statement: str) -> None:
         conn.execute(statement)
 
 
-def txlab_check(settings, **env: str) -> subprocess.CompletedProcess:
+def txlab_check(settings, *args: str, **env: str) -> subprocess.CompletedProcess:
     full = os.environ | settings.child_env() | env
-    return subprocess.run([sys.executable, "-m", "services.cli", "check"], env=full, capture_output=True,
-                          text=True, timeout=60)
+    return subprocess.run([sys.executable, "-m", "services.cli", "check", *args], env=full, capture_output=True,
+                          text=True, timeout=90)
 
 
 def failing(report) -> list[str]:
@@ -55,6 +57,34 @@ async def test_checker_flags_a_paid_order_whose_payment_vanished(settings, syste
 
 
 async def test_check_exits_2_with_a_message_when_the_database_is_unreachable(settings):
-    result = await asyncio.to_thread(txlab_check, settings, TXLAB_PG="postgresql://postgres@127.0.0.1:9")
+    result = await asyncio.to_thread(txlab_check, settings, "--wait", "2", TXLAB_PG="postgresql://postgres@127.0.0.1:9")
     assert result.returncode == 2
-    assert "cannot check" in result.stderr
+    assert "waiting up to 2s (--wait)" in result.stderr and "cannot check" in result.stderr
+
+
+async def test_an_order_placed_while_the_checker_reads_is_never_an_effect_for_an_unknown_order(
+        settings, system, monkeypatch):
+    """The checker reads the effects (payments, reservations) before the orders: an order commits before any
+    effect of it exists, so whatever effect the checker sees has its order in the later read."""
+    order_id = uuid.uuid4()
+    real_snapshot = checker._snapshot
+    reads: list[str] = []
+
+    def snapshot_then_place_an_order(s, service, *statements):
+        rows = real_snapshot(s, service, *statements)
+        reads.append(service)
+        if len(reads) == 1:  # between the checker's first and second read, an order is placed and charged
+            sql(settings, "order", f"INSERT INTO orders (id, customer_id, pattern, status, total_cents, stock_status,"
+                                   f" payment_status) VALUES ('{order_id}', '{RICH}', 'outbox', 'PENDING', 0, "
+                                   "'PENDING', 'PENDING')")
+            sql(settings, "payment", f"INSERT INTO payments (order_id, customer_id, amount_cents, status) "
+                                     f"VALUES ('{order_id}', '{RICH}', 0, 'FAILED')")
+        return rows
+
+    monkeypatch.setattr(checker, "_snapshot", snapshot_then_place_an_order)
+    try:
+        invariant = await asyncio.to_thread(checker.check_agreement, settings)
+    finally:
+        sql(settings, "payment", f"DELETE FROM payments WHERE order_id = '{order_id}'")
+        sql(settings, "order", f"DELETE FROM orders WHERE id = '{order_id}'")
+    assert not [v for v in invariant.violations if "unknown order" in v], invariant.violations

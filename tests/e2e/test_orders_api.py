@@ -179,7 +179,7 @@ async def test_retried_request_with_the_same_idempotency_key_returns_the_same_or
 async def test_order_with_stock_and_money_is_paid_and_its_stock_sold(http, settings):
     order = (await http.post("/orders", json={"customer_id": RICH, "items": [{"sku": PLENTY, "qty": 2}]})).json()
     done = await final(http, order["id"])
-    assert (done["status"], done["stock_status"], done["payment_status"]) == ("PAID", "RESERVED", "CHARGED")
+    assert (done["status"], done["stock_status"], done["payment_status"]) == ("PAID", "RESERVED", "CAPTURED")
 
 
 async def test_insufficient_stock_cancels_the_order_and_refunds_the_charge(http):

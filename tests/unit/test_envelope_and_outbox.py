@@ -3,7 +3,7 @@ import uuid
 import pytest
 
 from services.common.envelope import Envelope, InvalidEnvelope
-from services.common.outbox import backoff_seconds
+from services.messaging.relay import backoff_seconds
 from services.seed import SeedPlan
 
 

@@ -8,7 +8,7 @@ Create Date: 2026-11-26
 import sqlalchemy as sa
 from alembic import op
 
-from services.common.migration_ops import create_messaging_tables, drop_messaging_tables
+from migrations import messaging_schema
 
 revision = "0001"
 down_revision = None
@@ -39,10 +39,10 @@ def upgrade() -> None:
         sa.CheckConstraint("qty > 0", name="qty_positive"),
         sa.CheckConstraint("status IN ('RESERVED', 'SOLD', 'RELEASED')", name="reservation_status"),
     )
-    create_messaging_tables("inventory")
+    messaging_schema.create_v1("inventory")
 
 
 def downgrade() -> None:
-    drop_messaging_tables()
+    messaging_schema.drop_v1()
     op.drop_table("reservations")
     op.drop_table("products")

@@ -8,7 +8,7 @@ Create Date: 2026-11-26
 import sqlalchemy as sa
 from alembic import op
 
-from services.common.migration_ops import create_messaging_tables, drop_messaging_tables
+from migrations import messaging_schema
 
 revision = "0001"
 down_revision = None
@@ -41,10 +41,10 @@ def upgrade() -> None:
         sa.Column("qty", sa.Integer, nullable=False),
         sa.Column("unit_price_cents", sa.BigInteger, nullable=False),
     )
-    create_messaging_tables("order")
+    messaging_schema.create_v1("order")
 
 
 def downgrade() -> None:
-    drop_messaging_tables()
+    messaging_schema.drop_v1()
     op.drop_table("order_items")
     op.drop_table("orders")

@@ -8,7 +8,7 @@ Create Date: 2026-11-26
 import sqlalchemy as sa
 from alembic import op
 
-from services.common.migration_ops import create_messaging_tables, drop_messaging_tables
+from migrations import messaging_schema
 
 revision = "0001"
 down_revision = None
@@ -36,10 +36,10 @@ def upgrade() -> None:
         sa.Column("refunded_at", sa.DateTime(timezone=True)),
         sa.CheckConstraint("status IN ('CAPTURED', 'REFUNDED', 'FAILED')", name="payment_status"),
     )
-    create_messaging_tables("payment")
+    messaging_schema.create_v1("payment")
 
 
 def downgrade() -> None:
-    drop_messaging_tables()
+    messaging_schema.drop_v1()
     op.drop_table("payments")
     op.drop_table("customers")
