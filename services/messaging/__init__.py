@@ -13,3 +13,8 @@
 The rule that ties them together: an unreachable server (RabbitMQ, PostgreSQL) is waited out and never
 counts against a message; only a failure of the message itself is an attempt, and only attempts park.
 """
+
+import logging
+
+# aiormq logs every failed connect as an error; `connection` says it once, with how long it waits instead
+logging.getLogger("aiormq.connection").setLevel(logging.CRITICAL)
