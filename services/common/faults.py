@@ -42,8 +42,9 @@ _ALL = ("order", "inventory", "payment")
 POINTS: dict[str, FaultPoint] = {p.name: p for p in (
     FaultPoint("order.after_local_commit",
                "POST /orders committed the order and its outbox row, before answering the client", ("order",)),
-    FaultPoint("relay.before_publish", "the relay locked an outbox row and is about to publish it", _ALL,
-               _BASIC | {"drop"}),
+    FaultPoint("relay.before_publish",
+               "the relay leased an outbox row and is about to publish it (drop: RabbitMQ refuses it as unroutable)",
+               _ALL, _BASIC | {"drop"}),
     FaultPoint("relay.after_publish", "the broker confirmed the message; the row is not yet marked SENT", _ALL),
     FaultPoint("order.before_commit", "the order service applied an event; its transaction is not committed",
                ("order",)),
