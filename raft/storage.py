@@ -11,15 +11,35 @@ Layout of a node's directory:
 - `snap/snap-<index>.snap`: one CRC-framed record per snapshot, written the same atomic way.
 
 Guarantees: after `save(..., sync=True)` returns, everything passed so far survives a crash (one
-fsync per call: group commit). On `open`, a torn or garbage tail of the newest segment is truncated
-away (it was never acknowledged, because acknowledgement follows the fsync); damage anywhere else
-raises `CorruptLog` rather than silently losing acknowledged entries.
+fsync per call: group commit), and so do the names that reach it: a directory is fsynced after a name
+appears in it (the node's directory and its `wal`/`snap`, on every `open`, since an earlier run may
+have died before syncing them; each new segment; each renamed snapshot or hard state file).
+
+Recovery rule. A record is well-formed when its length is 1..MAX_RECORD, it ends inside the file, its
+payload matches the CRC and decodes as a log record `[kind, a, b]`. Zero length never is: an all-zero
+header would otherwise pass (crc32(b"") == 0), and zeros are what a file that grew without its data
+reaching the disk reads back as. Replay stops at the first record that is not well-formed, at offset
+`bad`; then:
+
+- in the newest segment, if no well-formed record starts anywhere after `bad` (the damage runs to
+  the end, or only zeros or garbage follow), it is a torn tail: the write never finished, so it was
+  never acknowledged (acknowledgement follows the fsync). It is truncated and the node starts.
+- if a well-formed record does start after `bad`, the damaged record was written before a record that
+  reached the disk, so it may have been acknowledged (entries a leader counted as committed here):
+  `CorruptLog` names the file and the offset, and nothing is cut.
+- in a sealed (older) segment, every bad record is `CorruptLog`: a segment is fsynced before the next
+  one is created.
+
+Refusing is the safe side of this rule: a torn record whose payload happens to embed a byte-exact
+well-formed record, or an unsynced write whose later page reached the disk while an earlier one did
+not, is reported as `CorruptLog` too, and needs an operator instead of losing data silently.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import struct
 import zlib
 from dataclasses import dataclass, field
@@ -46,22 +66,61 @@ def frame(payload: bytes) -> bytes:
     return RECORD_HEADER.pack(len(payload), zlib.crc32(payload)) + payload
 
 
+def record_at(data: bytes, pos: int) -> tuple[bytes, int] | None:
+    """The payload of the record at `pos` and the offset after it, if the framing holds: a length of
+    1..MAX_RECORD that ends inside `data` and a matching CRC."""
+    if len(data) - pos < RECORD_HEADER.size:
+        return None
+    length, crc = RECORD_HEADER.unpack_from(data, pos)
+    end = pos + RECORD_HEADER.size + length
+    if not 0 < length <= MAX_RECORD or end > len(data):  # zero length: an all-zero header has a valid CRC
+        return None
+    payload = data[pos + RECORD_HEADER.size:end]
+    return (payload, end) if zlib.crc32(payload) == crc else None
+
+
 def read_records(data: bytes) -> tuple[list[bytes], int]:
     """The valid records at the start of `data`, and the offset where validity ends."""
     out: list[bytes] = []
     pos = 0
-    n = len(data)
-    while n - pos >= RECORD_HEADER.size:
-        length, crc = RECORD_HEADER.unpack_from(data, pos)
-        end = pos + RECORD_HEADER.size + length
-        if length > MAX_RECORD or end > n:
-            break
-        payload = data[pos + RECORD_HEADER.size:end]
-        if zlib.crc32(payload) != crc:
-            break
-        out.append(payload)
-        pos = end
+    while (rec := record_at(data, pos)) is not None:
+        out.append(rec[0])
+        pos = rec[1]
     return out, pos
+
+
+# Every log record packs as a 3-item list [kind, a, b]: fixarray(3), then the kind (a positive fixint).
+_RECORD_START = re.compile(rb"\x93[\x01\x02]")
+
+
+def _wal_record_at(data: bytes, pos: int) -> tuple[list, int] | None:
+    """The decoded log record at `pos` and the offset after it, if it is well-formed."""
+    rec = record_at(data, pos)
+    if rec is None or not _RECORD_START.match(rec[0]):
+        return None
+    try:
+        return msgpack.unpackb(rec[0]), rec[1]
+    except ValueError:  # every msgpack decoding error is a ValueError
+        return None
+
+
+def read_wal(data: bytes) -> tuple[list[list], int]:
+    """The well-formed log records at the start of a segment, decoded, and the offset where they end."""
+    out: list[list] = []
+    pos = 0
+    while (rec := _wal_record_at(data, pos)) is not None:
+        out.append(rec[0])
+        pos = rec[1]
+    return out, pos
+
+
+def next_wal_record(data: bytes, bad: int) -> int | None:
+    """The offset of the first well-formed log record that starts after `bad`, if any."""
+    # a record's payload starts with _RECORD_START: look only where it occurs, not at every byte
+    for m in _RECORD_START.finditer(data, bad + 1 + RECORD_HEADER.size):
+        if _wal_record_at(data, m.start() - RECORD_HEADER.size) is not None:
+            return m.start() - RECORD_HEADER.size
+    return None
 
 
 def fsync_dir(path: str) -> None:
@@ -71,6 +130,17 @@ def fsync_dir(path: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def make_dir_durable(path: str) -> None:
+    """Create `path` (and missing parents) and fsync its parent, even when it already exists: the run
+    that created it may have died before the parent was synced."""
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        make_dir_durable(parent)
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(path)
+    fsync_dir(parent)
 
 
 def write_atomically(path: str, data: bytes) -> None:
@@ -131,7 +201,7 @@ class Storage:
         """Open (creating if needed) the log in `directory` and recover its durable state."""
         st = cls(directory, segment_bytes)
         for d in (directory, st.wal_dir, st.snap_dir):
-            os.makedirs(d, exist_ok=True)
+            make_dir_durable(d)
         rec = Recovered()
         rec.snapshot = st._load_snapshot()
         hs = st._load_hard_state()
@@ -188,16 +258,19 @@ class Storage:
             seg = _Segment(int(name[4:-4]), os.path.join(self.wal_dir, name))
             with open(seg.path, "rb") as f:
                 data = f.read()
-            records, good = read_records(data)
+            records, good = read_wal(data)
             if good < len(data):
                 if pos != len(names) - 1:
                     raise CorruptLog(f"{seg.path}: damaged record at byte {good} of a sealed segment")
+                after = next_wal_record(data, good)
+                if after is not None:
+                    raise CorruptLog(f"{seg.path}: damaged record at byte {good}, followed by a valid record at "
+                                     f"byte {after}: it may have been acknowledged, refusing to cut it")
                 truncated = len(data) - good
                 with open(seg.path, "r+b") as f:
                     f.truncate(good)
                     os.fsync(f.fileno())
-            for payload in records:
-                rec = msgpack.unpackb(payload)
+            for rec in records:
                 if rec[0] == KIND_ENTRIES:
                     batch = [entry_from_wire(w) for w in rec[1]]
                     commit = max(commit, rec[2])

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import stat
 
 import pytest
 
@@ -17,6 +19,42 @@ def ents(first: int, last: int, term: int) -> list[Entry]:
 def segment_paths(d: str) -> list[str]:
     wal = os.path.join(d, "wal")
     return [os.path.join(wal, n) for n in sorted(os.listdir(wal))]
+
+
+def three_batches(d: str) -> tuple[str, list[int]]:
+    """A newest segment holding three synced batches (entries 1-2, 3-4, 5-6): its path and record offsets."""
+    st, _ = Storage.open(d)
+    offsets = []
+    for first in (1, 3, 5):
+        offsets.append(os.path.getsize(segment_paths(d)[-1]))
+        st.save(HardState(1, 1, first - 1), ents(first, first + 1, 1), None, sync=True)
+    st.close()
+    return segment_paths(d)[-1], offsets
+
+
+def damage(path: str, at: int, data: bytes) -> None:
+    with open(path, "r+b") as f:
+        f.seek(at)
+        f.write(data)
+
+
+def record_directory_fsyncs(monkeypatch) -> list[tuple[str, set[str]]]:
+    """Every fsync of a directory from now on, as (its path, the names it held at that moment)."""
+    synced: list[tuple[str, set[str]]] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            path = os.readlink(f"/proc/self/fd/{fd}")
+            synced.append((path, set(os.listdir(path))))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    return synced
+
+
+def synced_holding(synced: list[tuple[str, set[str]]], directory: str, name: str) -> bool:
+    return any(p == os.path.realpath(directory) and name in names for p, names in synced)
 
 
 def test_synced_entries_and_hard_state_survive_reopen(tmp_path):
@@ -84,6 +122,61 @@ def test_a_record_whose_checksum_fails_ends_the_recovered_log(tmp_path):
     assert rec.entries == ents(1, 2, 1)
 
 
+@pytest.mark.parametrize("zeros", [8, 13, 4096])
+def test_a_zero_filled_tail_is_a_torn_tail_and_the_node_starts(tmp_path, zeros):
+    st, _ = Storage.open(str(tmp_path))
+    st.save(HardState(1, 1, 0), ents(1, 3, 1), None, sync=True)
+    st.close()
+    path = segment_paths(str(tmp_path))[-1]
+    size_ok = os.path.getsize(path)
+    with open(path, "ab") as f:
+        f.write(bytes(zeros))  # the file grew, but the data of the write never reached the disk
+    st, rec = Storage.open(str(tmp_path))
+    assert rec.entries == ents(1, 3, 1) and rec.truncated_bytes == zeros
+    assert os.path.getsize(path) == size_ok
+    st.save(None, ents(4, 4, 1), None, sync=True)
+    st.close()
+    _, rec = Storage.open(str(tmp_path))
+    assert rec.entries == ents(1, 4, 1)
+
+
+def test_a_half_written_record_followed_by_zeros_is_a_torn_tail(tmp_path):
+    path, offsets = three_batches(str(tmp_path))
+    size = os.path.getsize(path)
+    damage(path, offsets[2] + 12, bytes(size - offsets[2] - 12) + bytes(4000))
+    _, rec = Storage.open(str(tmp_path))
+    assert rec.entries == ents(1, 4, 1)
+    assert os.path.getsize(path) == offsets[2]
+
+
+@pytest.mark.parametrize("what", ["flipped payload byte", "zeroed record", "longer length", "shorter length"])
+def test_damage_followed_by_a_valid_record_in_the_newest_segment_is_refused_with_file_and_offset(tmp_path, what):
+    path, offsets = three_batches(str(tmp_path))
+    at = offsets[1]  # the middle batch: the one after it was acknowledged too
+    if what == "flipped payload byte":
+        damage(path, at + 10, b"\xff")
+    elif what == "zeroed record":
+        damage(path, at, bytes(offsets[2] - at))
+    else:
+        length = offsets[2] - at - 8
+        damage(path, at, (length + 5 if what == "longer length" else length - 5).to_bytes(4, "little"))
+    size = os.path.getsize(path)
+    with pytest.raises(CorruptLog, match=rf"{re.escape(path)}.* byte {at}\b"):
+        Storage.open(str(tmp_path))
+    assert os.path.getsize(path) == size  # nothing was cut
+
+
+def test_a_zeroed_record_in_a_sealed_segment_is_refused(tmp_path):
+    st, _ = Storage.open(str(tmp_path), segment_bytes=64)
+    for i in range(1, 6):
+        st.save(HardState(1, 1, 0), ents(i, i, 1), None, sync=True)
+    st.close()
+    first = segment_paths(str(tmp_path))[0]
+    damage(first, 0, bytes(os.path.getsize(first)))
+    with pytest.raises(CorruptLog, match=rf"{re.escape(first)}.* byte 0\b"):
+        Storage.open(str(tmp_path), segment_bytes=64)
+
+
 def test_damage_inside_a_sealed_segment_is_refused_not_silently_dropped(tmp_path):
     st, _ = Storage.open(str(tmp_path), segment_bytes=64)
     for i in range(1, 6):
@@ -142,3 +235,36 @@ def test_a_leftover_temp_file_never_replaces_the_hard_state(tmp_path):
     _, rec = Storage.open(str(tmp_path))
     assert rec.hard_state.term == 5 and rec.hard_state.vote == 3
     assert not os.path.exists(os.path.join(str(tmp_path), "hardstate.tmp"))
+
+
+def test_creating_the_data_directory_syncs_each_new_directory_entry(tmp_path, monkeypatch):
+    synced = record_directory_fsyncs(monkeypatch)
+    node = os.path.join(str(tmp_path), "nodes", "n1")
+    Storage.open(node)[0].close()
+    assert synced_holding(synced, str(tmp_path), "nodes")
+    assert synced_holding(synced, os.path.dirname(node), "n1")
+    assert synced_holding(synced, node, "wal") and synced_holding(synced, node, "snap")
+    assert synced_holding(synced, os.path.join(node, "wal"), os.path.basename(segment_paths(node)[0]))
+
+
+def test_reopening_syncs_the_data_directory_entry_a_crashed_run_may_not_have(tmp_path, monkeypatch):
+    node = os.path.join(str(tmp_path), "n1")
+    os.makedirs(os.path.join(node, "wal"))  # created by a run that died before syncing anything
+    synced = record_directory_fsyncs(monkeypatch)
+    Storage.open(node)[0].close()
+    assert synced_holding(synced, str(tmp_path), "n1")
+    assert synced_holding(synced, node, "wal") and synced_holding(synced, node, "snap")
+
+
+def test_every_new_file_name_in_the_log_is_synced_into_its_directory(tmp_path, monkeypatch):
+    st, _ = Storage.open(str(tmp_path), segment_bytes=64)
+    synced = record_directory_fsyncs(monkeypatch)
+    for i in range(1, 4):
+        st.save(HardState(1, 1, 0), ents(i, i, 1), None, sync=True)
+    st.save_snapshot(Snapshot(2, 1, ConfState((1, 2, 3)), b"s"))
+    st.close()
+    assert st.segment_count() > 1
+    wal = os.path.join(str(tmp_path), "wal")
+    assert synced_holding(synced, wal, os.path.basename(segment_paths(str(tmp_path))[-1]))
+    assert synced_holding(synced, os.path.join(str(tmp_path), "snap"), f"snap-{2:020d}.snap")
+    assert synced_holding(synced, str(tmp_path), "hardstate")
