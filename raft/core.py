@@ -90,7 +90,7 @@ class _Progress:
         self.pending_snapshot = 0
         self.snapshot_elapsed = 0
         self.removed_at = 0  # index of the conf change that removed this node (0: a voter)
-        self.removal_told = 0  # heartbeats sent that carried a commit index covering that removal
+        self.removal_told = 0  # periodic heartbeats sent that carried a commit index covering that removal
         self.inflights: deque[int] = deque()  # last index of each unacknowledged APPEND, in order
 
     def become_probe(self) -> None:
@@ -187,7 +187,7 @@ class Raft:
         self._msgs: list[Message] = []
         self._read_states: list[ReadState] = []
         self._reads: deque[_PendingRead] = deque()  # awaiting a heartbeat quorum, oldest first
-        self._read_by_ctx: dict[bytes, _PendingRead] = {}
+        self._read_by_token: dict[bytes, _PendingRead] = {}  # keyed by (requester, context): see _PendingRead
         self._reads_waiting_commit: list[tuple[bytes, int]] = []  # before the leader's no-op commits
         self._read_bcast = False
         self._need_bcast = False  # proposals since the last ready(): one APPEND per follower carries them
@@ -308,9 +308,10 @@ class Raft:
     def read_index(self, context: bytes) -> None:
         """Request a linearizable read (thesis §6.4): a ReadState(index, context) appears in a later Ready.
 
-        On the leader, once a heartbeat round confirmed it is still leader; a follower forwards the request to
-        the leader. The read may be served once the state machine applied ReadState.index. If leadership is
-        lost meanwhile the request is dropped: the caller times out and retries.
+        On the leader, once a heartbeat round sent after the request confirmed it is still leader; a follower
+        forwards the request to the leader. The read may be served once the state machine applied
+        ReadState.index. If leadership is lost meanwhile the request is dropped: the caller times out and
+        retries. `context` must be unique among this node's reads; other nodes may use the same bytes.
         """
         if self._role is Role.LEADER:
             self._leader_read(context, self.id)
@@ -417,7 +418,7 @@ class Raft:
             if self._need_bcast:
                 self._bcast_append()
             if self._read_bcast:
-                self._bcast_heartbeat(self._reads[-1].context if self._reads else b"")
+                self._bcast_heartbeat(self._read_round_context())
         self._need_bcast = False
         self._read_bcast = False
         rd = Ready()
@@ -503,7 +504,7 @@ class Raft:
         self._prs = {}
         self._lead_transferee = NONE
         self._reads.clear()
-        self._read_by_ctx.clear()
+        self._read_by_token.clear()
         self._reads_waiting_commit.clear()
         self._read_bcast = False
         self._need_bcast = False
@@ -804,7 +805,8 @@ class Raft:
                     pr.become_probe()  # the snapshot was probably lost: probe again (which resends it)
         if self._heartbeat_elapsed >= self.cfg.heartbeat_tick:
             self._heartbeat_elapsed = 0
-            self._bcast_heartbeat(self._reads[-1].context if self._reads else b"")
+            self._bcast_heartbeat(self._read_round_context())
+            self._count_removal_told()
 
     def _step_leader(self, m: Message) -> None:
         t = m.type
@@ -930,12 +932,30 @@ class Raft:
         return True
 
     def _bcast_heartbeat(self, context: bytes) -> None:
+        """One heartbeat to every other peer; `context` (echoed in the replies) names a ReadIndex round."""
         for p, pr in self._prs.items():
             if p != self.id:
-                commit = min(pr.match, self._commit)
-                if pr.removed_at and commit >= pr.removed_at:
-                    pr.removal_told += 1
-                self._send(Message(MsgType.HEARTBEAT, self.id, p, self._term, commit=commit, context=context))
+                self._send(Message(MsgType.HEARTBEAT, self.id, p, self._term, commit=self._heartbeat_commit(pr),
+                                   context=context))
+
+    def _heartbeat_commit(self, pr: _Progress) -> int:
+        # A follower may hold unmatched entries past pr.match: tell it no commit index beyond what it matches.
+        return min(pr.match, self._commit)
+
+    def _count_removal_told(self) -> None:
+        """Count the periodic heartbeat just sent toward telling each removed node its removal committed.
+
+        Only periodic heartbeats count: they are spaced heartbeat_tick apart, so several of them outlast a
+        brief loss, whereas ReadIndex rounds can go out many per tick and all be lost together. A removed node
+        forgotten before it learns its removal committed would campaign forever (thesis §4.2.3).
+        """
+        for pr in self._prs.values():
+            if pr.removed_at and self._heartbeat_commit(pr) >= pr.removed_at:
+                pr.removal_told += 1
+
+    def _read_round_context(self) -> bytes:
+        """A heartbeat's context: the token of the newest pending read, so acks confirm it and all before it."""
+        return self._reads[-1].token if self._reads else b""
 
     def _leader_read(self, context: bytes, frm: int) -> None:
         if self._commit < self._term_start:
@@ -947,11 +967,12 @@ class Raft:
             return
         r = _PendingRead(context, frm, self._commit)
         self._reads.append(r)
-        self._read_by_ctx[context] = r
+        self._read_by_token[r.token] = r
         self._read_bcast = True
 
-    def _on_read_ack(self, frm: int, context: bytes) -> None:
-        target = self._read_by_ctx.get(context)
+    def _on_read_ack(self, frm: int, token: bytes) -> None:
+        """`frm` acknowledged a heartbeat sent after the read named `token` was registered (thesis §6.4)."""
+        target = self._read_by_token.get(token)
         if target is None:
             return
         target.acks.add(frm)
@@ -960,8 +981,8 @@ class Raft:
         # Confirming leadership for this read confirms it for every earlier one too.
         while self._reads:
             r = self._reads.popleft()
-            if self._read_by_ctx.get(r.context) is r:
-                del self._read_by_ctx[r.context]
+            if self._read_by_token.get(r.token) is r:  # a duplicated READ_INDEX registers a token twice
+                del self._read_by_token[r.token]
             self._answer_read(r)
             if r is target:
                 break
@@ -978,12 +999,19 @@ class Raft:
 
 
 class _PendingRead:
-    __slots__ = ("acks", "context", "frm", "index")
+    """A ReadIndex request from node `frm` at read index `index`, awaiting a heartbeat quorum (thesis §6.4).
+
+    Every node numbers its own contexts, so only (frm, context) names a read: `token`, an encoding of that pair
+    that distinct pairs never share, keys it on the leader and is the context of the heartbeats sent for it.
+    """
+
+    __slots__ = ("acks", "context", "frm", "index", "token")
 
     def __init__(self, context: bytes, frm: int, index: int) -> None:
         self.context = context
         self.frm = frm
         self.index = index
+        self.token = b"%d:%s" % (frm, context)  # ids are digits only: the first colon ends the id
         self.acks: set[int] = set()
 
 

@@ -270,9 +270,9 @@ def test_read_index_waits_for_a_heartbeat_quorum() -> None:
     r.read_index(b"ctx")
     rd = r.ready()
     hb = [m for m in rd.messages if m.type is MsgType.HEARTBEAT]
-    assert rd.read_states == [] and {m.to for m in hb} == {2, 3} and all(m.context == b"ctx" for m in hb)
+    assert rd.read_states == [] and {m.to for m in hb} == {2, 3} and all(m.context for m in hb)
     r.advance(rd)
-    r.step(Message(MsgType.HEARTBEAT_RESP, 3, 1, 1, context=b"ctx"))
+    r.step(Message(MsgType.HEARTBEAT_RESP, 3, 1, 1, context=hb[0].context))  # a follower echoes the context
     rd = r.ready()
     assert [(s.index, s.context) for s in rd.read_states] == [(1, b"ctx")]
     r.advance(rd)
@@ -289,9 +289,10 @@ def test_read_index_of_a_new_leader_waits_until_its_noop_commits() -> None:
     r.advance(rd)
     r.step(Message(MsgType.APPEND_RESP, 2, 1, 1, index=1))  # the no-op commits: the read goes ahead
     rd = r.ready()
-    assert rd.read_states == [] and any(m.context == b"early" for m in rd.messages)
+    hb = [m for m in rd.messages if m.type is MsgType.HEARTBEAT and m.context]
+    assert rd.read_states == [] and hb
     r.advance(rd)
-    r.step(Message(MsgType.HEARTBEAT_RESP, 2, 1, 1, context=b"early"))
+    r.step(Message(MsgType.HEARTBEAT_RESP, 2, 1, 1, context=hb[0].context))
     rd = r.ready()
     assert [(s.index, s.context) for s in rd.read_states] == [(1, b"early")]
 
@@ -309,3 +310,97 @@ def test_a_partitioned_old_leader_cannot_serve_a_stale_read() -> None:
     assert cl.raft(old).role is Role.LEADER
     assert _read(cl, old, "k", ticks=50) == "no answer"
     assert _read(cl, new, "k") == "new"
+
+
+def _leader_of_three() -> Raft:
+    """Node 1 leading (1, 2, 3) in term 1 with its no-op (index 1) committed."""
+    r = Raft(Config(1, (1, 2, 3), pre_vote=False))
+    r.campaign()
+    r.step(Message(MsgType.VOTE_RESP, 2, 1, 1))
+    r.advance(r.ready())
+    r.step(Message(MsgType.APPEND_RESP, 2, 1, 1, index=1))
+    r.advance(r.ready())
+    assert r.role is Role.LEADER and r.commit == 1
+    return r
+
+
+def test_a_read_is_confirmed_only_by_heartbeats_sent_after_it_even_when_contexts_collide() -> None:
+    """Thesis §6.4: a read index may be served only once a heartbeat round sent *after* the read was registered
+    is acknowledged by a majority; an older round proves leadership at an earlier moment, when a newer leader
+    may already have committed writes the read must see. Every node numbers its contexts from 1, so the
+    leader's own read and one a follower forwards both carry b"1": they must stay two different reads."""
+    r = _leader_of_three()
+    r.read_index(b"1")  # the leader's own first read, registered at commit 1
+    rd = r.ready()
+    before = {m.to: m for m in rd.messages if m.type is MsgType.HEARTBEAT}
+    r.advance(rd)
+    r.propose(b"x")
+    r.advance(r.ready())
+    r.step(Message(MsgType.APPEND_RESP, 2, 1, 1, index=2))
+    r.advance(r.ready())
+    assert r.commit == 2
+    r.step(Message(MsgType.READ_INDEX, 2, 1, 1, context=b"1"))  # follower 2's first read, at commit 2
+    rd = r.ready()
+    after = {m.to: m for m in rd.messages if m.type is MsgType.HEARTBEAT}
+    r.advance(rd)
+    assert set(before) == set(after) == {2, 3}
+
+    # Node 3 acknowledges the round sent before follower 2's read: it confirms the leader's read only.
+    r.step(Message(MsgType.HEARTBEAT_RESP, 3, 1, 1, context=before[3].context))
+    rd = r.ready()
+    assert [(s.index, s.context) for s in rd.read_states] == [(1, b"1")]
+    assert [m for m in rd.messages if m.type is MsgType.READ_INDEX_RESP] == []
+    r.advance(rd)
+
+    # Its ack of the round sent after it confirms follower 2's read, at the commit index it was registered at.
+    r.step(Message(MsgType.HEARTBEAT_RESP, 3, 1, 1, context=after[3].context))
+    rd = r.ready()
+    assert rd.read_states == []
+    assert [(m.to, m.index, m.context) for m in rd.messages if m.type is MsgType.READ_INDEX_RESP] == [(2, 2, b"1")]
+
+
+def test_a_removed_node_learns_its_removal_even_while_the_leader_serves_many_reads() -> None:
+    """Thesis §4.2.3: a removed server that never learns its removal committed times out and campaigns, so the
+    leader keeps sending it heartbeats until several periodic ones carried the commit (see _promotable). A
+    burst of ReadIndex rounds (§6.4) says nothing about whether the removed node heard any of them: they must
+    not let the leader forget it early."""
+    cl = Cluster(3, seed=11)
+    ldr = cl.wait_leader()
+    cl.tick(5)
+    gone = next(i for i in cl.nodes if i != ldr)
+    other = next(i for i in cl.nodes if i not in (ldr, gone))
+    held: dict[int, list[Message]] = {gone: [], other: []}
+
+    def hold(m: Message) -> bool:
+        if (m.frm, m.type) in ((gone, MsgType.HEARTBEAT_RESP), (other, MsgType.APPEND_RESP)):
+            held[m.frm].append(m)
+            return True
+        return False
+
+    # The removal reaches `gone`, which answers a heartbeat sent before the removal committed (held back).
+    cl.drop = hold
+    idx = cl.raft(ldr).propose_conf_change(ConfChange("remove", gone))
+    cl.stabilize_node(ldr)
+    assert cl.run_until(lambda: cl.raft(gone).last_index >= idx and held[gone] != [], 10)
+    # `other` acknowledges it: C_new = {ldr, other} commits. Nothing reaches `gone` for now.
+    cl.drop = lambda m: m.to == gone
+    cl.step(held[other][-1])
+    assert cl.raft(ldr).commit >= idx > cl.raft(gone).commit
+    for _ in range(5):
+        assert cl.client_get(0, ldr, "k", timeout=20)
+    cl.stabilize()
+    assert all(op.ret is not None for op in cl.history)
+    cl.step(held[gone][0])  # the late answer to the heartbeat that predates the commit
+
+    campaigns: list[Message] = []
+
+    def record_campaigns(m: Message) -> bool:
+        if m.frm == gone and m.type in (MsgType.PRE_VOTE, MsgType.VOTE):
+            campaigns.append(m)
+        return False
+
+    cl.drop = record_campaigns
+    cl.tick(300)
+    assert cl.raft(gone).commit >= idx  # it learned that its removal committed...
+    assert campaigns == [] and cl.raft(gone).role is Role.FOLLOWER  # ...so it never campaigned
+    assert gone not in cl.raft(ldr).status()["progress"]  # and only then did the leader forget it
