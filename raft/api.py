@@ -5,6 +5,7 @@
 - `POST /kv/{key}/cas` `{"expected": e, "value": v}` -> 200 swapped, 409 not (expected null matches a
   missing key).
 - `DELETE /kv/{key}` -> 200 deleted, 404 absent.
+- `POST /sessions` -> 200 `{"session": id, "timeout": seconds}` once the registration committed.
 - `GET /raft/status` -> id, role, term, leader, commit, applied, peers, ...
 - `GET /raft/events?since=N` -> this node's recent role changes, votes and rolled-back entries.
 - Admin (Bearer TXLAB_ADMIN_TOKEN when that variable is set): `POST /raft/partition` `{"block": [ids]}`,
@@ -12,20 +13,36 @@
   `POST /raft/members` `{"op": "add" | "remove", "node": id}` (answers once the change committed).
 
 On a follower, KV routes answer 307 with Location on the leader (same path), or 503 `{"leader": null}`
-while no leader is known. Optional headers `X-Client-Id` + `X-Request-Seq` make a write exactly-once:
-a retry with the same pair returns the first outcome without applying again.
+while no leader is known. Optional headers `X-Session-Id` (from `POST /sessions`) + `X-Request-Seq` (1, 2,
+...) make a write exactly-once: a retry with the same pair returns the first outcome without applying
+again. A write on a session that is unknown or expired (idle longer than the timeout, in log time) is
+refused with 410 "session expired" and not applied.
+
+The leader stamps every command with its wall clock and its session timeout (`TXLAB_RAFT_SESSION_TIMEOUT`
+seconds, default 3600); replicas expire sessions by those stamps only (see `raft.kv`).
 """
 
 from __future__ import annotations
 
 import hmac
 import json
+import os
+import time
 from typing import Any
 from urllib.parse import parse_qs, unquote
 
 from raft.core import NotLeader
 from raft.http_server import Request, Response
-from raft.kv import KVStateMachine, Op, Outcome, canonical_json, encode_command
+from raft.kv import (
+    DEFAULT_SESSION_TIMEOUT,
+    KVStateMachine,
+    Op,
+    Outcome,
+    Registered,
+    canonical_json,
+    encode_command,
+    encode_register,
+)
 from raft.node import CommitUnknown, RaftNode
 from raft.types import ConfChange
 
@@ -47,18 +64,21 @@ class BadRequest(Exception):
 class KVApi:
     """Request handler for one node (pass it to `HttpServer`)."""
 
-    def __init__(self, node: RaftNode, admin_token: str | None) -> None:
+    def __init__(self, node: RaftNode, admin_token: str | None, session_timeout: float | None = None) -> None:
         if not isinstance(node.machine, KVStateMachine):
             raise TypeError("the KV API needs a node replicating a KVStateMachine")
         self.node = node
         self.kv: KVStateMachine = node.machine
         self.admin_token = admin_token or None
+        self.session_timeout = session_timeout or _session_timeout_from_env()
 
     async def __call__(self, req: Request) -> Response:
         try:
             path = req.path
             if path.startswith("/kv/"):
                 return await self._kv(req, path[4:])
+            if path == "/sessions":
+                return await self._register(req)
             if path == "/raft/status" and req.method == "GET":
                 return _json(200, {**self.node.status(), "keys": len(self.kv.data)})
             if path == "/raft/events" and req.method == "GET":
@@ -84,7 +104,7 @@ class KVApi:
         if not key or len(key) > MAX_KEY:
             raise BadRequest(f"the key must be 1 to {MAX_KEY} characters")
         # validate everything before the leadership check: bad input is a 400 on every node
-        client_id, seq = _session(req) if method != "GET" else ("", 0)
+        session, seq = _session(req) if method != "GET" else (0, 0)
         value = expected = None
         if method in ("PUT", "POST"):
             body = _body(req)
@@ -102,16 +122,16 @@ class KVApi:
                     return _error(404, "no such key", key=key)
                 return Response(200, b'{"key":%s,"value":%s}' % (json.dumps(key).encode(), current.encode()))
             if method == "DELETE":
-                outcome = await node.submit(encode_command(Op.DELETE, key, None, None, client_id, seq))
+                outcome = await node.submit(self._command(Op.DELETE, key, None, None, session, seq))
                 if outcome is Outcome.NOT_FOUND:
                     return _error(404, "no such key", key=key)
                 return self._checked(outcome) or _json(200, {"key": key, "deleted": True})
             assert value is not None
             if method == "PUT":
-                outcome = await node.submit(encode_command(Op.PUT, key, value, None, client_id, seq))
+                outcome = await node.submit(self._command(Op.PUT, key, value, None, session, seq))
                 return self._checked(outcome) or Response(
                     200, b'{"key":%s,"value":%s}' % (json.dumps(key).encode(), value.encode()))
-            outcome = await node.submit(encode_command(Op.CAS, key, value, expected, client_id, seq))
+            outcome = await node.submit(self._command(Op.CAS, key, value, expected, session, seq))
             if outcome is Outcome.CONFLICT:
                 return _json(409, {"key": key, "swapped": False})
             return self._checked(outcome) or Response(
@@ -120,6 +140,26 @@ class KVApi:
             return self._not_leader(exc.leader, req)
         except CommitUnknown as exc:
             return _error(503, str(exc), outcome="unknown", leader=node.core.leader or None)
+
+    def _command(self, op: Op, key: str, value: str | None, expected: str | None, session: int, seq: int) -> bytes:
+        """The command as this leader proposes it: stamped with its clock and session timeout."""
+        return encode_command(op, key, value, expected, session, seq, now=time.time(),
+                              session_timeout=self.session_timeout)
+
+    async def _register(self, req: Request) -> Response:
+        """Open a session through the log; its id is decided when the registration is applied."""
+        if req.method != "POST":
+            return _error(405, "use POST /sessions")
+        if not self.node.is_leader:
+            return self._not_leader(self.node.core.leader, req)
+        try:
+            result = await self.node.submit(encode_register(now=time.time(), session_timeout=self.session_timeout))
+        except NotLeader as exc:
+            return self._not_leader(exc.leader, req)
+        except CommitUnknown as exc:  # a retry may open a second session; the unused one just expires
+            return _error(503, str(exc), outcome="unknown", leader=self.node.core.leader or None)
+        assert isinstance(result, Registered)
+        return _json(200, {"session": result.session, "timeout": self.session_timeout})
 
     def _events(self, req: Request) -> Response:
         since = parse_qs(req.query).get("since", ["0"])[0]
@@ -130,6 +170,9 @@ class KVApi:
 
     @staticmethod
     def _checked(outcome: Outcome) -> Response | None:
+        if outcome is Outcome.SESSION_EXPIRED:
+            return _error(410, "session expired: this request was not applied; register a new session with "
+                               "POST /sessions")
         if outcome is Outcome.STALE_SEQUENCE:
             return _error(409, "X-Request-Seq is older than this client's last request; its result is gone")
         if outcome is Outcome.MALFORMED:
@@ -220,14 +263,28 @@ def _field(obj: dict, name: str) -> Any:
     return obj[name]
 
 
-def _session(req: Request) -> tuple[str, int]:
-    client_id = req.headers.get("x-client-id", "")
-    if not client_id:
-        return "", 0
+def _session(req: Request) -> tuple[int, int]:
+    """(session id, seq) from X-Session-Id and X-Request-Seq, or (0, 0) for a write without a session."""
+    if "x-client-id" in req.headers:  # the old unregistered sessions: refuse rather than drop exactly-once
+        raise BadRequest("X-Client-Id is no longer accepted: register with POST /sessions and send X-Session-Id")
+    raw = req.headers.get("x-session-id", "")
+    if not raw:
+        return 0, 0
     try:
-        seq = int(req.headers.get("x-request-seq", ""))
+        session, seq = int(raw), int(req.headers.get("x-request-seq", ""))
     except ValueError as exc:
-        raise BadRequest("X-Client-Id needs an integer X-Request-Seq") from exc
-    if len(client_id) > 128 or not 0 <= seq < 2**63:
-        raise BadRequest("X-Client-Id is at most 128 characters and X-Request-Seq in [0, 2^63)")
-    return client_id, seq
+        raise BadRequest("X-Session-Id and X-Request-Seq must be integers") from exc
+    if not (0 < session < 2**63 and 0 < seq < 2**63):
+        raise BadRequest("X-Session-Id and X-Request-Seq must be in [1, 2^63)")
+    return session, seq
+
+
+def _session_timeout_from_env() -> float:
+    raw = os.environ.get("TXLAB_RAFT_SESSION_TIMEOUT", "")
+    try:
+        timeout = float(raw) if raw else DEFAULT_SESSION_TIMEOUT
+    except ValueError as exc:
+        raise ValueError(f"TXLAB_RAFT_SESSION_TIMEOUT must be a number of seconds, not {raw!r}") from exc
+    if not 0 < timeout < float("inf"):
+        raise ValueError(f"TXLAB_RAFT_SESSION_TIMEOUT must be positive and finite, not {raw!r}")
+    return timeout

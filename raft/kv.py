@@ -4,25 +4,41 @@ Every replica applies the same committed commands in the same order, so every re
 map. Values are stored as canonical JSON text (sorted keys, no spaces) so that compare-and-set
 compares JSON values, not spellings, and a read can be served without re-encoding.
 
-Exactly-once: a command may carry (client_id, seq). A session remembers the last seq applied for each
-client and its result; a retry of that seq (e.g. after a timeout or a leader change that re-proposed
-it) returns the remembered result instead of applying twice. Sessions are evicted oldest-first past
-`max_sessions`, identically on every replica because eviction depends only on the applied sequence.
+Exactly-once (Raft thesis §6.3): a client first commits a REGISTER command; the session id is the
+number of registrations applied before it plus one, so every replica hands out the same ids, and never
+the same id twice. Its commands then carry (session, seq); the session remembers the last seq applied
+and its outcome, and a retry of that seq returns the remembered outcome instead of applying twice. A
+command on a session this machine does not hold (never registered, or expired) is refused with
+SESSION_EXPIRED and has no effect: never a second application.
+
+Log time: the leader stamps every command with its wall clock and the session timeout when it proposes
+it. Applying a command moves the log clock to max(log clock, stamp), never back, then expires every
+session idle for longer than the stamped timeout. Whether a session is alive therefore depends only on
+the log, never on a replica's own clock, and a snapshot carries the sessions, their last activity and
+the log clock, so a restored replica decides the same. Past `max_sessions` live sessions, registering
+one more expires the least recently active: also a pure function of the log, and safe, since the
+expired session's requests are refused. A leader clock far ahead expires sessions early (their clients
+get "session expired"); one behind delays expiry; neither can make a command apply twice.
 """
 
 from __future__ import annotations
 
 import enum
 import json
-from typing import Any
+import math
+from collections import OrderedDict
+from typing import Any, NamedTuple
 
 import msgpack
+
+DEFAULT_SESSION_TIMEOUT = 3600.0  # seconds of log time a session may stay idle
 
 
 class Op(enum.IntEnum):
     PUT = 1
     DELETE = 2
     CAS = 3
+    REGISTER = 4  # open a client session (RegisterClient in the Raft thesis)
 
 
 _OPS = frozenset(int(op) for op in Op)
@@ -36,6 +52,19 @@ class Outcome(enum.IntEnum):
     CONFLICT = 2  # cas: current value differs from expected
     STALE_SEQUENCE = 3  # a seq older than the session's last one: its result is no longer known
     MALFORMED = 4  # not a valid command: ignored, identically on every replica
+    SESSION_EXPIRED = 5  # the session is unknown or expired: refused, not applied
+
+
+class Registered(NamedTuple):
+    """The result of a REGISTER command: the new session's id."""
+
+    session: int
+
+
+class Session(NamedTuple):
+    last_seq: int  # 0 right after registration
+    outcome: int  # the Outcome of last_seq
+    last_active: float  # log time of the session's last command
 
 
 def canonical_json(value: Any) -> str:
@@ -43,10 +72,24 @@ def canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
-def encode_command(op: Op, key: str, value: str | None = None, expected: str | None = None,
-                   client_id: str = "", seq: int = 0) -> bytes:
-    """A command as it is stored in the Raft log (value and expected are canonical JSON text)."""
-    return msgpack.packb([int(op), key, value, expected, client_id, seq], use_bin_type=True)
+def encode_command(op: Op, key: str, value: str | None = None, expected: str | None = None, session: int = 0,
+                   seq: int = 0, *, now: float, session_timeout: float = DEFAULT_SESSION_TIMEOUT) -> bytes:
+    """A command as it is stored in the Raft log (value and expected are canonical JSON text). `now` and
+    `session_timeout` are the proposing leader's stamp; session 0 means no session (no deduplication)."""
+    return msgpack.packb([int(op), key, value, expected, session, seq, now, session_timeout], use_bin_type=True)
+
+
+def encode_register(*, now: float, session_timeout: float = DEFAULT_SESSION_TIMEOUT) -> bytes:
+    """The command that opens a session; applying it returns `Registered(id)`."""
+    return encode_command(Op.REGISTER, "", now=now, session_timeout=session_timeout)
+
+
+def _is_time(x: object) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _is_count(x: object) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
 
 
 class KVStateMachine:
@@ -54,34 +97,56 @@ class KVStateMachine:
 
     def __init__(self, max_sessions: int = 100_000) -> None:
         self.data: dict[str, str] = {}
-        self.sessions: dict[str, tuple[int, int]] = {}  # client_id -> (last seq, its Outcome)
+        self.sessions: OrderedDict[int, Session] = OrderedDict()  # least recently active first
+        self.registered = 0  # sessions ever registered: the last id handed out
+        self.clock = 0.0  # log time: the largest leader stamp applied so far
         self.max_sessions = max_sessions
 
-    def apply(self, command: bytes) -> Outcome:
+    def apply(self, command: bytes) -> Outcome | Registered:
         """Apply one committed command (deterministic: same commands, same order, same state)."""
         try:
-            op, key, value, expected, client_id, seq = msgpack.unpackb(command, raw=False)
+            op, key, value, expected, session, seq, now, timeout = msgpack.unpackb(command, raw=False)
         except (ValueError, TypeError, msgpack.UnpackException):
             # a bad entry must not stop every replica at the same index: skip it deterministically
             return Outcome.MALFORMED
-        if op not in _OPS or not isinstance(key, str) or (op != Op.DELETE and not isinstance(value, str)):
+        if op not in _OPS or not isinstance(key, str) or (op in (Op.PUT, Op.CAS) and not isinstance(value, str)):
             return Outcome.MALFORMED
         if op == Op.CAS and not isinstance(expected, str):
             return Outcome.MALFORMED
-        if client_id:
-            last = self.sessions.get(client_id)
-            if last is not None:
-                if seq == last[0]:
-                    return Outcome(last[1])
-                if seq < last[0]:
-                    return Outcome.STALE_SEQUENCE
+        if not (_is_count(session) and _is_count(seq) and (seq > 0 or not session)):
+            return Outcome.MALFORMED
+        if not (_is_time(now) and _is_time(timeout) and timeout > 0):
+            return Outcome.MALFORMED
+        self._advance(now, timeout)
+        if op == Op.REGISTER:
+            return self._register()
+        if session:
+            state = self.sessions.get(session)
+            if state is None:
+                return Outcome.SESSION_EXPIRED
+            self.sessions.move_to_end(session)
+            if seq <= state.last_seq:
+                self.sessions[session] = state._replace(last_active=self.clock)
+                return Outcome(state.outcome) if seq == state.last_seq else Outcome.STALE_SEQUENCE
         outcome = self._execute(op, key, value, expected)
-        if client_id:
-            self.sessions.pop(client_id, None)  # re-insert at the end: eviction is oldest-used first
-            self.sessions[client_id] = (seq, int(outcome))
-            if len(self.sessions) > self.max_sessions:
-                del self.sessions[next(iter(self.sessions))]
+        if session:
+            self.sessions[session] = Session(seq, int(outcome), self.clock)
         return outcome
+
+    def _advance(self, now: float, timeout: float) -> None:
+        """Move log time forward to `now` and expire the sessions idle for longer than `timeout`."""
+        self.clock = max(self.clock, float(now))
+        horizon = self.clock - timeout
+        sessions = self.sessions
+        while sessions and sessions[next(iter(sessions))].last_active < horizon:
+            sessions.popitem(last=False)
+
+    def _register(self) -> Registered:
+        self.registered += 1
+        self.sessions[self.registered] = Session(0, int(Outcome.OK), self.clock)
+        if len(self.sessions) > self.max_sessions:
+            self.sessions.popitem(last=False)
+        return Registered(self.registered)
 
     def _execute(self, op: int, key: str, value: str, expected: str | None) -> Outcome:
         data = self.data
@@ -104,15 +169,15 @@ class KVStateMachine:
         return self.data.get(key)
 
     def snapshot(self) -> bytes:
-        """The whole state (map and sessions) as bytes for a Raft snapshot."""
-        return msgpack.packb([self.data, [[c, s, o] for c, (s, o) in self.sessions.items()]],
-                             use_bin_type=True)
+        """The whole state as bytes for a Raft snapshot: the map, the sessions (least recently active first,
+        with their last activity), the number of registrations and the log clock."""
+        sessions = [[sid, *state] for sid, state in self.sessions.items()]
+        return msgpack.packb([self.data, sessions, self.registered, self.clock], use_bin_type=True)
 
     def restore(self, blob: bytes) -> None:
         """Replace the state with a snapshot's (empty bytes = the initial empty state)."""
         if not blob:
-            self.data, self.sessions = {}, {}
+            self.data, self.sessions, self.registered, self.clock = {}, OrderedDict(), 0, 0.0
             return
-        data, sessions = msgpack.unpackb(blob, raw=False)
-        self.data = data
-        self.sessions = {c: (s, o) for c, s, o in sessions}
+        self.data, sessions, self.registered, self.clock = msgpack.unpackb(blob, raw=False)
+        self.sessions = OrderedDict((sid, Session(seq, outcome, active)) for sid, seq, outcome, active in sessions)

@@ -70,8 +70,12 @@ def test_bad_input_gets_a_4xx_with_a_message_never_a_500(cluster):
         httpx.post(f"{url}/raft/partition", json={"block": "everyone"}),
         httpx.put(f"{url}/kv/k", content=b"[" * 100_000),
         httpx.put(f"{url}/kv/k", content=b'{"value": NaN}'),
-        httpx.put(f"{url}/kv/k", json={"value": 1}, headers={"X-Client-Id": "c", "X-Request-Seq": "x"}),
-        httpx.put(f"{url}/kv/k", json={"value": 1}, headers={"X-Client-Id": "c", "X-Request-Seq": "9" * 30}),
+        httpx.put(f"{url}/kv/k", json={"value": 1}, headers={"X-Session-Id": "1", "X-Request-Seq": "x"}),
+        httpx.put(f"{url}/kv/k", json={"value": 1}, headers={"X-Session-Id": "1", "X-Request-Seq": "9" * 30}),
+        httpx.put(f"{url}/kv/k", json={"value": 1}, headers={"X-Session-Id": "1", "X-Request-Seq": "0"}),
+        httpx.put(f"{url}/kv/k", json={"value": 1}, headers={"X-Session-Id": "me", "X-Request-Seq": "1"}),
+        httpx.put(f"{url}/kv/k", json={"value": 1}, headers={"X-Client-Id": "c", "X-Request-Seq": "1"}),
+        httpx.get(f"{url}/sessions"),
     ]
     follower = next(i for i in range(1, 4) if i != cluster.wait_leader())
     cases.append(httpx.put(f"{cluster.http_url(follower)}/kv/k", json={"nope": 1}))  # 400 before any redirect
@@ -83,14 +87,33 @@ def test_bad_input_gets_a_4xx_with_a_message_never_a_500(cluster):
 def test_a_retried_command_with_the_same_session_applies_once(cluster):
     url = cluster.http_url(cluster.wait_leader())
     httpx.put(f"{url}/kv/acct", json={"value": 10})
-    headers = {"X-Client-Id": "client-a", "X-Request-Seq": "1"}
+    r = httpx.post(f"{url}/sessions")
+    assert r.status_code == 200
+    session = str(r.json()["session"])
+    headers = {"X-Session-Id": session, "X-Request-Seq": "1"}
     first = httpx.post(f"{url}/kv/acct/cas", json={"expected": 10, "value": 11}, headers=headers)
     retry = httpx.post(f"{url}/kv/acct/cas", json={"expected": 10, "value": 11}, headers=headers)
     assert first.status_code == 200
     assert retry.status_code == 200  # the cached outcome, although the value is no longer 10
     fresh = httpx.post(f"{url}/kv/acct/cas", json={"expected": 10, "value": 11},
-                       headers={"X-Client-Id": "client-a", "X-Request-Seq": "2"})
+                       headers={"X-Session-Id": session, "X-Request-Seq": "2"})
     assert fresh.status_code == 409
+
+
+def test_sessions_get_distinct_ids_and_a_follower_redirects_registration_to_the_leader(cluster):
+    leader = cluster.wait_leader()
+    follower = next(i for i in range(1, 4) if i != leader)
+    assert httpx.post(f"{cluster.http_url(follower)}/sessions").status_code == 307
+    ids = [httpx.post(f"{cluster.http_url(follower)}/sessions", follow_redirects=True).json()["session"]
+           for _ in range(3)]
+    assert len(set(ids)) == 3 and all(isinstance(i, int) and i > 0 for i in ids)
+
+
+def test_a_write_on_a_session_nobody_registered_is_refused_as_expired_and_not_applied(cluster):
+    url = cluster.http_url(cluster.wait_leader())
+    r = httpx.put(f"{url}/kv/ghost", json={"value": 1}, headers={"X-Session-Id": "4242", "X-Request-Seq": "1"})
+    assert r.status_code == 410 and r.json()["error"].startswith("session expired")
+    assert httpx.get(f"{url}/kv/ghost").status_code == 404
 
 
 def test_a_partitioned_leader_is_replaced_and_steps_down_after_healing(cluster):
