@@ -8,7 +8,8 @@
 - `POST /sessions` -> 200 `{"session": id, "timeout": seconds}` once the registration committed.
 - `GET /raft/status` -> id, role, term, leader, commit, applied, peers, ...
 - `GET /raft/events?since=N` -> this node's recent role changes, votes and rolled-back entries.
-- Admin (Bearer TXLAB_ADMIN_TOKEN when that variable is set): `POST /raft/partition` `{"block": [ids]}`,
+- Admin (always `Authorization: Bearer <token>`, the installation's admin token: see
+  `raft.cluster.admin_token`): `POST /raft/partition` `{"block": [ids]}`,
   `DELETE /raft/partition`, `POST /raft/campaign`, `POST /raft/transfer-leader` `{"to": id}`,
   `POST /raft/members` `{"op": "add" | "remove", "node": id}` (answers once the change committed).
 
@@ -64,12 +65,15 @@ class BadRequest(Exception):
 class KVApi:
     """Request handler for one node (pass it to `HttpServer`)."""
 
-    def __init__(self, node: RaftNode, admin_token: str | None, session_timeout: float | None = None) -> None:
+    def __init__(self, node: RaftNode, admin_token: str, session_timeout: float | None = None) -> None:
+        """`admin_token` is required: the admin routes are never open."""
         if not isinstance(node.machine, KVStateMachine):
             raise TypeError("the KV API needs a node replicating a KVStateMachine")
+        if not admin_token:
+            raise ValueError("the admin routes need a token")
         self.node = node
         self.kv: KVStateMachine = node.machine
-        self.admin_token = admin_token or None
+        self.admin_token = admin_token
         self.session_timeout = session_timeout or _session_timeout_from_env()
 
     async def __call__(self, req: Request) -> Response:
@@ -202,10 +206,10 @@ class KVApi:
         return _json(200, {"voters": list(voters)})
 
     async def _admin(self, req: Request, name: str) -> Response:
-        if self.admin_token is not None:
-            given = req.headers.get("authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {self.admin_token}".encode()):
-                return _error(401, "admin routes need Authorization: Bearer $TXLAB_ADMIN_TOKEN")
+        given = req.headers.get("authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {self.admin_token}".encode()):
+            return _error(401, "admin routes need Authorization: Bearer $TXLAB_ADMIN_TOKEN "
+                               "(unset: the token saved in $TXLAB_DATA_DIR/admin-token)")
         node = self.node
         if name == "partition":
             if req.method == "POST":

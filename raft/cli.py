@@ -1,4 +1,7 @@
-"""`txlab raft ...`: run one KV node, a local cluster, or look at a cluster's status."""
+"""`txlab raft ...`: run one KV node or a local cluster, look at a cluster's status, and use the admin routes.
+
+The nodes and these commands use the installation's admin token (`raft.cluster.admin_token`: the one the
+txlab services use), so the admin routes are never open and the commands need no token argument."""
 
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from raft.cluster import LocalCluster
+from raft.cluster import LocalCluster, admin_token
 
 app = typer.Typer(help="Replicated KV store on Raft: run nodes and clusters.", no_args_is_help=True,
                   add_completion=False)
@@ -26,14 +29,14 @@ def _default_data_dir() -> str:
     return os.path.join(os.environ.get("TXLAB_DATA_DIR", "./.txlab"), "raft")
 
 
-async def _serve(cfg, admin_token: str | None) -> None:
+async def _serve(cfg, token: str) -> None:
     from raft.api import KVApi
     from raft.http_server import HttpServer
     from raft.node import RaftNode
 
     node = RaftNode(cfg)
     await node.start()
-    http = HttpServer(KVApi(node, admin_token))
+    http = HttpServer(KVApi(node, token))
     await http.start(cfg.host, cfg.http_port(cfg.id))
     logging.getLogger("raft").info("node %d: http %s, raft port %d, recovered %d log entries", cfg.id,
                                    cfg.http_url(cfg.id), cfg.raft_port(cfg.id), node.recovered_entries)
@@ -76,7 +79,7 @@ def node(
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     gc.freeze()  # start-up objects never need collecting
     gc.set_threshold(50_000, 20, 20)  # fewer young-generation passes: they are pauses on the commit path
-    asyncio.run(_serve(cfg, os.environ.get("TXLAB_ADMIN_TOKEN")))
+    asyncio.run(_serve(cfg, admin_token()))
 
 
 @app.command()
@@ -95,6 +98,7 @@ def up(
             mark = "  (leader)" if i == leader else ""
             console.print(f"node {i}: {cluster.http_url(i)}{mark}")
         console.print(f"try: curl -XPUT {cluster.http_url(leader)}/kv/hello -d '{{\"value\": 1}}'")
+        console.print(f"admin token: {cluster.admin_token}")
         while cluster.alive():
             time.sleep(0.5)
     except KeyboardInterrupt:
@@ -123,6 +127,76 @@ def status(
         table.add_row(str(i), port, st["role"], str(st["term"]), str(st["leader"] or "-"), str(st["commit"]),
                       str(st["applied"]), str(st["last_index"]))
     console.print(table)
+
+
+def _admin(base_port: int, node: int, method: str, path: str, body: dict | None = None) -> dict:
+    """Call an admin route on `node` with the admin token (a follower redirects what only the leader does);
+    exits with status 1 and the node's answer unless it is a 200."""
+    url = f"http://127.0.0.1:{base_port + node - 1}{path}"
+    auth = {"Authorization": f"Bearer {admin_token()}"}
+    try:
+        r = httpx.request(method, url, json=body, headers=auth, timeout=15.0)
+        if r.status_code == 307:  # to the leader, by hand: httpx drops the token on a redirect to another port
+            url = r.headers["location"]
+            r = httpx.request(method, url, json=body, headers=auth, timeout=15.0)
+    except httpx.HTTPError as exc:
+        console.print(f"[red]{method} {url}: {exc!r}[/red]")
+        raise typer.Exit(1) from exc
+    if r.status_code != 200:
+        console.print(f"[red]{method} {url}: {r.status_code}[/red] {r.text}")
+        raise typer.Exit(1)
+    return r.json()
+
+
+@app.command()
+def partition(
+    node: int = typer.Argument(..., help="the node that drops the traffic"),
+    block: list[int] = typer.Option(..., "--block", help="a node to cut off (repeat for several)"),
+    base_port: int = typer.Option(7200),
+) -> None:
+    """Make NODE drop all traffic to and from the --block nodes."""
+    console.print(_admin(base_port, node, "POST", "/raft/partition", {"block": block}))
+
+
+@app.command()
+def heal(
+    node: int = typer.Argument(..., help="the node that stops dropping traffic"),
+    base_port: int = typer.Option(7200),
+) -> None:
+    """Undo `partition` at NODE."""
+    console.print(_admin(base_port, node, "DELETE", "/raft/partition"))
+
+
+@app.command()
+def campaign(
+    node: int = typer.Argument(..., help="the node that campaigns"),
+    base_port: int = typer.Option(7200),
+) -> None:
+    """Make NODE start an election now."""
+    console.print(_admin(base_port, node, "POST", "/raft/campaign"))
+
+
+@app.command("transfer-leader")
+def transfer_leader(
+    to: int = typer.Argument(..., help="the node to hand leadership to"),
+    via: int = typer.Option(1, help="the node asked first; a follower redirects to the leader"),
+    base_port: int = typer.Option(7200),
+) -> None:
+    """Make the leader hand leadership over to TO."""
+    console.print(_admin(base_port, via, "POST", "/raft/transfer-leader", {"to": to}))
+
+
+@app.command()
+def members(
+    op: str = typer.Argument(..., help="add or remove"),
+    node: int = typer.Argument(..., help="the node added or removed"),
+    via: int = typer.Option(1, help="the node asked first; a follower redirects to the leader"),
+    base_port: int = typer.Option(7200),
+) -> None:
+    """Add or remove one voter; prints the voters once the change committed."""
+    if op not in ("add", "remove"):
+        raise typer.BadParameter("OP must be add or remove")
+    console.print(_admin(base_port, via, "POST", "/raft/members", {"op": op, "node": node}))
 
 
 if __name__ == "__main__":

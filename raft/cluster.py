@@ -1,4 +1,5 @@
-"""A local cluster of real node processes on loopback: start, kill -9, restart, find the leader.
+"""A local cluster of real node processes on loopback: start, kill -9, restart, find the leader; and the
+admin token its nodes demand.
 
 Used by `txlab raft up`, the scenarios, the benchmark and the integration tests, so that each of them
 stops exactly the processes it started (by pid) and nothing else.
@@ -16,6 +17,8 @@ import time
 from dataclasses import dataclass, field
 
 import httpx
+
+from services.common.settings import Settings
 
 
 def free_base_port(nodes: int = 3) -> int:
@@ -37,6 +40,27 @@ def free_base_port(nodes: int = 3) -> int:
     raise RuntimeError("no free port range on 127.0.0.1")
 
 
+def admin_token() -> str:
+    """The admin token of this txlab installation, the one its services demand too: $TXLAB_ADMIN_TOKEN,
+    else the one saved in $TXLAB_DATA_DIR/admin-token, else a new random one saved there first. Processes
+    racing to create it all end up with the same one: the first saved."""
+    settings = Settings()
+    path = settings.token_file
+    if os.environ.get("TXLAB_ADMIN_TOKEN") or path.exists():
+        return settings.admin_token
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+        f.write(settings.admin_token)
+    try:
+        os.link(tmp, path)  # creates the file only if absent, and never half-written
+    except FileExistsError:
+        return path.read_text().strip()
+    finally:
+        tmp.unlink()
+    return settings.admin_token
+
+
 @dataclass
 class LocalCluster:
     nodes: int
@@ -48,6 +72,10 @@ class LocalCluster:
     extra_args: list[str] = field(default_factory=list)  # more `txlab raft node` options for every node
     log_dir: str | None = None  # node stderr goes to log_dir/node-i.log when set, else inherited
     procs: dict[int, subprocess.Popen] = field(default_factory=dict)
+    admin_token: str = field(default_factory=admin_token)  # every node demands it on its admin routes
+
+    def admin_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.admin_token}"}
 
     def http_url(self, i: int) -> str:
         return f"http://127.0.0.1:{self.base_port + i - 1}"
@@ -77,7 +105,8 @@ class LocalCluster:
         if self.log_dir is not None:
             os.makedirs(self.log_dir, exist_ok=True)
             stderr = open(os.path.join(self.log_dir, f"node-{i}.log"), "ab")
-        self.procs[i] = subprocess.Popen(self.command(i), stdout=subprocess.DEVNULL, stderr=stderr)
+        env = {**os.environ, "TXLAB_ADMIN_TOKEN": self.admin_token}
+        self.procs[i] = subprocess.Popen(self.command(i), stdout=subprocess.DEVNULL, stderr=stderr, env=env)
         if stderr is not None:
             stderr.close()
         if wait:

@@ -6,6 +6,12 @@ which then form the next batch: group commit), then send the messages, then appl
 the committed entries to the state machine, answer the reads whose index is applied, and advance.
 One exception, for the leader only: see `_LEADER_EARLY` below.
 
+Snapshots (log compaction) are taken beside that loop, not in it: the state at the applied index is
+captured on the loop (an O(n) copy of references, no encoding), serialised in a snapshot thread while
+entries go on being applied, then handed to the core and written by the writer thread. So however large
+the state machine, the loop goes on sending heartbeats, and each snapshot is exactly the state at its
+index.
+
 Guarantees given to clients: `submit` resolves only once its entry is committed and applied here (and
 reports the state machine's outcome); `read_barrier` resolves only once this leader confirmed its
 leadership with a quorum after the read arrived and applied everything committed before it (ReadIndex),
@@ -23,6 +29,7 @@ import os
 import random
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -84,6 +91,17 @@ class StateMachine(Protocol):
         """Replace the whole state with a snapshot's."""
 
 
+def snapshot_view(machine: StateMachine) -> Callable[[], bytes]:
+    """Capture `machine`'s state now; the returned function gives exactly `machine.snapshot()` as of this
+    call and may run in any thread while `machine` goes on applying. Cheap for a machine that offers a
+    `snapshot_view` of its own (the KV store); another machine is serialised here, on the caller's thread."""
+    own_view = getattr(machine, "snapshot_view", None)
+    if own_view is not None:
+        return own_view()
+    blob = machine.snapshot()
+    return lambda: blob
+
+
 class CommitUnknown(Exception):
     """The entry was proposed but this node cannot tell whether it committed (leader change, timeout)."""
 
@@ -111,6 +129,10 @@ class RaftNode:
         self.recovered_entries = len(rec.entries)
         self.transport = Transport(cfg.id, lambda i: (cfg.host, cfg.raft_port(i)), self.receive)
         self._writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"raft-wal-{cfg.id}")
+        self._snapshotter = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"raft-snap-{cfg.id}")
+        self._snapshot_task: asyncio.Task | None = None
+        # The newest writer-thread job the Ready loop does not wait for: a snapshot, then quick writes.
+        self._background_write: concurrent.futures.Future | None = None
         self._wake = asyncio.Event()
         self._waiters: dict[int, tuple[int, asyncio.Future]] = {}  # log index -> (term proposed in, future)
         self._reads_waiting: list[asyncio.Future] = []  # not yet covered by a read_index request
@@ -134,15 +156,17 @@ class RaftNode:
         self._tasks = [loop.create_task(self._ticker()), loop.create_task(self._ready_loop())]
 
     async def stop(self) -> None:
-        for t in self._tasks:
+        tasks = [*self._tasks, *([self._snapshot_task] if self._snapshot_task else [])]
+        for t in tasks:
             t.cancel()
-        for t in self._tasks:
+        for t in tasks:
             try:
                 await t
             except asyncio.CancelledError:
                 pass
         await self.transport.close()
-        self._writer.shutdown(wait=True)
+        self._snapshotter.shutdown(wait=True)
+        self._writer.shutdown(wait=True)  # after the snapshotter: a snapshot being written is finished
         self.storage.close()
 
     # ------------------------------------------------------------------------------------ client API
@@ -267,7 +291,7 @@ class RaftNode:
                         await loop.run_in_executor(self._writer, self.storage.save, rd.hard_state, rd.entries,
                                                    rd.snapshot, rd.must_sync)
                     elif rd.hard_state is not None or rd.entries:
-                        self.storage.save(rd.hard_state, rd.entries, None, False)  # no fsync: a quick write
+                        self._quick_save(rd)
                     self.transport.send(messages)
                     self._record_ready(rd)
                     if rd.snapshot is not None:
@@ -289,11 +313,28 @@ class RaftNode:
                             self._fail_reads()
                     core.advance(rd)
                     self._request_reads()
-                    if self.applied - self.snapshot_index >= self.cfg.snapshot_every:
-                        await self._take_snapshot()
+                    if (self._snapshot_task is None
+                            and self.applied - self.snapshot_index >= self.cfg.snapshot_every):
+                        view = snapshot_view(self.machine)  # taken now: exactly the state at self.applied
+                        self._snapshot_task = loop.create_task(self._take_snapshot(self.applied, view))
             except Exception:
                 log.exception("node %d: fatal error in the Ready loop", self.cfg.id)
                 os._exit(70)  # a replica that cannot persist or apply must stop rather than diverge
+
+    def _quick_save(self, rd: Ready) -> None:
+        """Write a Ready that needs no fsync (a new commit index): inline while the writer thread is idle,
+        else queued behind its snapshot and not waited for, since storage takes one thread at a time and
+        nothing depends on an unsynced write (the next synced save, queued after it, covers it)."""
+        if self._background_write is None or self._background_write.done():
+            self.storage.save(rd.hard_state, rd.entries, None, False)
+            return
+        self._background_write = self._writer.submit(self.storage.save, rd.hard_state, rd.entries, None, False)
+        self._background_write.add_done_callback(self._stop_if_failed)
+
+    def _stop_if_failed(self, job: concurrent.futures.Future) -> None:
+        if job.exception() is not None:
+            log.error("node %d: fatal error writing the log", self.cfg.id, exc_info=job.exception())
+            os._exit(70)  # as in the Ready loop: a replica that cannot persist must stop
 
     def _apply(self, entries: list[Entry]) -> None:
         machine_apply = self.machine.apply
@@ -319,13 +360,30 @@ class RaftNode:
             if not fut.done():
                 fut.set_exception(CommitUnknown("superseded by a snapshot from the leader"))
 
-    async def _take_snapshot(self) -> None:
-        index = self.applied
-        self.core.compact(index, self.machine.snapshot())
-        snap = self.core.snapshot
-        assert snap is not None
-        await asyncio.get_running_loop().run_in_executor(self._writer, self.storage.save_snapshot, snap)
-        self.snapshot_index = index
+    async def _take_snapshot(self, index: int, view: Callable[[], bytes]) -> None:
+        """Compact the log up to `index` with the state `view` captured there, and make it durable; the
+        Ready loop runs meanwhile. A node that cannot take its snapshot stops, as one that cannot persist."""
+        loop = asyncio.get_running_loop()
+        try:
+            data = await loop.run_in_executor(self._snapshotter, view)
+            self.core.compact(index, data)
+            snap = self.core.snapshot
+            if snap is None or snap.index != index:
+                return  # a newer snapshot from the leader was installed meanwhile: ours is obsolete
+            self._background_write = job = self._writer.submit(self.storage.save_snapshot, snap)
+            await asyncio.wrap_future(job)
+            self.snapshot_index = max(self.snapshot_index, index)
+        except Exception:
+            log.exception("node %d: fatal error taking a snapshot", self.cfg.id)
+            os._exit(70)
+        finally:
+            self._snapshot_task = None
+
+    def next_read_context(self) -> bytes:
+        """A ReadIndex context this node never used, not even before a restart (the boot id tells runs
+        apart): the leader keys reads by (sender, context), and a reused one could be confirmed by a
+        heartbeat round older than the read, or answer it with another read's index."""
+        return b"%s-%d" % (self.boot_id.encode(), next(self._ctx))
 
     def _request_reads(self) -> None:
         if not self._reads_waiting:
@@ -333,7 +391,7 @@ class RaftNode:
         if len(self._reads_sent) > 1000:  # never answered (leadership stuck): their clients timed out
             self._reads_sent = {c: fs for c, fs in self._reads_sent.items() if not all(f.done() for f in fs)}
         waiting, self._reads_waiting = self._reads_waiting, []
-        ctx = b"%d" % next(self._ctx)
+        ctx = self.next_read_context()
         try:
             self.core.read_index(ctx)
         except NotLeader as exc:

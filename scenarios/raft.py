@@ -32,11 +32,6 @@ from raft.cluster import LocalCluster
 console = Console()
 
 
-def _admin_headers() -> dict[str, str]:
-    token = os.environ.get("TXLAB_ADMIN_TOKEN")
-    return {"Authorization": f"Bearer {token}"} if token else {}
-
-
 class Timeline:
     """Collects every node's events (`GET /raft/events`: role changes, votes, rolled-back entries) in a
     background thread and prints them merged in time order; also notices nodes going down."""
@@ -272,7 +267,7 @@ def _split_vote(args: argparse.Namespace, data_dir: str) -> bool:
             _block(cluster, 1, [2])
             for i in (1, 2):
                 httpx.post(
-                    cluster.http_url(i) + "/raft/campaign", headers=_admin_headers()
+                    cluster.http_url(i) + "/raft/campaign", headers=cluster.admin_headers()
                 ).raise_for_status()
             wait_until(lambda: tl.candidates_in(1) == {1, 2}, 2)
             _heal(cluster, 1)
@@ -313,13 +308,13 @@ def partition(argv: list[str]) -> int:
 
 def _block(cluster: LocalCluster, node: int, others: list[int]) -> None:
     r = httpx.post(
-        cluster.http_url(node) + "/raft/partition", json={"block": others}, headers=_admin_headers()
+        cluster.http_url(node) + "/raft/partition", json={"block": others}, headers=cluster.admin_headers()
     )
     r.raise_for_status()
 
 
 def _heal(cluster: LocalCluster, node: int) -> None:
-    httpx.delete(cluster.http_url(node) + "/raft/partition", headers=_admin_headers()).raise_for_status()
+    httpx.delete(cluster.http_url(node) + "/raft/partition", headers=cluster.admin_headers()).raise_for_status()
 
 
 def _partition(args: argparse.Namespace, data_dir: str) -> bool:

@@ -8,7 +8,8 @@ from raft.cluster import LocalCluster, free_base_port
 
 
 @pytest.fixture
-def make_cluster(tmp_path):
+def make_cluster(tmp_path, monkeypatch):
+    monkeypatch.setenv("TXLAB_DATA_DIR", str(tmp_path / "txlab"))  # a generated admin token is saved here
     started: list[LocalCluster] = []
 
     def make(nodes: int = 3, spare: int = 0, **kw) -> LocalCluster:

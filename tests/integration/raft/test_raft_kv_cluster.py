@@ -67,7 +67,7 @@ def test_bad_input_gets_a_4xx_with_a_message_never_a_500(cluster):
         httpx.patch(f"{url}/kv/k", json={"value": 1}),
         httpx.get(f"{url}/nope"),
         httpx.put(f"{url}/kv/{'k' * 2000}", json={"value": 1}),
-        httpx.post(f"{url}/raft/partition", json={"block": "everyone"}),
+        httpx.post(f"{url}/raft/partition", json={"block": "everyone"}, headers=cluster.admin_headers()),
         httpx.put(f"{url}/kv/k", content=b"[" * 100_000),
         httpx.put(f"{url}/kv/k", content=b'{"value": NaN}'),
         httpx.put(f"{url}/kv/k", json={"value": 1}, headers={"X-Session-Id": "1", "X-Request-Seq": "x"}),
@@ -119,11 +119,12 @@ def test_a_write_on_a_session_nobody_registered_is_refused_as_expired_and_not_ap
 def test_a_partitioned_leader_is_replaced_and_steps_down_after_healing(cluster):
     old = cluster.wait_leader()
     others = [i for i in range(1, 4) if i != old]
-    r = httpx.post(f"{cluster.http_url(old)}/raft/partition", json={"block": others})
+    auth = cluster.admin_headers()
+    r = httpx.post(f"{cluster.http_url(old)}/raft/partition", json={"block": others}, headers=auth)
     assert r.status_code == 200 and r.json()["blocked"] == others
     new = cluster.wait_leader(timeout=10, among=others)
     assert httpx.put(f"{cluster.http_url(new)}/kv/after", json={"value": "majority side"}).status_code == 200
-    assert httpx.delete(f"{cluster.http_url(old)}/raft/partition").status_code == 200
+    assert httpx.delete(f"{cluster.http_url(old)}/raft/partition", headers=auth).status_code == 200
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         st = cluster.status(old)

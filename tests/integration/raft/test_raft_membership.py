@@ -23,12 +23,14 @@ def test_a_fourth_node_joins_catches_up_and_the_old_leader_can_be_removed(make_c
         assert httpx.put(f"{url}/kv/k{i}", json={"value": i}).status_code == 200
     c.start_node(4)
     assert c.status(4)["role"] == "follower" and 4 not in c.status(4)["voters"]
-    r = httpx.post(f"{url}/raft/members", json={"op": "add", "node": 4}, timeout=10)
+    r = httpx.post(f"{url}/raft/members", json={"op": "add", "node": 4}, headers=c.admin_headers(),
+                   timeout=10)
     assert r.status_code == 200 and sorted(r.json()["voters"]) == [1, 2, 3, 4]
     _wait(lambda: (c.status(4) or {}).get("applied", 0) >= c.status(leader)["commit"])
     assert c.status(4)["keys"] == 20
 
-    r = httpx.post(f"{url}/raft/members", json={"op": "remove", "node": leader}, timeout=10)
+    r = httpx.post(f"{url}/raft/members", json={"op": "remove", "node": leader}, headers=c.admin_headers(),
+                   timeout=10)
     assert r.status_code == 200 and leader not in r.json()["voters"]
     remaining = [i for i in (1, 2, 3, 4) if i != leader]
     new = c.wait_leader(timeout=10, among=remaining)
@@ -39,6 +41,6 @@ def test_a_fourth_node_joins_catches_up_and_the_old_leader_can_be_removed(make_c
 def test_membership_requests_are_validated(make_cluster):
     c = make_cluster(3)
     c.start()
-    url = c.http_url(c.wait_leader())
-    assert httpx.post(f"{url}/raft/members", json={"op": "grow", "node": 4}).status_code == 400
-    assert httpx.post(f"{url}/raft/members", json={"op": "add", "node": 2}).status_code == 409  # already in
+    url, auth = c.http_url(c.wait_leader()), c.admin_headers()
+    assert httpx.post(f"{url}/raft/members", json={"op": "grow", "node": 4}, headers=auth).status_code == 400
+    assert httpx.post(f"{url}/raft/members", json={"op": "add", "node": 2}, headers=auth).status_code == 409

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 
 import msgpack
+import pytest
 
 from raft.kv import KVStateMachine, Op, Outcome, Registered, canonical_json, encode_command, encode_register
 
@@ -179,3 +180,9 @@ def test_a_malformed_entry_is_skipped_the_same_way_everywhere_instead_of_crashin
     for command in junk:
         assert kv.apply(command) is Outcome.MALFORMED
     assert kv.data == {} and kv.clock == T0
+
+
+def test_a_snapshot_from_before_log_time_sessions_is_refused_with_a_clear_message():
+    old = msgpack.packb([{"k": "1"}, [["client-1", 3, 0]]], use_bin_type=True)
+    with pytest.raises(ValueError, match="older txlab"):
+        KVStateMachine().restore(old)

@@ -63,3 +63,15 @@ async def test_a_vote_is_granted_only_after_term_and_vote_are_durable(tmp_path):
         assert node.storage.hard_state.vote == 3
     finally:
         await node.stop()
+
+
+def test_a_restarted_node_never_reuses_a_read_context(tmp_path):
+    """The leader keys pending reads by (sender, context) (thesis §6.4): a context reused after a restart could
+    be confirmed by a heartbeat round older than the read."""
+    cfg = NodeConfig(id=2, nodes=3, data_dir=str(tmp_path), base_port=free_base_port(3))
+    seen: list[bytes] = []
+    for _ in range(2):  # the same node, started twice
+        node = RaftNode(cfg)
+        seen += [node.next_read_context() for _ in range(3)]
+        node.storage.close()
+    assert len(set(seen)) == len(seen)

@@ -1,0 +1,133 @@
+"""Taking a snapshot of a large state machine: the leader's heartbeats keep flowing meanwhile, and the
+snapshot holds exactly the state at its index while later entries go on being applied."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+
+from raft.cluster import free_base_port
+from raft.kv import KVStateMachine, Op, encode_command, encode_register
+from raft.node import TICK_SECONDS, NodeConfig, RaftNode, snapshot_view
+from raft.storage import Storage
+from raft.types import MsgType
+
+STATE_BYTES = 50 * 1024 * 1024
+
+
+def fill(kv: KVStateMachine, total: int = STATE_BYTES, value_size: int = 500) -> None:
+    """Put about `total` bytes of distinct values in the machine directly: only its size matters here."""
+    kv.data.update((f"bulk-{i:08d}", f"{i:08d}".ljust(value_size, "x")) for i in range(total // value_size))
+
+
+async def until(condition, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.01)
+
+
+async def test_heartbeats_keep_flowing_while_a_50_mb_snapshot_is_taken(tmp_path):
+    base = free_base_port(3)
+    # Node 1 leads and snapshots; the followers never campaign nor snapshot, so only its timing is seen.
+    nodes = [RaftNode(NodeConfig(id=i, nodes=3, data_dir=str(tmp_path), base_port=base,
+                                 election_tick=15 if i == 1 else 1000,
+                                 snapshot_every=50 if i == 1 else 10**9)) for i in (1, 2, 3)]
+    leader = nodes[0]
+    for n in nodes:
+        await n.start()
+    try:
+        leader.campaign()
+        await until(lambda: leader.is_leader)
+        fill(leader.machine)
+        beats: list[float] = []
+        send = leader.transport.send
+
+        def recording_send(messages):
+            if any(m.type is MsgType.HEARTBEAT for m in messages):
+                beats.append(time.monotonic())
+            send(messages)
+
+        leader.transport.send = recording_send
+        i = 0
+        while leader.applied < leader.cfg.snapshot_every:  # the last of these triggers the snapshot
+            await leader.submit(encode_command(Op.PUT, f"k{i}", "1", now=time.time()))
+            i += 1
+        await until(lambda: leader.snapshot_index > 0)
+        await asyncio.sleep(0.2)
+        beats.append(time.monotonic())  # a silence lasting until now counts too
+        worst = max(b - a for a, b in itertools.pairwise(beats))
+        election_timeout = leader.cfg.election_tick * TICK_SECONDS
+        assert worst < election_timeout, f"heartbeats stopped for {worst * 1000:.0f} ms during the snapshot"
+        assert leader.is_leader
+        assert len(leader.core.snapshot.data) > STATE_BYTES
+    finally:
+        for n in nodes:
+            await n.stop()
+
+
+async def test_a_snapshot_holds_exactly_the_state_at_its_index_while_later_entries_are_applied(tmp_path):
+    node = RaftNode(NodeConfig(id=1, nodes=1, data_dir=str(tmp_path), base_port=free_base_port(1),
+                               snapshot_every=50))
+    await node.start()
+    proposed: dict[int, bytes] = {}
+    applied_when_durable: list[tuple[int, int]] = []  # (snapshot index, applied index once it is on disk)
+    try:
+        node.campaign()
+        await until(lambda: node.is_leader)
+        fill(node.machine, total=20 * 1024 * 1024)
+        propose, save_snapshot = node.core.propose, node.storage.save_snapshot
+
+        def recording_propose(data: bytes) -> int:
+            proposed[index := propose(data)] = data
+            return index
+
+        def recording_save_snapshot(snap) -> None:
+            save_snapshot(snap)
+            applied_when_durable.append((snap.index, node.applied))
+
+        node.core.propose, node.storage.save_snapshot = recording_propose, recording_save_snapshot
+
+        async def write(client: int) -> None:
+            session = (await node.submit(encode_register(now=time.time()))).session
+            seq = 0
+            while not applied_when_durable:
+                seq += 1
+                await node.submit(encode_command(Op.PUT, f"c{client}-{seq % 7}", str(seq), None, session, seq,
+                                                 now=time.time()))
+
+        await asyncio.gather(*(write(c) for c in range(4)))
+    finally:
+        await node.stop()
+    index, applied = applied_when_durable[0]
+    assert applied > index  # entries were applied while the snapshot was serialised and written
+    _, recovered = Storage.open(node.cfg.node_dir)
+    snap = recovered.snapshot
+    assert snap is not None and snap.index >= index
+    expected = KVStateMachine()
+    fill(expected, total=20 * 1024 * 1024)
+    for i in sorted(i for i in proposed if i <= snap.index):
+        expected.apply(proposed[i])
+    restored = KVStateMachine()
+    restored.restore(snap.data)
+    assert restored.data == expected.data
+    assert restored.sessions == expected.sessions
+    assert any(i > snap.index for i in proposed)  # so the comparison does tell the index apart
+
+
+def test_a_snapshot_view_serialises_the_state_when_taken_not_when_run():
+    kv = KVStateMachine()
+    one, two = (kv.apply(encode_register(now=10.0 + i)).session for i in range(2))
+    kv.apply(encode_command(Op.PUT, "ключ", '{"a":[1,2.5,null]}', None, one, 1, now=12.0))
+    kv.apply(encode_command(Op.PUT, "k" * 300, "x" * 70_000, now=12.5))
+    kv.apply(encode_command(Op.CAS, "absent", "1", "null", two, 9, now=13.0))
+    before = kv.snapshot()
+    view = snapshot_view(kv)
+    kv.apply(encode_command(Op.DELETE, "ключ", None, None, one, 2, now=14.0))
+    kv.apply(encode_register(now=15.0))
+    assert view() == before
+    restored = KVStateMachine()
+    restored.restore(before)
+    assert (restored.data, restored.sessions, restored.registered, restored.clock) != (kv.data, kv.sessions,
+                                                                                        kv.registered, kv.clock)
