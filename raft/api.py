@@ -11,7 +11,10 @@
 - Admin (always `Authorization: Bearer <token>`, the installation's admin token: see
   `raft.cluster.admin_token`): `POST /raft/partition` `{"block": [ids]}`,
   `DELETE /raft/partition`, `POST /raft/campaign`, `POST /raft/transfer-leader` `{"to": id}`,
-  `POST /raft/members` `{"op": "add" | "remove", "node": id}` (answers once the change committed).
+  `POST /raft/members` `{"op": "add-learner" | "promote" | "remove" | "add", "node": id}` (answers once
+  the change committed, with the voters and learners; 409 with the reason when refused, e.g. promoting a
+  learner that has not caught up). add-learner then promote is the safe way to add a server; "add" makes
+  a voter at once.
 
 On a follower, KV routes answer 307 with Location on the leader (same path), or 503 `{"leader": null}`
 while no leader is known. Optional headers `X-Session-Id` (from `POST /sessions`) + `X-Request-Seq` (1, 2,
@@ -45,7 +48,7 @@ from raft.kv import (
     encode_register,
 )
 from raft.node import CommitUnknown, RaftNode
-from raft.types import ConfChange
+from raft.types import CONF_CHANGE_OPS, ConfChange
 
 MAX_KEY = 1024
 
@@ -193,17 +196,18 @@ class KVApi:
     async def _change_membership(self, req: Request) -> Response:
         body = _body(req)
         op, target = _field(body, "op"), _field(body, "node")
-        if op not in ("add", "remove") or not isinstance(target, int) or target < 1:
-            raise BadRequest('use {"op": "add" | "remove", "node": <id >= 1>}')
+        if op not in CONF_CHANGE_OPS or not isinstance(target, int) or target < 1:
+            raise BadRequest('use {"op": "add-learner" | "promote" | "remove" | "add", "node": <id >= 1>}')
         try:
-            voters = await self.node.change_membership(ConfChange(op, target))
+            await self.node.change_membership(ConfChange(op, target))
         except NotLeader as exc:
             return self._not_leader(exc.leader, req)
         except ValueError as exc:
             return _error(409, str(exc))
         except CommitUnknown as exc:
             return _error(503, str(exc), outcome="unknown")
-        return _json(200, {"voters": list(voters)})
+        core = self.node.core
+        return _json(200, {"voters": list(core.voters), "learners": list(core.learners)})
 
     async def _admin(self, req: Request, name: str) -> Response:
         given = req.headers.get("authorization", "")

@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from raft.cluster import LocalCluster, admin_token
+from raft.types import CONF_CHANGE_OPS
 
 app = typer.Typer(help="Replicated KV store on Raft: run nodes and clusters.", no_args_is_help=True,
                   add_completion=False)
@@ -114,7 +115,7 @@ def status(
 ) -> None:
     """Show each node's role, term, leader, commit and applied index."""
     table = Table(title="raft cluster")
-    for col in ("node", "http", "role", "term", "leader", "commit", "applied", "last index"):
+    for col in ("node", "http", "role", "member", "term", "leader", "commit", "applied", "last index"):
         table.add_column(col, no_wrap=True)
     for i in range(1, nodes + 1):
         url = f"http://127.0.0.1:{base_port + i - 1}"
@@ -122,16 +123,17 @@ def status(
         try:
             st = httpx.get(url + "/raft/status", timeout=1.0).json()
         except (httpx.HTTPError, ValueError):
-            table.add_row(str(i), port, "[red]down[/red]", "", "", "", "", "")
+            table.add_row(str(i), port, "[red]down[/red]", "", "", "", "", "", "")
             continue
-        table.add_row(str(i), port, st["role"], str(st["term"]), str(st["leader"] or "-"), str(st["commit"]),
-                      str(st["applied"]), str(st["last_index"]))
+        member = "voter" if i in st["voters"] else "learner" if i in st.get("learners", ()) else "-"
+        table.add_row(str(i), port, st["role"], member, str(st["term"]), str(st["leader"] or "-"),
+                      str(st["commit"]), str(st["applied"]), str(st["last_index"]))
     console.print(table)
 
 
-def _admin(base_port: int, node: int, method: str, path: str, body: dict | None = None) -> dict:
+def _admin_request(base_port: int, node: int, method: str, path: str, body: dict | None = None) -> httpx.Response:
     """Call an admin route on `node` with the admin token (a follower redirects what only the leader does);
-    exits with status 1 and the node's answer unless it is a 200."""
+    exits with status 1 when no node answers."""
     url = f"http://127.0.0.1:{base_port + node - 1}{path}"
     auth = {"Authorization": f"Bearer {admin_token()}"}
     try:
@@ -142,8 +144,14 @@ def _admin(base_port: int, node: int, method: str, path: str, body: dict | None 
     except httpx.HTTPError as exc:
         console.print(f"[red]{method} {url}: {exc!r}[/red]")
         raise typer.Exit(1) from exc
+    return r
+
+
+def _admin(base_port: int, node: int, method: str, path: str, body: dict | None = None) -> dict:
+    """`_admin_request`, exiting with status 1 and the node's answer unless it is a 200."""
+    r = _admin_request(base_port, node, method, path, body)
     if r.status_code != 200:
-        console.print(f"[red]{method} {url}: {r.status_code}[/red] {r.text}")
+        console.print(f"[red]{method} {r.request.url}: {r.status_code}[/red] {r.text}")
         raise typer.Exit(1)
     return r.json()
 
@@ -188,15 +196,63 @@ def transfer_leader(
 
 @app.command()
 def members(
-    op: str = typer.Argument(..., help="add or remove"),
-    node: int = typer.Argument(..., help="the node added or removed"),
+    op: str = typer.Argument(..., help="add-learner, promote, remove or add (a voter at once)"),
+    node: int = typer.Argument(..., help="the node added, promoted or removed"),
     via: int = typer.Option(1, help="the node asked first; a follower redirects to the leader"),
     base_port: int = typer.Option(7200),
 ) -> None:
-    """Add or remove one voter; prints the voters once the change committed."""
-    if op not in ("add", "remove"):
-        raise typer.BadParameter("OP must be add or remove")
-    console.print(_admin(base_port, via, "POST", "/raft/members", {"op": op, "node": node}))
+    """Change the membership by one node; prints the voters and learners once the change committed."""
+    if op not in CONF_CHANGE_OPS:
+        raise typer.BadParameter(f"OP must be one of {', '.join(CONF_CHANGE_OPS)}")
+    _change_membership(op, node, via, base_port)
+
+
+_DONE = {"add": "node {n} is a voter", "add-learner": "node {n} joined as a learner: it receives the log but "
+         "does not vote; promote it once it caught up", "promote": "node {n} was promoted to voter",
+         "remove": "node {n} was removed"}
+
+
+def _change_membership(op: str, node: int, via: int, base_port: int) -> None:
+    r = _admin_request(base_port, via, "POST", "/raft/members", {"op": op, "node": node})
+    try:
+        answer = r.json()
+    except ValueError:
+        answer = {"error": r.text}
+    if r.status_code != 200:
+        console.print(f"[red]{op} {node} refused ({r.status_code}):[/red] {answer.get('error', answer)}")
+        raise typer.Exit(1)
+    console.print(_DONE[op].format(n=node))
+    console.print(f"voters: {answer['voters']}  learners: {answer.get('learners', [])}")
+
+
+@app.command("add-learner")
+def add_learner(
+    node: int = typer.Argument(..., help="the new node (started with --join)"),
+    via: int = typer.Option(1, help="the node asked first; a follower redirects to the leader"),
+    base_port: int = typer.Option(7200),
+) -> None:
+    """Add NODE as a learner: it catches up without counting toward any quorum (then `promote` it)."""
+    _change_membership("add-learner", node, via, base_port)
+
+
+@app.command()
+def promote(
+    node: int = typer.Argument(..., help="the learner to make a voter"),
+    via: int = typer.Option(1, help="the node asked first; a follower redirects to the leader"),
+    base_port: int = typer.Option(7200),
+) -> None:
+    """Make learner NODE a voter; refused while it lags behind the leader's commit index."""
+    _change_membership("promote", node, via, base_port)
+
+
+@app.command()
+def remove(
+    node: int = typer.Argument(..., help="the voter or learner to remove"),
+    via: int = typer.Option(1, help="the node asked first; a follower redirects to the leader"),
+    base_port: int = typer.Option(7200),
+) -> None:
+    """Remove voter or learner NODE from the cluster."""
+    _change_membership("remove", node, via, base_port)
 
 
 if __name__ == "__main__":

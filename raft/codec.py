@@ -34,11 +34,12 @@ def entry_from_wire(w: list) -> Entry:
 
 
 def snapshot_to_wire(s: Snapshot) -> list:
-    return [s.index, s.term, list(s.conf.voters), s.data]
+    return [s.index, s.term, list(s.conf.voters), s.data, list(s.conf.learners)]
 
 
 def snapshot_from_wire(w: list) -> Snapshot:
-    return Snapshot(w[0], w[1], ConfState(tuple(w[2])), w[3])
+    learners = tuple(w[4]) if len(w) > 4 else ()  # snapshots written before learners existed have none
+    return Snapshot(w[0], w[1], ConfState(tuple(w[2]), learners), w[3])
 
 
 def message_to_wire(m: Message) -> list:

@@ -60,6 +60,7 @@ class Config:
     commit_quorum: str = "majority"  # "all": commit only once every voter stored the entry
     max_entries_per_msg: int = 1024
     max_inflight_msgs: int = 256
+    max_learner_lag: int = 10  # a learner is promoted only once its match index is this close to the commit
     seed: int = 0  # seeds this node's own random.Random (election timeouts)
 
     def __post_init__(self) -> None:
@@ -166,10 +167,10 @@ class Raft:
             raise ValueError(f"log starts at {self._ents[0].index}, expected {self._offset}")
         self._stabled = self.last_index
         self._pending_snapshot: Snapshot | None = None  # received by InstallSnapshot, not yet handed out
-        # Membership comes from the log (thesis §4.1): voters at the snapshot plus every CONF_CHANGE entry.
-        self._conf_base: tuple[int, ...] = tuple(snapshot.conf.voters) if snapshot else tuple(cfg.peers)
-        self._conf_log: list[tuple[int, tuple[int, ...]]] = []  # (entry index, voters after it)
-        self._voters: tuple[int, ...] = self._conf_base
+        # Membership comes from the log (thesis §4.1): the snapshot's ConfState plus every CONF_CHANGE entry.
+        self._conf_base = snapshot.conf if snapshot else ConfState(tuple(cfg.peers))
+        self._conf_log: list[tuple[int, ConfState]] = []  # (entry index, membership after it)
+        self._set_conf(self._conf_base)
         self._role = Role.FOLLOWER
         self._scan_conf(self._ents)
 
@@ -234,6 +235,11 @@ class Raft:
         return self._voters
 
     @property
+    def learners(self) -> tuple[int, ...]:
+        """Non-voting members (thesis §4.2.1): replicated to, never counted in a quorum, never campaign."""
+        return self._learners
+
+    @property
     def snapshot(self) -> Snapshot | None:
         return self._snap
 
@@ -261,6 +267,7 @@ class Raft:
             "applied": self._applied,
             "last_index": self.last_index,
             "voters": list(self._voters),
+            "learners": list(self._learners),
         }
         if self._role is Role.LEADER:
             st["progress"] = {
@@ -292,17 +299,26 @@ class Raft:
     def propose_conf_change(self, cc: ConfChange) -> int:
         """Append a single-server membership change (thesis §4.1); it takes effect as soon as it is appended.
 
-        Raises ValueError while another change is uncommitted, or before this leader committed an entry of its
-        own term (the fix to the single-server change bug Ongaro described in 2015).
+        Raises ValueError while another change is uncommitted, before this leader committed an entry of its
+        own term (the fix to the single-server change bug Ongaro described in 2015), when the change is
+        invalid, or when promoting a learner that has not caught up: a voter with a short log could leave the
+        cluster unable to commit until it does (thesis §4.2.1).
         """
         self._check_leader()
         if any(idx > self._commit for idx, _ in self._conf_log):
             raise ValueError("a membership change is already in progress")
         if self._commit < self._term_start:
             raise ValueError("the leader has not committed an entry of its term yet")
-        voters = _apply_conf(self._voters, cc)
-        if not voters:
+        conf = _apply_conf(self._conf(), cc)
+        if not conf.voters:
             raise ValueError("cannot remove the last voter")
+        if cc.op == "promote":
+            pr = self._prs.get(cc.node)
+            match = pr.match if pr is not None else 0
+            if self._commit - match > self.cfg.max_learner_lag:
+                raise ValueError(f"learner {cc.node} has not caught up: it has stored up to index {match}, the "
+                                 f"commit index is {self._commit} (at most {self.cfg.max_learner_lag} behind "
+                                 f"may be promoted); retry once it caught up")
         return self._propose(EntryType.CONF_CHANGE, cc.encode())
 
     def read_index(self, context: bytes) -> None:
@@ -345,8 +361,8 @@ class Raft:
             return
         term = self.term_at(index)
         assert term is not None
-        self._snap = Snapshot(index, term, ConfState(self._voters_at(index)), data)
-        self._conf_base = self._snap.conf.voters
+        self._snap = Snapshot(index, term, self._conf_at(index), data)
+        self._conf_base = self._snap.conf
         self._conf_log = [c for c in self._conf_log if c[0] > index]
         del self._ents[: index - self._offset + 1]
         self._offset = index + 1
@@ -485,12 +501,16 @@ class Raft:
         return HardState(self._term, self._vote, commit)
 
     def _promotable(self) -> bool:
-        """May this node start an election? A voter may; so may a node whose own removal is still
+        """May this node start an election? A voter may; so may a voter whose own removal is still
         uncommitted (thesis §4.2.2: it can lead the cluster through the change, counting only the new
-        voters), or a cluster whose last leader removed itself could be left with no one able to finish."""
+        voters), or a cluster whose last leader removed itself could be left with no one able to finish.
+        A learner never may, not even a pre-vote (thesis §4.2.1: non-voting members)."""
         if self._pending_snapshot is not None:
             return False
-        return self.id in self._voters or self.id in self._pending_removals()
+        if self.id in self._voters:
+            return True
+        before = self._conf_before_pending()
+        return before is not None and self.id in before.voters
 
     def _reset(self, term: int) -> None:
         if term != self._term:
@@ -531,7 +551,7 @@ class Raft:
         self._role = Role.LEADER
         self._lead = self.id
         nxt = self.last_index + 1
-        for p in self._voters:
+        for p in (*self._voters, *self._learners):  # learners are replicated to like followers (§4.2.1)
             self._prs[p] = _Progress(nxt)
         for p in self._pending_removals():
             self._prs[p] = _Progress(nxt)
@@ -707,9 +727,9 @@ class Raft:
         self._stabled = s.index
         self._commit = s.index
         self._pending_snapshot = s
-        self._conf_base = tuple(s.conf.voters)
+        self._conf_base = s.conf
         self._conf_log = []
-        self._voters = self._conf_base
+        self._set_conf(self._conf_base)
         return True
 
     def _commit_to(self, index: int) -> None:
@@ -724,7 +744,7 @@ class Raft:
             self._stabled = min(self._stabled, first - 1)
             if self._conf_log and self._conf_log[-1][0] >= first:
                 self._conf_log = [c for c in self._conf_log if c[0] < first]
-                self._voters = self._conf_log[-1][1] if self._conf_log else self._conf_base
+                self._set_conf(self._conf_log[-1][1] if self._conf_log else self._conf_base)
         self._ents.extend(ents)
         self._scan_conf(ents)
 
@@ -734,35 +754,50 @@ class Raft:
                 self._apply_conf_entry(e)
 
     def _apply_conf_entry(self, e: Entry) -> None:
-        voters = _apply_conf(self._voters, ConfChange.decode(e.data), strict=False)
-        self._conf_log.append((e.index, voters))
-        self._voters = voters
+        conf = _apply_conf(self._conf(), ConfChange.decode(e.data), strict=False)
+        self._conf_log.append((e.index, conf))
+        self._set_conf(conf)
         if self._role is Role.LEADER:
-            for p in voters:
+            members = conf.members
+            for p in members:
                 if p not in self._prs:
                     pr = self._prs[p] = _Progress(self.last_index + 1)
                     pr.recent_active = True  # give a new member one election timeout to answer
                 self._prs[p].removed_at = self._prs[p].removal_told = 0
             for p, pr in self._prs.items():
-                if p not in voters and p != self.id and not pr.removed_at:
+                if p not in members and p != self.id and not pr.removed_at:
                     pr.removed_at = e.index
-            if self._lead_transferee not in (NONE, *voters):
+            if self._lead_transferee not in (NONE, *conf.voters):
                 self._lead_transferee = NONE
 
-    def _voters_at(self, index: int) -> tuple[int, ...]:
-        voters = self._conf_base
-        for idx, v in self._conf_log:
+    def _conf(self) -> ConfState:
+        return ConfState(self._voters, self._learners)
+
+    def _set_conf(self, conf: ConfState) -> None:
+        self._voters = conf.voters
+        self._learners = conf.learners
+
+    def _conf_at(self, index: int) -> ConfState:
+        conf = self._conf_base
+        for idx, c in self._conf_log:
             if idx > index:
                 break
-            voters = v
-        return voters
+            conf = c
+        return conf
+
+    def _conf_before_pending(self) -> ConfState | None:
+        """The membership before the last conf change when that change is not committed yet, else None."""
+        if not self._conf_log or self._conf_log[-1][0] <= self._commit:
+            return None
+        return self._conf_log[-2][1] if len(self._conf_log) > 1 else self._conf_base
 
     def _pending_removals(self) -> tuple[int, ...]:
-        """Nodes removed by a not yet committed conf change: still replicated to, not counted in quorums."""
-        if not self._conf_log or self._conf_log[-1][0] <= self._commit:
+        """Members removed by a not yet committed conf change: still replicated to, not counted in quorums."""
+        before = self._conf_before_pending()
+        if before is None:
             return ()
-        before = self._conf_log[-2][1] if len(self._conf_log) > 1 else self._conf_base
-        return tuple(p for p in before if p not in self._voters)
+        members = (*self._voters, *self._learners)
+        return tuple(p for p in before.members if p not in members)
 
     def _last_conf_index(self) -> int:
         return self._conf_log[-1][0] if self._conf_log else 0
@@ -865,6 +900,7 @@ class Raft:
             self._send(Message(MsgType.TIMEOUT_NOW, self.id, m.frm, self._term))
 
     def _maybe_commit(self) -> bool:
+        # Only voters count: a learner's ack never commits anything (thesis §4.2.1, non-voting members).
         matches = sorted((self._prs[p].match for p in self._voters), reverse=True)
         if self.cfg.commit_quorum == "all":
             idx = matches[-1]
@@ -1015,16 +1051,29 @@ class _PendingRead:
         self.acks: set[int] = set()
 
 
-def _apply_conf(voters: tuple[int, ...], cc: ConfChange, strict: bool = True) -> tuple[int, ...]:
-    """Voters after `cc`; strict (a new proposal) rejects no-op changes, replaying the log tolerates them."""
-    if cc.op == "add":
-        if cc.node in voters:
+def _apply_conf(conf: ConfState, cc: ConfChange, strict: bool = True) -> ConfState:
+    """Membership after `cc`; strict (a new proposal) rejects changes that change nothing or make no sense,
+    replaying the log tolerates them (a node may have started knowing a change already)."""
+    voters, learners, n = conf.voters, conf.learners, cc.node
+    if cc.op in ("add", "promote"):
+        if strict and cc.op == "promote" and n not in learners:
+            what = "it is already a voter" if n in voters else "add it with add-learner first"
+            raise ValueError(f"node {n} is not a learner, only a learner can be promoted ({what})")
+        if n in voters:
             if strict:
-                raise ValueError(f"node {cc.node} is already a voter")
-            return voters
-        return (*voters, cc.node)
-    if cc.node not in voters:
+                raise ValueError(f"node {n} is already a voter")
+            return conf
+        if strict and cc.op == "add" and n in learners:
+            raise ValueError(f"node {n} is a learner: promote it instead")
+        return ConfState((*voters, n), tuple(p for p in learners if p != n))
+    if cc.op == "add-learner":
+        if n in voters or n in learners:
+            if strict:
+                raise ValueError(f"node {n} is already a {'voter' if n in voters else 'learner'}")
+            return conf
+        return ConfState(voters, (*learners, n))
+    if n not in voters and n not in learners:
         if strict:
-            raise ValueError(f"node {cc.node} is not a voter")
-        return voters
-    return tuple(p for p in voters if p != cc.node)
+            raise ValueError(f"node {n} is not a voter or a learner")
+        return conf
+    return ConfState(tuple(p for p in voters if p != n), tuple(p for p in learners if p != n))

@@ -59,12 +59,25 @@ class HardState:
 
 @dataclass(slots=True, frozen=True)
 class ConfState:
+    """The membership: voters count in every quorum; learners (thesis §4.2.1 "non-voting members") only
+    receive the log. The two are disjoint."""
+
     voters: tuple[int, ...]
+    learners: tuple[int, ...] = ()
+
+    @property
+    def members(self) -> tuple[int, ...]:
+        return (*self.voters, *self.learners)
+
+
+# "add-learner" then "promote" is the safe way to grow a cluster (thesis §4.2.1): the new server catches up
+# without counting toward any quorum. "add" makes a voter at once, as before.
+CONF_CHANGE_OPS = ("add", "add-learner", "promote", "remove")
 
 
 @dataclass(slots=True, frozen=True)
 class ConfChange:
-    op: str  # "add" | "remove"
+    op: str  # one of CONF_CHANGE_OPS
     node: int
 
     def encode(self) -> bytes:
@@ -73,7 +86,7 @@ class ConfChange:
     @classmethod
     def decode(cls, data: bytes) -> ConfChange:
         op, _, node = data.decode().partition(":")
-        if op not in ("add", "remove"):
+        if op not in CONF_CHANGE_OPS:
             raise ValueError(f"unknown conf change op {op!r}")
         return cls(op, int(node))
 

@@ -346,11 +346,13 @@ class Cluster:
         node.kv = KvMachine(st.snapshot.data if st.snapshot else b"")
         node.applied = []
 
-    def add_node(self, i: int) -> None:
-        """Start a brand-new node i (empty log) that knows the current voters plus itself."""
+    def add_node(self, i: int, voter: bool = True) -> None:
+        """Start a brand-new node i (empty log) that knows the current voters, plus itself unless it joins
+        as a learner (it then learns its membership from the leader's log or snapshot)."""
         ldr = self.leader()
         voters = self.raft(ldr).voters if ldr else self.peers
-        self.nodes[i] = SimNode(self._config(i, tuple(sorted({*voters, i}))))
+        peers = {*voters, i} if voter else set(voters)
+        self.nodes[i] = SimNode(self._config(i, tuple(sorted(peers))))
         self.checker.seen_commit[i] = 0
 
     def compact(self, i: int) -> None:
@@ -831,11 +833,17 @@ def _random_fault(
                 notes.append(f"t={cl.now} add {i}")
             elif len(cl.nodes) < 7 and rng.random() < 0.3:
                 i = max(cl.nodes) + 1
-                r.propose_conf_change(ConfChange("add", i))
-                cl.add_node(i)  # a brand-new, empty node that knows the voters (its own add included)
-                notes.append(f"t={cl.now} add new node {i}")
-            elif len(r.voters) > 2:
-                i = rng.choice(r.voters)
+                op = rng.choice(("add", "add-learner"))
+                r.propose_conf_change(ConfChange(op, i))
+                # a brand-new, empty node that knows the voters (itself included unless it is a learner)
+                cl.add_node(i, voter=op == "add")
+                notes.append(f"t={cl.now} {op} new node {i}")
+            elif r.learners and rng.random() < 0.5:
+                i = rng.choice(r.learners)
+                r.propose_conf_change(ConfChange("promote", i))  # refused while the learner lags
+                notes.append(f"t={cl.now} promote {i}")
+            elif len(r.voters) > 2 or r.learners:
+                i = rng.choice([*r.learners] if len(r.voters) <= 2 else [*r.voters, *r.learners])
                 r.propose_conf_change(ConfChange("remove", i))
                 removed.append(i)
                 notes.append(f"t={cl.now} remove {i}")
@@ -851,7 +859,7 @@ def _converged(cl: Cluster) -> bool:
     lr = cl.raft(ldr)
     if lr.commit < lr.last_index:
         return False
-    members = [cl.nodes[i] for i in lr.voters]
+    members = [cl.nodes[i] for i in (*lr.voters, *lr.learners)]
     return all(nd.raft is not None and nd.raft.applied == lr.commit for nd in members)
 
 

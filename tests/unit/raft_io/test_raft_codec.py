@@ -40,3 +40,12 @@ def test_garbage_payload_is_a_codec_error_not_a_crash():
 def test_an_absurd_frame_length_is_rejected():
     with pytest.raises(CodecError):
         FrameReader().feed(b"\xff\xff\xff\xff")
+
+
+def test_a_snapshot_carries_its_learners_and_old_snapshots_without_them_still_decode():
+    """Learners are part of the membership a snapshot records (thesis §4.2.1, §5.1)."""
+    from raft.codec import snapshot_from_wire, snapshot_to_wire
+
+    s = Snapshot(9, 2, ConfState((1, 2, 3), (4,)), b"state")
+    assert snapshot_from_wire(snapshot_to_wire(s)) == s
+    assert snapshot_from_wire([9, 2, [1, 2, 3], b"state"]) == Snapshot(9, 2, ConfState((1, 2, 3)), b"state")

@@ -268,3 +268,13 @@ def test_every_new_file_name_in_the_log_is_synced_into_its_directory(tmp_path, m
     assert synced_holding(synced, wal, os.path.basename(segment_paths(str(tmp_path))[-1]))
     assert synced_holding(synced, os.path.join(str(tmp_path), "snap"), f"snap-{2:020d}.snap")
     assert synced_holding(synced, str(tmp_path), "hardstate")
+
+
+def test_a_snapshot_keeps_its_learners_across_a_reopen(tmp_path):
+    """The membership in a snapshot includes the learners (thesis §4.2.1): a restarted node must not forget them."""
+    st, _ = Storage.open(str(tmp_path))
+    st.save(HardState(1, 1, 0), ents(1, 5, 1), None, sync=True)
+    st.save_snapshot(Snapshot(5, 1, ConfState((1, 2, 3), (4,)), b"state@5"))
+    st.close()
+    _, rec = Storage.open(str(tmp_path))
+    assert rec.snapshot is not None and rec.snapshot.conf == ConfState((1, 2, 3), (4,))
