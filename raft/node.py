@@ -8,8 +8,10 @@ One exception, for the leader only: see `_LEADER_EARLY` below.
 
 Snapshots (log compaction) are taken beside that loop, not in it: the state at the applied index is
 captured on the loop (an O(n) copy of references, no encoding), serialised in a snapshot thread while
-entries go on being applied, then handed to the core and written by the writer thread. So however large
-the state machine, the loop goes on sending heartbeats, and each snapshot is exactly the state at its
+entries go on being applied, then handed to the core, and its file written and fsynced by that same
+snapshot thread while the writer thread goes on appending and fsyncing the log; the writer thread only
+records the durable snapshot and drops the segments it covers. So however large the state machine, the
+loop goes on sending heartbeats and committing writes, and each snapshot is exactly the state at its
 index.
 
 Guarantees given to clients: `submit` resolves only once its entry is committed and applied here (and
@@ -131,7 +133,7 @@ class RaftNode:
         self._writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"raft-wal-{cfg.id}")
         self._snapshotter = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"raft-snap-{cfg.id}")
         self._snapshot_task: asyncio.Task | None = None
-        # The newest writer-thread job the Ready loop does not wait for: a snapshot, then quick writes.
+        # The newest writer-thread job the Ready loop does not wait for: a snapshot's record, then quick writes.
         self._background_write: concurrent.futures.Future | None = None
         self._wake = asyncio.Event()
         self._waiters: dict[int, tuple[int, asyncio.Future]] = {}  # log index -> (term proposed in, future)
@@ -166,7 +168,7 @@ class RaftNode:
                 pass
         await self.transport.close()
         self._snapshotter.shutdown(wait=True)
-        self._writer.shutdown(wait=True)  # after the snapshotter: a snapshot being written is finished
+        self._writer.shutdown(wait=True)  # after the snapshotter: a snapshot file being written is finished
         self.storage.close()
 
     # ------------------------------------------------------------------------------------ client API
@@ -323,7 +325,7 @@ class RaftNode:
 
     def _quick_save(self, rd: Ready) -> None:
         """Write a Ready that needs no fsync (a new commit index): inline while the writer thread is idle,
-        else queued behind its snapshot and not waited for, since storage takes one thread at a time and
+        else queued behind its snapshot record and not waited for, since storage takes one thread at a time and
         nothing depends on an unsynced write (the next synced save, queued after it, covers it)."""
         if self._background_write is None or self._background_write.done():
             self.storage.save(rd.hard_state, rd.entries, None, False)
@@ -370,7 +372,9 @@ class RaftNode:
             snap = self.core.snapshot
             if snap is None or snap.index != index:
                 return  # a newer snapshot from the leader was installed meanwhile: ours is obsolete
-            self._background_write = job = self._writer.submit(self.storage.save_snapshot, snap)
+            # the long write runs beside the log writer, which only records the snapshot once it is durable
+            await loop.run_in_executor(self._snapshotter, self.storage.write_snapshot_file, snap)
+            self._background_write = job = self._writer.submit(self.storage.record_snapshot, snap)
             await asyncio.wrap_future(job)
             self.snapshot_index = max(self.snapshot_index, index)
         except Exception:

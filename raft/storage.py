@@ -8,12 +8,21 @@ Layout of a node's directory:
   so nothing is ever rewritten in place).
 - `hardstate`: term, vote and commit, replaced atomically (temp file, fsync, rename, fsync directory)
   whenever term or vote changes.
-- `snap/snap-<index>.snap`: one CRC-framed record per snapshot, written the same atomic way.
+- `snap/snap-<index>.snap`: one CRC-framed record per snapshot, written the same atomic way. Recovery
+  starts from the newest one whose record is intact, so a snapshot file counts from the moment its
+  rename is durable, whether or not the log records it yet.
 
 Guarantees: after `save(..., sync=True)` returns, everything passed so far survives a crash (one
 fsync per call: group commit), and so do the names that reach it: a directory is fsynced after a name
 appears in it (the node's directory and its `wal`/`snap`, on every `open`, since an earlier run may
 have died before syncing them; each new segment; each renamed snapshot or hard state file).
+
+Snapshots taken locally are made durable in two steps, so that a large file never holds up the log:
+`write_snapshot_file` (the slow one, in any thread, concurrently with `save`) makes the file durable;
+then `record_snapshot`, on the log writer, marks it in the log and only then deletes the segments and
+older snapshots it covers. Nothing the log made durable is deleted before a durable snapshot covers it,
+so a crash at any point recovers either the old snapshot and the whole log or the new snapshot and the
+log after it (the entries it covers are committed, so no later record can contradict it).
 
 Recovery rule. A record is well-formed when its length is 1..MAX_RECORD, it ends inside the file, its
 payload matches the CRC and decodes as a log record `[kind, a, b]`. Zero length never is: an all-zero
@@ -143,17 +152,47 @@ def make_dir_durable(path: str) -> None:
     fsync_dir(parent)
 
 
-def write_atomically(path: str, data: bytes) -> None:
-    """Replace `path` with `data` so that a crash leaves either the old or the new content."""
+def write_atomically(path: str, *chunks: bytes) -> None:
+    """Replace `path` with the concatenated `chunks` so that a crash leaves either the old or the new
+    content."""
     tmp = path + ".tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        _write_all(fd, data)
+        for chunk in chunks:
+            _write_all(fd, chunk)
         os.fsync(fd)
     finally:
         os.close(fd)
     os.replace(tmp, path)
     fsync_dir(os.path.dirname(path) or ".")
+
+
+def snapshot_record(snapshot: Snapshot) -> list[bytes]:
+    """The snapshot's record, `frame(msgpack.packb(snapshot_to_wire(snapshot), use_bin_type=True))`, as
+    chunks that leave its data uncopied: copying tens of megabytes holds the interpreter lock, and with
+    it the event loop, for tens of milliseconds."""
+    wire = snapshot_to_wire(snapshot)
+    at = next((k for k, x in enumerate(wire) if x is snapshot.data), None)
+    if at is None:  # the wire form does not carry the data as is: pack it whole
+        return [frame(msgpack.packb(wire, use_bin_type=True))]
+    packer = msgpack.Packer(use_bin_type=True)
+    head = (packer.pack_array_header(len(wire)) + b"".join(packer.pack(x) for x in wire[:at])
+            + _bin_header(len(snapshot.data)))
+    tail = b"".join(packer.pack(x) for x in wire[at + 1:])
+    length = len(head) + len(snapshot.data) + len(tail)
+    if length > MAX_RECORD:
+        raise ValueError(f"a snapshot of {length} bytes exceeds the {MAX_RECORD}-byte record limit")
+    crc = zlib.crc32(tail, zlib.crc32(snapshot.data, zlib.crc32(head)))  # crc32 runs without the lock
+    return [RECORD_HEADER.pack(length, crc) + head, snapshot.data, tail]
+
+
+def _bin_header(n: int) -> bytes:
+    """msgpack's header of an n-byte bin (the smallest of bin 8/16/32, as `packb` picks)."""
+    if n < 1 << 8:
+        return struct.pack(">BB", 0xC4, n)
+    if n < 1 << 16:
+        return struct.pack(">BH", 0xC5, n)
+    return struct.pack(">BI", 0xC6, n)
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -180,8 +219,9 @@ class Recovered:
 
 
 class Storage:
-    """A node's durable log. `save` and `save_snapshot` block on disk I/O: call them off the event loop,
-    from one thread at a time (the node uses a single writer thread)."""
+    """A node's durable log. Every method blocks on disk I/O: call them off the event loop. `save`,
+    `record_snapshot` and `save_snapshot` touch the log: one thread at a time (the node's writer thread).
+    `write_snapshot_file` touches only its own file and may run in another thread meanwhile."""
 
     def __init__(self, directory: str, segment_bytes: int = DEFAULT_SEGMENT_BYTES) -> None:
         self.dir = directory
@@ -306,9 +346,9 @@ class Storage:
              sync: bool) -> None:
         """Persist one Ready batch; with `sync`, everything is on stable storage when this returns."""
         if snapshot is not None and snapshot.index > self._snapshot_index:
-            self._write_snapshot_file(snapshot)
-            self._append(frame(msgpack.packb([KIND_SNAPSHOT, snapshot.index, snapshot.term])),
-                         snapshot.index)
+            # the leader's snapshot: its file is durable before the marker, like a local one's
+            self.write_snapshot_file(snapshot)
+            self._append_snapshot_marker(snapshot)
         commit = self._commit_logged
         if hard_state is not None:
             if (hard_state.term, hard_state.vote) != (self._hard.term, self._hard.vote):
@@ -329,8 +369,33 @@ class Storage:
             self._drop_obsolete(snapshot.index)
 
     def save_snapshot(self, snapshot: Snapshot) -> None:
-        """Persist a snapshot taken locally and drop the log segments and snapshots it makes obsolete."""
-        self.save(None, [], snapshot, sync=True)
+        """Persist a snapshot taken locally and drop the log segments and snapshots it makes obsolete,
+        both steps in the calling thread."""
+        self.write_snapshot_file(snapshot)
+        self.record_snapshot(snapshot)
+
+    def write_snapshot_file(self, snapshot: Snapshot) -> None:
+        """Make `snapshot`'s file durable (data, rename, directory entry); the log is neither read nor
+        changed, so this may run in its own thread while `save` goes on. From its return recovery starts
+        from this snapshot: pass only one whose index is committed and durable in the log. Two calls
+        never share a file: each index is written once (a leader's snapshot lies past the commit index,
+        a local one at or before it)."""
+        path = os.path.join(self.snap_dir, f"snap-{snapshot.index:020d}.snap")
+        write_atomically(path, *snapshot_record(snapshot))
+
+    def record_snapshot(self, snapshot: Snapshot) -> None:
+        """The log writer's part of a local snapshot, once `write_snapshot_file` returned for it: mark it
+        in the log (synced) and drop the segments and older snapshots it covers. A snapshot no newer than
+        one already recorded changes nothing (a newer one from the leader may even have replaced its file)."""
+        if snapshot.index <= self._snapshot_index:
+            return
+        if not os.path.exists(os.path.join(self.snap_dir, f"snap-{snapshot.index:020d}.snap")):
+            raise ValueError(f"no snapshot file at index {snapshot.index}: the log is compacted only past one")
+        self._append_snapshot_marker(snapshot)
+        os.fdatasync(self._fd)
+        if self._size >= self.segment_bytes:
+            self._roll()
+        self._drop_obsolete(snapshot.index)
 
     def _append(self, record: bytes, index: int) -> None:
         _write_all(self._fd, record)
@@ -347,9 +412,8 @@ class Storage:
         self._size = 0
         fsync_dir(self.wal_dir)
 
-    def _write_snapshot_file(self, snapshot: Snapshot) -> None:
-        path = os.path.join(self.snap_dir, f"snap-{snapshot.index:020d}.snap")
-        write_atomically(path, frame(msgpack.packb(snapshot_to_wire(snapshot), use_bin_type=True)))
+    def _append_snapshot_marker(self, snapshot: Snapshot) -> None:
+        self._append(frame(msgpack.packb([KIND_SNAPSHOT, snapshot.index, snapshot.term])), snapshot.index)
         self._snapshot_index = snapshot.index
 
     def _drop_obsolete(self, index: int) -> None:

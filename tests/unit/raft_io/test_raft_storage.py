@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import stat
+import threading
 
+import msgpack
 import pytest
 
-from raft.storage import CorruptLog, Storage, frame
+from raft.codec import snapshot_to_wire
+from raft.storage import CorruptLog, Storage, frame, snapshot_record
 from raft.types import ConfState, Entry, EntryType, HardState, Snapshot
 
 
@@ -278,3 +282,126 @@ def test_a_snapshot_keeps_its_learners_across_a_reopen(tmp_path):
     st.close()
     _, rec = Storage.open(str(tmp_path))
     assert rec.snapshot is not None and rec.snapshot.conf == ConfState((1, 2, 3), (4,))
+
+
+def forty_entries(d: str) -> Storage:
+    """A log of entries 1-40 (commit 39) spread over many small segments."""
+    st, _ = Storage.open(d, segment_bytes=200)
+    for i in range(1, 41):
+        st.save(HardState(1, 1, i - 1), ents(i, i, 1), None, sync=True)
+    return st
+
+
+SNAP30 = Snapshot(30, 1, ConfState((1, 2, 3)), b"state@30")
+
+
+def test_log_appends_are_durable_while_a_snapshot_file_is_still_being_written(tmp_path, monkeypatch):
+    st = forty_entries(str(tmp_path))
+    segments = st.segment_count()
+    entered, release = threading.Event(), threading.Event()
+    real_fsync = os.fsync
+
+    def slow_fsync(fd: int) -> None:  # a snapshot file that takes as long as this test needs
+        if os.readlink(f"/proc/self/fd/{fd}").endswith(".snap.tmp"):
+            entered.set()
+            release.wait(30)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", slow_fsync)
+    writer = threading.Thread(target=st.write_snapshot_file, args=(SNAP30,))
+    writer.start()
+    try:
+        assert entered.wait(10)
+        for i in range(41, 61):  # appended, synced and rolled into new segments meanwhile
+            st.save(HardState(1, 1, i - 1), ents(i, i, 1), None, sync=True)
+        assert writer.is_alive()  # every append above returned durable before the snapshot file did
+        assert st.segment_count() > segments  # and nothing was dropped for a snapshot not yet durable
+        crashed = shutil.copytree(str(tmp_path), str(tmp_path) + "-crashed")  # the disk, were it to crash now
+        _, rec = Storage.open(crashed, segment_bytes=200)
+        assert rec.snapshot is None and rec.entries == ents(1, 60, 1)
+    finally:
+        release.set()
+        writer.join()
+    st.record_snapshot(SNAP30)
+    assert st.segment_count() < segments
+    st.close()
+    _, rec = Storage.open(str(tmp_path), segment_bytes=200)
+    assert rec.snapshot == SNAP30
+    assert rec.entries == ents(31, 60, 1)
+
+
+def test_a_crash_while_the_snapshot_file_is_written_keeps_the_old_snapshot_and_the_whole_log(tmp_path):
+    st, _ = Storage.open(str(tmp_path), segment_bytes=200)
+    for i in range(1, 41):
+        st.save(HardState(1, 1, i - 1), ents(i, i, 1), None, sync=True)
+        if i == 10:
+            st.save_snapshot(Snapshot(10, 1, ConfState((1, 2, 3)), b"state@10"))
+    st.close()
+    tmp = os.path.join(str(tmp_path), "snap", f"snap-{30:020d}.snap.tmp")
+    with open(tmp, "wb") as f:  # the new snapshot's file, half written
+        f.write(frame(b"x" * 100)[:60])
+    _, rec = Storage.open(str(tmp_path), segment_bytes=200)
+    assert rec.snapshot.index == 10
+    assert rec.entries == ents(11, 40, 1)
+    assert not os.path.exists(tmp)
+
+
+def test_a_crash_after_the_snapshot_file_is_durable_but_before_it_is_recorded(tmp_path):
+    st = forty_entries(str(tmp_path))
+    segments = st.segment_count()
+    st.write_snapshot_file(SNAP30)
+    assert st.segment_count() == segments  # only the log writer's step drops segments
+    st.close()
+    st, rec = Storage.open(str(tmp_path), segment_bytes=200)
+    assert rec.snapshot == SNAP30
+    assert rec.entries == ents(31, 40, 1)
+    assert rec.hard_state.commit == 39
+    st.save(HardState(1, 1, 40), ents(41, 41, 1), None, sync=True)
+    st.save_snapshot(Snapshot(35, 1, ConfState((1, 2, 3)), b"state@35"))
+    st.close()
+    _, rec = Storage.open(str(tmp_path), segment_bytes=200)
+    assert rec.snapshot.index == 35 and rec.entries == ents(36, 41, 1)
+
+
+def test_a_crash_after_the_snapshot_is_recorded_but_before_segments_are_dropped(tmp_path, monkeypatch):
+    st = forty_entries(str(tmp_path))
+    segments = st.segment_count()
+    st.write_snapshot_file(SNAP30)
+    monkeypatch.setattr(os, "unlink", lambda path: None)  # the crash comes before any deletion
+    st.record_snapshot(SNAP30)
+    monkeypatch.undo()
+    st.close()
+    assert len(segment_paths(str(tmp_path))) == segments
+    _, rec = Storage.open(str(tmp_path), segment_bytes=200)
+    assert rec.snapshot == SNAP30
+    assert rec.entries == ents(31, 40, 1)
+
+
+def test_recording_a_snapshot_needs_its_durable_file(tmp_path):
+    st = forty_entries(str(tmp_path))
+    segments = st.segment_count()
+    with pytest.raises(ValueError):
+        st.record_snapshot(SNAP30)
+    assert st.segment_count() == segments
+    st.close()
+    _, rec = Storage.open(str(tmp_path), segment_bytes=200)
+    assert rec.snapshot is None and rec.entries == ents(1, 40, 1)
+
+
+def test_a_local_snapshot_recorded_after_a_newer_installed_one_changes_nothing(tmp_path):
+    st = forty_entries(str(tmp_path))
+    st.write_snapshot_file(SNAP30)
+    # meanwhile the log writer installs the leader's newer snapshot, which disagrees with the log
+    st.save(HardState(3, 0, 50), [], Snapshot(50, 3, ConfState((1, 2, 3)), b"state@50"), sync=True)
+    st.save(None, ents(51, 52, 3), None, sync=True)
+    st.record_snapshot(SNAP30)
+    st.close()
+    _, rec = Storage.open(str(tmp_path), segment_bytes=200)
+    assert rec.snapshot.index == 50
+    assert rec.entries == ents(51, 52, 3)
+
+
+@pytest.mark.parametrize("size", [0, 5, 300, 70_000, 3 * 1024 * 1024])
+def test_a_snapshot_record_is_written_byte_for_byte_as_one_framed_payload(size):
+    snap = Snapshot(2**40, 7, ConfState((1, 2, 3)), os.urandom(size))
+    assert b"".join(snapshot_record(snap)) == frame(msgpack.packb(snapshot_to_wire(snap), use_bin_type=True))
