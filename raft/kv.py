@@ -106,8 +106,15 @@ class KVStateMachine:
     def apply(self, command: bytes) -> Outcome | Registered:
         """Apply one committed command (deterministic: same commands, same order, same state)."""
         try:
-            op, key, value, expected, session, seq, now, timeout = msgpack.unpackb(command, raw=False)
+            fields = msgpack.unpackb(command, raw=False)
         except (ValueError, TypeError, msgpack.UnpackException):
+            fields = None
+        if isinstance(fields, list) and len(fields) == 6:  # [op, key, value, expected, client, seq]
+            raise ValueError("this log holds a command written by an older txlab, before sessions expired by log "
+                             "time; remove the node's data directory and start it again")
+        try:
+            op, key, value, expected, session, seq, now, timeout = fields
+        except (ValueError, TypeError):
             # a bad entry must not stop every replica at the same index: skip it deterministically
             return Outcome.MALFORMED
         if op not in _OPS or not isinstance(key, str) or (op in (Op.PUT, Op.CAS) and not isinstance(value, str)):

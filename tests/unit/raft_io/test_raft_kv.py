@@ -186,3 +186,9 @@ def test_a_snapshot_from_before_log_time_sessions_is_refused_with_a_clear_messag
     old = msgpack.packb([{"k": "1"}, [["client-1", 3, 0]]], use_bin_type=True)
     with pytest.raises(ValueError, match="older txlab"):
         KVStateMachine().restore(old)
+
+
+def test_a_command_from_before_log_time_sessions_is_refused_loudly_not_skipped():
+    old = msgpack.packb([int(Op.PUT), "k", '"v"', None, "client-1", 1], use_bin_type=True)
+    with pytest.raises(ValueError, match="older txlab"):
+        KVStateMachine().apply(old)
