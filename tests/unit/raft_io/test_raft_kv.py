@@ -171,7 +171,7 @@ def test_a_malformed_entry_is_skipped_the_same_way_everywhere_instead_of_crashin
     good = encode_command(Op.PUT, "k", "1", now=T0)
     junk = [b"\xc1", b"\x93\x01\x02\x03", good[:-1], b"\x96\x09\xa1k\xc0\xc0\xa0\x00",
             encode_command(Op.PUT, "k", now=T0), encode_command(Op.CAS, "k", "1", now=T0),
-            msgpack.packb([1, "k", "1", None, "", 0]),  # a command without the leader's stamp
+            msgpack.packb([1, "k", "1", None, 0, 0, T0]),  # a command without its session timeout
             msgpack.packb([1, "k", "1", None, 0, 0, "noon", TIMEOUT]),
             encode_command(Op.PUT, "k", "1", now=T0, session_timeout=0),
             encode_command(Op.PUT, "k", "1", now=float("nan")),
