@@ -1,16 +1,24 @@
 """A seeded, deterministic simulator: many Raft cores in one process over a faulty virtual network.
 
 Time is virtual (ticks); every source of randomness is one `random.Random(seed)`, so a seed replays the
-same run exactly. The network loses, delays, reorders and duplicates messages and can be partitioned.
+same run exactly. The network loses, delays, reorders and duplicates messages, holds some for longer than
+an election timeout before delivering them (late, out of order, from past terms), can be partitioned, and
+can cut links one way (A's messages to B dropped while B's reach A; a node that hears but is not heard,
+or is heard but hears nothing). Nodes can be paused with their clock stopped (no ticks, no message or
+fsync handling; they resume with their state intact and then handle what reached them meanwhile), and
+clocks are skewed: a node's clock runs at 0.5x to 2x the true rate, and the rate may change mid-run.
 Each node has a durable store: a Ready's hard state and entries become durable at its simulated fsync, and
 a crash drops whatever was not yet synced (including a torn write in the middle of a Ready, before its
 messages are sent). In `async_fsync` mode the fsync takes time, as in raft/node.py: the core keeps
 stepping messages meanwhile and a leader sends its APPENDs before its own fsync ends. Nodes compact
-their logs (so lagging ones get InstallSnapshot), leaders crash, get isolated or transfer leadership, and
-some runs add, remove and re-add members, brand-new nodes included. After every step the `SafetyChecker`
-verifies the five properties of Raft's Figure 3: Election Safety, Leader Append-Only, Log Matching,
-Leader Completeness and State Machine Safety; a violation raises `SafetyViolation` naming the seed and
-the step.
+their logs (so lagging ones get InstallSnapshot), leaders crash, get isolated or transfer leadership,
+some leaders die young (crash or freeze within their first few Readies, the first one being the one that
+announces the election), and some runs add, remove and re-add members, brand-new nodes included (started
+on one side of a partition, if any), often asking for a second change at once. After every step the
+`SafetyChecker` verifies the five properties of Raft's Figure 3: Election Safety, Leader Append-Only,
+Log Matching, Leader Completeness and State Machine Safety; a violation raises `SafetyViolation` naming
+the seed and the step. Every fault above applies to every profile of `run_seed` (each seed draws its own
+rates, some none).
 
 `run_seed()` drives a random fault schedule plus KV clients (put / get via ReadIndex on any node /
 compare-and-set) whose history `raft/testing/linearizability.py` checks at the end; then it heals
@@ -56,6 +64,12 @@ class Faults:
     min_delay: int = 0  # ticks; unequal delays reorder messages
     max_delay: int = 0
     crash_mid_ready: float = 0.0  # crash after writing part of a Ready, before fsync and before sending
+    late: float = 0.0  # share of messages held in the network for late_min..late_max ticks, then delivered
+    late_min: int = 0  # (set beyond an election timeout: a message from a past term or leadership arrives)
+    late_max: int = 0
+    # Share of new leaders that die young: within their first few Readies (the first one announces the
+    # election) they crash mid-write or freeze for an election timeout or more, that Ready unsent.
+    short_lived_leader: float = 0.0
     # Persist like raft/node.py: the fsync runs while the core keeps stepping messages, and a leader sends
     # its APPENDs before its own fsync ends (thesis §10.2.1).
     async_fsync: bool = False
@@ -147,10 +161,23 @@ class SimNode:
         self.inflight: tuple[Ready, list[Message]] | None = None  # Ready whose fsync is running; unsent msgs
         self.waiting: dict[str, _ClientOp] = {}  # op id of a proposed command -> the client op
         self.reads: dict[bytes, _ClientOp] = {}  # ReadIndex context -> the client read
+        # A paused process (GC pause, SIGSTOP, a stalled VM): until this tick it neither ticks nor handles
+        # anything; what reaches it meanwhile (messages, fsync completions) waits in `backlog`.
+        self.paused_until = 0
+        self.backlog: list[Message | int] = []
+        # Clock rate in half ticks per simulated tick: 2 is the true rate, 1 a slow clock, 4 a clock twice
+        # as fast; `phase` carries the half tick left over.
+        self.rate = 2
+        self.phase = 0
+        self.doomed: int | None = None  # a short-lived leader: Readies it still hands out before it dies
 
     @property
     def up(self) -> bool:
         return self.raft is not None
+
+    @property
+    def paused(self) -> bool:
+        return self.paused_until > 0
 
 
 class SafetyChecker:
@@ -278,6 +305,7 @@ class Cluster:
         self._queue: list[tuple[int, float, int, Message | int]] = []
         self._seq = 0
         self._groups: dict[int, int] | None = None  # node -> partition group; None: fully connected
+        self._blocked: set[tuple[int, int]] = set()  # one-way cuts: (frm, to) whose messages are dropped
         self.history: list[KvOp] = []
         self.check_durable_quorum = check_durable_quorum
         self.drop: Callable[[Message], bool] | None = None  # tests: drop the messages this selects
@@ -320,15 +348,59 @@ class Cluster:
     def isolate(self, i: int) -> None:
         self.partition([i])
 
+    def block(self, frm: int, to: int) -> None:
+        """A one-way cut: frm's messages to `to` are dropped while `to`'s messages to frm still arrive."""
+        self._blocked.add((frm, to))
+
     def heal(self) -> None:
+        """Repair the network: partitions and one-way cuts."""
         self._groups = None
+        self._blocked.clear()
 
     def connected(self, a: int, b: int) -> bool:
+        """Whether a message from a reaches b (the link may still work the other way)."""
+        if self._blocked and (a, b) in self._blocked:
+            return False
         return self._groups is None or self._groups.get(a, -1) == self._groups.get(b, -1)
+
+    def pause(self, i: int, ticks: int) -> None:
+        """Freeze node i for `ticks` ticks with its clock stopped; unlike a crash it keeps all its state and
+        then handles, in order, everything that reached it meanwhile."""
+        node = self.nodes[i]
+        if node.raft is not None:
+            node.paused_until = max(node.paused_until, self.now + ticks)
+
+    def resume(self, i: int) -> None:
+        """End node i's pause now."""
+        node = self.nodes[i]
+        if not node.paused:
+            return
+        node.paused_until = 0
+        backlog, node.backlog = node.backlog, []
+        for m in backlog:
+            if node.raft is None:
+                break
+            if isinstance(m, Message):
+                self._deliver(m)
+            else:
+                self._fsync_done(m)
+        if node.raft is not None:
+            self._process(node)
+            self.checker.check(self.nodes)
+
+    def set_clock_rate(self, i: int, rate: float) -> None:
+        """Clock skew: node i's clock runs at `rate` (0.5, 1, 1.5 or 2) times the true rate."""
+        halves = round(rate * 2)
+        if halves not in (1, 2, 3, 4):
+            raise ValueError(f"clock rate {rate} out of bounds (0.5 to 2)")
+        self.nodes[i].rate = halves
 
     def crash(self, i: int) -> None:
         """Stop node i: it loses its memory and every write not yet synced."""
         node = self.nodes[i]
+        node.paused_until = 0
+        node.backlog.clear()
+        node.doomed = None
         if node.inflight is not None:
             self._torn_write(node, node.inflight[0])
             node.inflight = None
@@ -354,6 +426,9 @@ class Cluster:
         peers = {*voters, i} if voter else set(voters)
         self.nodes[i] = SimNode(self._config(i, tuple(sorted(peers))))
         self.checker.seen_commit[i] = 0
+        if self._groups is not None and i not in self._groups:
+            # a machine started during a partition lands on one side of it
+            self._groups[i] = self.rng.choice(sorted(set(self._groups.values())))
 
     def compact(self, i: int) -> None:
         """Node i snapshots its state machine at its applied index and drops the log up to it."""
@@ -369,13 +444,24 @@ class Cluster:
     # ---------------------------------------------------------------- driving
 
     def tick(self, n: int = 1) -> None:
-        """Advance virtual time: every up node ticks, then every message due is delivered."""
+        """Advance virtual time: every up node that is not paused ticks (as often as its clock rate says:
+        0, 1 or 2 times), then every message due is delivered."""
         for _ in range(n):
             self.now += 1
             for node in self.nodes.values():
-                if node.raft is not None:
+                if node.raft is None:
+                    continue
+                if node.paused:
+                    if node.paused_until > self.now:
+                        continue
+                    self.resume(node.id)
+                node.phase += node.rate
+                for _ in range(node.phase // 2):
+                    if node.raft is None:
+                        break
                     node.raft.tick()
                     self._process(node)
+                node.phase %= 2
             self._deliver_due()
             self._expire_client_ops()
 
@@ -446,6 +532,9 @@ class Cluster:
             return
         if self.drop is not None and self.drop(m):
             return
+        if node.paused:
+            node.backlog.append(m)  # it reached the host; the frozen process reads it when it resumes
+            return
         node.raft.step(m)
         self._process(node)
         self.checker.check(self.nodes)
@@ -458,7 +547,10 @@ class Cluster:
             return
         copies = 2 if f.duplicate and rng.random() < f.duplicate else 1
         for _ in range(copies):
-            delay = rng.randint(f.min_delay, f.max_delay) if f.max_delay else f.min_delay
+            if f.late and rng.random() < f.late:
+                delay = rng.randint(f.late_min, f.late_max)
+            else:
+                delay = rng.randint(f.min_delay, f.max_delay) if f.max_delay else f.min_delay
             self._seq += 1
             heapq.heappush(self._queue, (self.now + delay, rng.random(), self._seq, m))
 
@@ -466,12 +558,16 @@ class Cluster:
         """Handle one Ready the way raft/node.py does: persist (fsync), send, apply, advance."""
         r = node.raft
         assert r is not None
+        if node.paused:
+            return
         for _ in range(10_000):
             if node.inflight is not None or not r.has_ready():
                 return
             rd = r.ready()
             if rd.entries:
                 self.checker.on_entries(node.id, r, rd.entries)
+            if self._dies_young(node, rd):
+                return
             if self.faults.async_fsync:
                 rest = rd.messages
                 if r.role is Role.LEADER:
@@ -489,9 +585,35 @@ class Cluster:
                 return
         self.checker.fail(f"node {node.id} keeps producing Ready batches (livelock)")
 
+    def _dies_young(self, node: SimNode, rd: Ready) -> bool:
+        """The short-lived leader fault: True if node died (crashed or froze) with `rd` neither written in
+        full nor sent."""
+        f = self.faults
+        if rd.soft_state is not None and rd.soft_state.role is Role.LEADER and f.short_lived_leader:
+            node.doomed = self.rng.randint(0, 3) if self.rng.random() < f.short_lived_leader else None
+        if node.doomed is None or not f.short_lived_leader:
+            node.doomed = None  # (faults healed meanwhile)
+            return False
+        if node.doomed > 0:
+            node.doomed -= 1
+            return False
+        node.doomed = None
+        node.inflight = (rd, rd.messages)
+        if self.rng.random() < 0.5:
+            self.crash(node.id)  # a torn write of this Ready; nothing sent
+        else:
+            et = int(self.cfg_kw.get("election_tick", 15))  # type: ignore[call-overload]
+            self.pause(node.id, self.rng.randint(et, 3 * et))
+            node.backlog.append(node.id)  # on resuming it finishes this Ready (fsync, send, apply)
+        self.checker.check(self.nodes)
+        return True
+
     def _fsync_done(self, i: int) -> None:
         node = self.nodes[i]
         if node.raft is None or node.inflight is None:
+            return
+        if node.paused:
+            node.backlog.append(i)  # the write is done; the frozen process learns it when it resumes
             return
         rd, rest = node.inflight
         node.inflight = None
@@ -590,7 +712,7 @@ class Cluster:
     def client_get(self, client: int, node: int, key: str, timeout: int) -> bool:
         """Start a linearizable read on `node` via ReadIndex; False if it cannot even be started."""
         n = self.nodes[node]
-        if n.raft is None:
+        if n.raft is None or n.paused:
             return False
         self.events += 1
         op = KvOp(client, "get", key, self.events)
@@ -607,7 +729,7 @@ class Cluster:
 
     def _client_write(self, op: KvOp, node: int, kind: str, a: str, b: str, timeout: int) -> bool:
         n = self.nodes[node]
-        if n.raft is None:
+        if n.raft is None or n.paused:
             return False
         self.events += 1
         op.call = self.events
@@ -671,6 +793,7 @@ def run_seed(
     rng = random.Random(seed ^ 0x5EED)
     n = rng.choice((3, 3, 3, 5))
     quorum = "all" if rng.random() < 0.1 else "majority"
+    election_tick = rng.choice((6, 10, 15))
     faults = Faults(
         loss=rng.choice((0.0, 0.02, 0.1, 0.2)),
         duplicate=rng.choice((0.0, 0.05)),
@@ -678,6 +801,10 @@ def run_seed(
         max_delay=rng.choice((0, 1, 3)),
         crash_mid_ready=rng.choice((0.0, 0.0, 0.01, 0.05)),
         async_fsync=rng.random() < 0.5,
+        late=rng.choice((0.0, 0.005, 0.02, 0.05)),
+        late_min=election_tick + 1,
+        late_max=3 * election_tick,
+        short_lived_leader=rng.choice((0.0, 0.1, 0.3, 0.5)),
     )
     if crashy:
         faults.crash_mid_ready = rng.choice((0.02, 0.05, 0.1))
@@ -689,7 +816,7 @@ def run_seed(
         seed=seed,
         faults=faults,
         check_durable_quorum=not membership,
-        election_tick=rng.choice((6, 10, 15)),
+        election_tick=election_tick,
         heartbeat_tick=rng.choice((1, 2, 3)),
         pre_vote=rng.random() < 0.7,
         check_quorum=rng.random() < 0.7,
@@ -697,7 +824,12 @@ def run_seed(
         max_entries_per_msg=rng.choice((1, 4, 64)),
         max_inflight_msgs=rng.choice((1, 4, 64)),
     )
-    notes = [f"n={n} quorum={quorum} {faults} membership={membership} crashy={crashy}"]
+    skew = rng.random() < 0.3  # clocks run at different rates, and may change rate during the run
+    if skew:
+        for i in cl.nodes:
+            cl.set_clock_rate(i, rng.choice(_RATES))
+    notes = [f"n={n} quorum={quorum} {faults} membership={membership} crashy={crashy} "
+             f"clock rates={[cl.nodes[i].rate / 2 for i in cl.nodes] if skew else 'true'}"]
     keys = ("x", "y")
     clients = {c: 0 for c in range(3)}  # client -> tick at which it may issue its next op
     busy: dict[int, KvOp] = {}
@@ -706,7 +838,7 @@ def run_seed(
     last_leader = None
     try:
         for t in range(ticks):
-            _random_fault(cl, rng, notes, removed, membership)
+            _random_fault(cl, rng, notes, removed, membership, skew)
             if crashy and rng.random() < 0.03:
                 i = rng.choice(list(cl.nodes))
                 cl.crash(i) if cl.nodes[i].up else cl.restart(i)
@@ -727,6 +859,8 @@ def run_seed(
         cl.heal()
         cl.faults = Faults(async_fsync=faults.async_fsync)
         for i, node in cl.nodes.items():
+            cl.resume(i)
+            cl.set_clock_rate(i, 1)
             if not node.up:
                 cl.restart(i)
         converged = cl.run_until(lambda: _converged(cl), heal_ticks)
@@ -771,8 +905,11 @@ def _client_op(cl: Cluster, rng: random.Random, c: int, keys: tuple[str, ...], b
         busy[c] = cl.history[-1]
 
 
+_RATES = (0.5, 1, 1, 1.5, 2)  # clock rates relative to true time, for runs with clock skew
+
+
 def _random_fault(
-    cl: Cluster, rng: random.Random, notes: list[str], removed: list[int], membership: bool
+    cl: Cluster, rng: random.Random, notes: list[str], removed: list[int], membership: bool, skew: bool
 ) -> None:
     x = rng.random()
     ids = list(cl.nodes)
@@ -796,7 +933,7 @@ def _random_fault(
         cl.heal()
         notes.append(f"t={cl.now} heal")
     elif x < 0.065:
-        up = [i for i in ids if cl.nodes[i].up]
+        up = [i for i in ids if cl.nodes[i].up and not cl.nodes[i].paused]
         if up:
             i = rng.choice(up)
             cl.compact(i)
@@ -812,7 +949,7 @@ def _random_fault(
                 notes.append(f"t={cl.now} isolate leader {ldr}")
     elif x < 0.08:
         ldr = cl.leader()
-        if ldr is not None:
+        if ldr is not None and not cl.nodes[ldr].paused:
             to = rng.choice([i for i in cl.raft(ldr).voters if i != ldr] or [ldr])
             try:
                 cl.raft(ldr).transfer_leadership(to)
@@ -820,35 +957,90 @@ def _random_fault(
                 return
             cl.stabilize_node(ldr)
             notes.append(f"t={cl.now} transfer {ldr}->{to}")
-    elif membership and x < 0.1:
+    elif x < 0.1:
+        if membership:
+            _random_conf_change(cl, rng, notes, removed)
+    elif x < 0.108:
+        _random_one_way_cut(cl, rng, notes)
+    elif x < 0.113:
+        up = [i for i in ids if cl.nodes[i].up and not cl.nodes[i].paused]
         ldr = cl.leader()
-        if ldr is None:
+        i = ldr if ldr is not None and rng.random() < 0.5 else rng.choice(up) if up else None
+        if i is not None and not cl.nodes[i].paused:
+            et = int(cl.cfg_kw.get("election_tick", 15))  # type: ignore[call-overload]
+            d = rng.randint(1, 4 * et)
+            cl.pause(i, d)
+            notes.append(f"t={cl.now} pause {i} for {d}")
+    elif skew and x < 0.116:
+        i = rng.choice(ids)
+        rate = rng.choice(_RATES)
+        cl.set_clock_rate(i, rate)
+        notes.append(f"t={cl.now} clock {i} x{rate}")
+
+
+def _random_one_way_cut(cl: Cluster, rng: random.Random, notes: list[str]) -> None:
+    """A link that works one way only: between two nodes, or around a node (the leader, half the time)."""
+    ids = list(cl.nodes)
+    y = rng.random()
+    ldr = cl.leader()
+    a = ldr if ldr is not None and rng.random() < 0.5 else rng.choice(ids)
+    others = [i for i in ids if i != a]
+    if not others:
+        return
+    if y < 0.4:
+        b = rng.choice(others)
+        cl.block(a, b)
+        notes.append(f"t={cl.now} cut {a}->{b}")
+    elif y < 0.7:
+        for b in others:
+            cl.block(a, b)
+        notes.append(f"t={cl.now} cut {a}->all (it hears, is not heard)")
+    else:
+        for b in others:
+            cl.block(b, a)
+        notes.append(f"t={cl.now} cut all->{a} (it is heard, hears nothing)")
+
+
+def _random_conf_change(cl: Cluster, rng: random.Random, notes: list[str], removed: list[int]) -> None:
+    """One membership change; half the time the operator at once asks for another (replacing a node is an
+    add then a remove): the leader must refuse it while the first is uncommitted (thesis §4.1)."""
+    for _ in range(3):
+        if not _one_conf_change(cl, rng, notes, removed) or rng.random() < 0.5:
             return
-        r = cl.raft(ldr)
-        try:
-            if removed and rng.random() < 0.6:
-                i = removed[0]
-                r.propose_conf_change(ConfChange("add", i))
-                removed.pop(0)
-                notes.append(f"t={cl.now} add {i}")
-            elif len(cl.nodes) < 7 and rng.random() < 0.3:
-                i = max(cl.nodes) + 1
-                op = rng.choice(("add", "add-learner"))
-                r.propose_conf_change(ConfChange(op, i))
-                # a brand-new, empty node that knows the voters (itself included unless it is a learner)
-                cl.add_node(i, voter=op == "add")
-                notes.append(f"t={cl.now} {op} new node {i}")
-            elif r.learners and rng.random() < 0.5:
-                i = rng.choice(r.learners)
-                r.propose_conf_change(ConfChange("promote", i))  # refused while the learner lags
-                notes.append(f"t={cl.now} promote {i}")
-            elif len(r.voters) > 2 or r.learners:
-                i = rng.choice([*r.learners] if len(r.voters) <= 2 else [*r.voters, *r.learners])
-                r.propose_conf_change(ConfChange("remove", i))
-                removed.append(i)
-                notes.append(f"t={cl.now} remove {i}")
-        except (ValueError, NotLeader):
-            return
+
+
+def _one_conf_change(cl: Cluster, rng: random.Random, notes: list[str], removed: list[int]) -> bool:
+    ldr = cl.leader()
+    if ldr is None or cl.nodes[ldr].paused:
+        return False
+    r = cl.raft(ldr)
+    try:
+        if removed and rng.random() < 0.6:
+            i = removed[0]
+            r.propose_conf_change(ConfChange("add", i))
+            removed.pop(0)
+            notes.append(f"t={cl.now} add {i}")
+        elif len(cl.nodes) < 7 and rng.random() < 0.3:
+            i = max(cl.nodes) + 1
+            op = rng.choice(("add", "add-learner"))
+            r.propose_conf_change(ConfChange(op, i))
+            # a brand-new, empty node that knows the voters (itself included unless it is a learner)
+            cl.add_node(i, voter=op == "add")
+            notes.append(f"t={cl.now} {op} new node {i}")
+        elif r.learners and rng.random() < 0.5:
+            i = rng.choice(r.learners)
+            r.propose_conf_change(ConfChange("promote", i))  # refused while the learner lags
+            notes.append(f"t={cl.now} promote {i}")
+        elif len(r.voters) > 2 or r.learners:
+            i = rng.choice([*r.learners] if len(r.voters) <= 2 else [*r.voters, *r.learners])
+            r.propose_conf_change(ConfChange("remove", i))
+            removed.append(i)
+            notes.append(f"t={cl.now} remove {i}")
+        else:
+            return False
+    except (ValueError, NotLeader):
+        return False
+    return True
 
 
 def _converged(cl: Cluster) -> bool:

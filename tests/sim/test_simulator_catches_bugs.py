@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from raft.core import Raft, _PendingRead
+from raft.core import Raft, _apply_conf, _PendingRead
 from raft.testing.sim import Cluster, SafetyChecker, SafetyViolation, run_seed
-from raft.types import Message, MsgType
+from raft.types import ConfChange, EntryType, Message, MsgType
+
+CI_SEEDS = 2000  # the CI budget (TXLAB_SIM_SEEDS): default profile
+MEMBERSHIP_SEEDS = CI_SEEDS // 10  # forced membership changes
 
 
 def _first_failure(limit: int) -> str:
@@ -64,3 +67,37 @@ def test_an_unlinearizable_history_fails_the_run_even_when_raft_is_safe(monkeypa
 
     monkeypatch.setattr(Cluster, "_respond", stale_gets)
     assert "not linearizable" in _first_failure(20)
+
+
+def _first_failure_in(profile: dict, limit: int) -> str:
+    for seed in range(limit):
+        try:
+            run_seed(seed, **profile)
+        except AssertionError as exc:
+            return str(exc)
+    raise AssertionError(f"no seed out of {limit} ({profile or 'default'} profile) caught the planted bug")
+
+
+def test_a_second_membership_change_while_one_is_uncommitted_breaks_safety(monkeypatch) -> None:
+    """Thesis §4.1: a leader proposes a change only once the previous one committed; two single-server
+    changes in flight allow disjoint majorities. Dropping the rule is caught by the membership profile
+    (operators ask for a second change at once; a node started during a partition lands on one side):
+    first at seed 120, "Leader Completeness: leader 5 of term 9 lacks committed entry (51, 8)"."""
+
+    def hasty_conf_change(self: Raft, cc: ConfChange) -> int:
+        self._check_leader()
+        # (no refusal while another membership change is uncommitted)
+        if self._commit < self._term_start:
+            raise ValueError("the leader has not committed an entry of its term yet")
+        conf = _apply_conf(self._conf(), cc)
+        if not conf.voters:
+            raise ValueError("cannot remove the last voter")
+        if cc.op == "promote":
+            pr = self._prs.get(cc.node)
+            if self._commit - (pr.match if pr is not None else 0) > self.cfg.max_learner_lag:
+                raise ValueError(f"learner {cc.node} has not caught up")
+        return self._propose(EntryType.CONF_CHANGE, cc.encode())
+
+    monkeypatch.setattr(Raft, "propose_conf_change", hasty_conf_change)
+    msg = _first_failure_in({"membership": True}, MEMBERSHIP_SEEDS)
+    assert "Election Safety" in msg or "Leader Completeness" in msg or "State Machine Safety" in msg, msg
