@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import httpx
 import pytest
 
 from raft.cluster import LocalCluster, free_base_port
@@ -22,3 +23,15 @@ def make_cluster(tmp_path, monkeypatch):
     yield make
     for c in started:
         c.stop()
+
+
+@pytest.fixture
+def spare_node_4(make_cluster) -> tuple[LocalCluster, int]:
+    """Three voters holding keys k0..k19, and node 4 running but not a member yet: (cluster, leader)."""
+    c = make_cluster(3, spare=1)
+    c.start()
+    leader = c.wait_leader()
+    for i in range(20):
+        assert httpx.put(f"{c.http_url(leader)}/kv/k{i}", json={"value": i}).status_code == 200
+    c.start_node(4)
+    return c, leader

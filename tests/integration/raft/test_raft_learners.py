@@ -24,14 +24,9 @@ def _txlab_raft(c, *args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "200"})
 
 
-def test_a_fourth_node_joins_as_a_learner_catches_up_and_is_promoted_to_voter(make_cluster):
-    c = make_cluster(3, spare=1)
-    c.start()
-    leader = c.wait_leader()
+def test_a_fourth_node_joins_as_a_learner_catches_up_and_is_promoted_to_voter(spare_node_4):
+    c, leader = spare_node_4
     url = c.http_url(leader)
-    for i in range(20):
-        assert httpx.put(f"{url}/kv/k{i}", json={"value": i}).status_code == 200
-    c.start_node(4)
 
     out = _txlab_raft(c, "add-learner", "4")
     assert out.returncode == 0, out.stdout + out.stderr

@@ -14,14 +14,9 @@ def _wait(cond, timeout: float = 10.0) -> None:
         time.sleep(0.05)
 
 
-def test_a_fourth_node_joins_catches_up_and_the_old_leader_can_be_removed(make_cluster):
-    c = make_cluster(3, spare=1)
-    c.start()
-    leader = c.wait_leader()
+def test_a_fourth_node_joins_catches_up_and_the_old_leader_can_be_removed(spare_node_4):
+    c, leader = spare_node_4
     url = c.http_url(leader)
-    for i in range(20):
-        assert httpx.put(f"{url}/kv/k{i}", json={"value": i}).status_code == 200
-    c.start_node(4)
     assert c.status(4)["role"] == "follower" and 4 not in c.status(4)["voters"]
     r = httpx.post(f"{url}/raft/members", json={"op": "add", "node": 4}, headers=c.admin_headers(),
                    timeout=10)
