@@ -232,8 +232,11 @@ class Quiet:
     progress: dict[str, int] = field(default_factory=dict)
 
 
-def wait_quiet(settings: Settings, wait: float, interval: float = 0.2,
-               on_look: Callable[[dict[str, int] | None, CannotCheck | None], None] | None = None) -> Quiet:
+# told of each look (its counts) or of each failed one (why the system cannot be checked)
+Look = Callable[[dict[str, int] | None, CannotCheck | None], None]
+
+
+def wait_quiet(settings: Settings, wait: float, interval: float = 0.2, on_look: Look | None = None) -> Quiet:
     """Look until the system is quiet or `wait` seconds have passed; return the last look.
 
     A server that cannot be reached (RabbitMQ or PostgreSQL down) is waited for within the same bound, and
@@ -262,9 +265,6 @@ def wait_quiet(settings: Settings, wait: float, interval: float = 0.2,
         if time.monotonic() >= deadline:
             return Quiet(counts, False, progress)
         time.sleep(interval)
-
-
-Look = Callable[[dict[str, int] | None, CannotCheck | None], None]
 
 
 def check_convergence(settings: Settings, wait: float = 0.0, on_look: Look | None = None) -> Invariant:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -10,12 +11,15 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
-async def eventually(probe: Callable[[], Awaitable[T]], within: float = 30.0, interval: float = 0.1,
+async def eventually(probe: Callable[[], Awaitable[T] | T], within: float = 30.0, interval: float = 0.1,
                      what: str = "condition") -> T:
-    """Call `probe` until it returns something truthy and return that; fail after `within` seconds."""
+    """Call `probe` (a function or a coroutine function) until it returns something truthy and return that;
+    fail after `within` seconds."""
     deadline = time.monotonic() + within
     while True:
-        value = await probe()
+        value = probe()
+        if inspect.isawaitable(value):
+            value = await value
         if value:
             return value
         if time.monotonic() > deadline:

@@ -24,8 +24,8 @@ async def apply_stock_event(stock: Stock, outbox: Outbox, event: Envelope) -> No
         await stock.reserve(event.order_id, decision.reserve)
     if decision.settle is not None:
         await stock.settle(event.order_id, held.lines, decision.settle)
-    outbox.stale_keys.update(stock_key(line.sku) for line in (*decision.reserve, *(
-        held.lines if decision.settle else ())))
+    changed = decision.reserve + (held.lines if decision.settle else ())
+    outbox.stale_keys.update(stock_key(line.sku) for line in changed)
     for emit in decision.emit:
         await outbox.emit(event.caused(emit.type, emit.payload))
 

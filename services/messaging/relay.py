@@ -73,10 +73,14 @@ class OutboxRelay:
         """Publish due rows until cancelled: woken by NOTIFY, polling as a fallback."""
         listener: asyncpg.Connection | None = None
         waits = 0
+        leases_released = False
         try:
             while True:
                 await self.publisher.wait_connected()
                 try:
+                    if not leases_released:  # rows a previous run of this relay held: publish them now
+                        await self.release_own_leases()
+                        leases_released = True
                     if listener is None or listener.is_closed():
                         listener = await self._listen()
                     self._wake.clear()

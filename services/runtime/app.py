@@ -69,8 +69,6 @@ def create_service_app(service: str, router: APIRouter, handlers: dict[str, Even
         await publisher.start()
         await consumer.start()
         broker.start()
-        with contextlib.suppress(Exception):  # the database may be down: the relay's first pass retries
-            await relay.release_own_leases()
         relay_task = asyncio.create_task(relay.run(), name=f"{service}-relay")
         relay_task.add_done_callback(_exit_if_failed)
         try:

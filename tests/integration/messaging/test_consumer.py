@@ -40,7 +40,7 @@ async def test_an_event_published_before_its_consumer_started_still_reaches_it(
         got.append(envelope)
 
     await Consumer(await connect(shop, "payment"), "payment", handler, faults).start()
-    await eventually(lambda: asyncio.sleep(0, got), within=10, what="the early event at payment")
+    await eventually(lambda: got, within=10, what="the early event at payment")
     assert [e.message_id for e in got] == [event.message_id]
 
 
@@ -86,7 +86,7 @@ async def test_the_worlds_errors_never_count_toward_parking(settings, topology, 
 
     await Consumer(await connect(t), "order", flaky, faults, max_failures=2).start()
     await publish_raw(settings, t, Envelope(type="transient.x").to_bytes(), "transient.x")
-    await eventually(lambda: asyncio.sleep(0, len(calls) == 8), within=30, what="the message applied")
+    await eventually(lambda: len(calls) == 8, within=30, what="the message applied")
     assert await depth(settings, t, "order_parked") == 0
 
 
@@ -116,7 +116,7 @@ async def test_a_slow_database_delays_a_message_and_never_parks_it(settings, top
     await asyncio.sleep(3)  # far more than max_failures pool timeouts
     assert await depth(settings, t, "payment_parked") == 0 and applied == []
     await busy.close()
-    await eventually(lambda: asyncio.sleep(0, applied == ["slow.x"]), within=20, what="the message applied")
+    await eventually(lambda: applied == ["slow.x"], within=20, what="the message applied")
     await one.dispose()
 
 
@@ -166,7 +166,7 @@ async def test_a_replay_moves_only_what_was_parked_when_it_began(settings, topol
     await eventually(await parked(3), within=20, what="parked again")
     fixed = True
     assert await replay_parked(settings.amqp, t, "inventory") == 3
-    await eventually(lambda: asyncio.sleep(0, len(applied) == 3), within=20, what="all three applied")
+    await eventually(lambda: len(applied) == 3, within=20, what="all three applied")
     assert sorted(applied) == ["replay.0", "replay.1", "replay.2"]
     assert await depth(settings, t, "inventory_parked") == 0
 

@@ -18,6 +18,7 @@ from raft.kv import KVStateMachine, Op, encode_command, encode_register
 from raft.node import CommitUnknown, NodeConfig, RaftNode, snapshot_view
 from raft.storage import Storage
 from raft.types import EntryType, MsgType
+from tests.polling import eventually
 
 STATE_BYTES = 50 * 1024 * 1024
 
@@ -80,13 +81,6 @@ class HeldSerialisation(Gate):
         monkeypatch.setattr(raft.node, "snapshot_view", view)
 
 
-async def until(condition, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.01)
-
-
 @dataclass
 class WhileHeld:
     heartbeats: int = 0  # heartbeat rounds the leader sent while the snapshot step was held
@@ -109,7 +103,7 @@ async def leader_while_its_snapshot_is_held(tmp_path, gate: Gate, writers: int) 
         await n.start()
     try:
         leader.campaign()
-        await until(lambda: leader.is_leader)
+        await eventually(lambda: leader.is_leader)
         fill(leader.machine)
         send = leader.transport.send
 
@@ -138,7 +132,7 @@ async def leader_while_its_snapshot_is_held(tmp_path, gate: Gate, writers: int) 
         while leader.applied < leader.cfg.snapshot_every:  # the last of these triggers the snapshot
             await leader.submit(encode_command(Op.PUT, f"k{i}", "1", now=time.time()))
             i += 1
-        await until(lambda: leader.snapshot_index > 0)
+        await eventually(lambda: leader.snapshot_index > 0)
         done.set()
         await asyncio.gather(*load)
         assert gate.entered.is_set(), "the snapshot step was never reached"
@@ -169,7 +163,7 @@ async def test_a_write_commits_while_the_snapshot_file_is_still_being_written(tm
     await node.start()
     try:
         node.campaign()
-        await until(lambda: node.is_leader)
+        await eventually(lambda: node.is_leader)
         i = 0
         while not held.entered.is_set():  # the 50th applied entry starts a snapshot
             await node.submit(encode_command(Op.PUT, f"k{i}", "1", now=time.time()))
@@ -177,7 +171,7 @@ async def test_a_write_commits_while_the_snapshot_file_is_still_being_written(tm
         await asyncio.wait_for(node.submit(encode_command(Op.PUT, "during", "1", now=time.time())), 2.0)
         assert node.snapshot_index == 0  # the snapshot file was still being written
         held.release.set()
-        await until(lambda: node.snapshot_index > 0)
+        await eventually(lambda: node.snapshot_index > 0)
     finally:
         held.release.set()
         await node.stop()
@@ -199,7 +193,7 @@ async def test_a_snapshot_holds_exactly_the_state_at_its_index_while_later_entri
     applied_when_durable: list[tuple[int, int]] = []  # (snapshot index, applied index once it is on disk)
     try:
         node.campaign()
-        await until(lambda: node.is_leader)
+        await eventually(lambda: node.is_leader)
         fill(node.machine, total=20 * 1024 * 1024)
         propose, record_snapshot = node.core.propose, node.storage.record_snapshot
 
