@@ -266,7 +266,10 @@ class RaftNode:
         loop = asyncio.get_running_loop()
         next_at = loop.time()
         while True:
-            next_at += TICK_SECONDS
+            # After a stall (a long step on the loop, a GC pause) the missed ticks are dropped, as Go's
+            # time.Ticker drops them for etcd: firing them in a burst would let this node's timeouts expire
+            # before it reads what its peers sent meanwhile (a leader would step down, a follower campaign).
+            next_at = max(next_at + TICK_SECONDS, loop.time())
             await asyncio.sleep(max(0.0, next_at - loop.time()))
             self.core.tick()
             self._wake.set()

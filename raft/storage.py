@@ -31,8 +31,13 @@ reaching the disk reads back as. Replay stops at the first record that is not we
 `bad`; then:
 
 - in the newest segment, if no well-formed record starts anywhere after `bad` (the damage runs to
-  the end, or only zeros or garbage follow), it is a torn tail: the write never finished, so it was
-  never acknowledged (acknowledgement follows the fsync). It is truncated and the node starts.
+  the end, or only zeros or garbage follow) and the bad record looks torn, it is a torn tail: the
+  write never finished, so it was never acknowledged (acknowledgement follows the fsync). It is
+  truncated and the node starts. A record looks torn, as in etcd's WAL, when it does not fit in the
+  file (its header is cut, zero or runs past the end) or when one of its 512-byte disk sectors is
+  all zeros (the file grew but that data never reached the disk). A complete record with no
+  zero sector that fails its checksum is a flipped bit in data that may have been synced:
+  `CorruptLog`, even at the very end.
 - if a well-formed record does start after `bad`, the damaged record was written before a record that
   reached the disk, so it may have been acknowledged (entries a leader counted as committed here):
   `CorruptLog` names the file and the offset, and nothing is cut.
@@ -56,6 +61,7 @@ from dataclasses import dataclass, field
 import msgpack
 
 from raft.codec import entry_from_wire, entry_to_wire, snapshot_from_wire, snapshot_to_wire
+from raft.disk import OS_DISK, Disk, make_dir_durable, write_atomically
 from raft.types import Entry, HardState, Snapshot
 
 RECORD_HEADER = struct.Struct("<II")  # payload length, crc32(payload)
@@ -132,39 +138,25 @@ def next_wal_record(data: bytes, bad: int) -> int | None:
     return None
 
 
-def fsync_dir(path: str) -> None:
-    """Make a rename or a create inside `path` durable."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+SECTOR = 512  # the unit a disk writes atomically (or not at all)
 
 
-def make_dir_durable(path: str) -> None:
-    """Create `path` (and missing parents) and fsync its parent, even when it already exists: the run
-    that created it may have died before the parent was synced."""
-    parent = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(parent):
-        make_dir_durable(parent)
-    with contextlib.suppress(FileExistsError):
-        os.mkdir(path)
-    fsync_dir(parent)
-
-
-def write_atomically(path: str, *chunks: bytes) -> None:
-    """Replace `path` with the concatenated `chunks` so that a crash leaves either the old or the new
-    content."""
-    tmp = path + ".tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        for chunk in chunks:
-            _write_all(fd, chunk)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    fsync_dir(os.path.dirname(path) or ".")
+def looks_torn(data: bytes, pos: int) -> bool:
+    """Whether the damaged record at `pos` looks like a write a crash cut short rather than a flipped
+    bit: it does not fit in `data`, or one of its sectors (aligned on file offsets) is all zeros."""
+    if len(data) - pos < RECORD_HEADER.size:
+        return True
+    length, _ = RECORD_HEADER.unpack_from(data, pos)
+    end = pos + RECORD_HEADER.size + length
+    if not 0 < length <= MAX_RECORD or end > len(data):
+        return True
+    start = pos
+    while start < end:
+        stop = min(end, (start // SECTOR + 1) * SECTOR)
+        if not any(data[start:stop]):
+            return True
+        start = stop
+    return False
 
 
 def snapshot_record(snapshot: Snapshot) -> list[bytes]:
@@ -195,12 +187,6 @@ def _bin_header(n: int) -> bytes:
     return struct.pack(">BI", 0xC6, n)
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
-
-
 @dataclass
 class _Segment:
     seq: int
@@ -223,7 +209,8 @@ class Storage:
     `record_snapshot` and `save_snapshot` touch the log: one thread at a time (the node's writer thread).
     `write_snapshot_file` touches only its own file and may run in another thread meanwhile."""
 
-    def __init__(self, directory: str, segment_bytes: int = DEFAULT_SEGMENT_BYTES) -> None:
+    def __init__(self, directory: str, segment_bytes: int = DEFAULT_SEGMENT_BYTES, disk: Disk = OS_DISK) -> None:
+        self.disk = disk
         self.dir = directory
         self.wal_dir = os.path.join(directory, "wal")
         self.snap_dir = os.path.join(directory, "snap")
@@ -237,11 +224,12 @@ class Storage:
 
     # ----------------------------------------------------------------------------------- recovery
     @classmethod
-    def open(cls, directory: str, segment_bytes: int = DEFAULT_SEGMENT_BYTES) -> tuple[Storage, Recovered]:
+    def open(cls, directory: str, segment_bytes: int = DEFAULT_SEGMENT_BYTES,
+             disk: Disk = OS_DISK) -> tuple[Storage, Recovered]:
         """Open (creating if needed) the log in `directory` and recover its durable state."""
-        st = cls(directory, segment_bytes)
+        st = cls(directory, segment_bytes, disk)
         for d in (directory, st.wal_dir, st.snap_dir):
-            make_dir_durable(d)
+            make_dir_durable(d, disk)
         rec = Recovered()
         rec.snapshot = st._load_snapshot()
         hs = st._load_hard_state()
@@ -260,10 +248,9 @@ class Storage:
     def _load_hard_state(self) -> HardState:
         path = os.path.join(self.dir, "hardstate")
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(path + ".tmp")
+            self.disk.unlink(path + ".tmp")
         try:
-            with open(path, "rb") as f:
-                data = f.read()
+            data = self.disk.read(path)
         except FileNotFoundError:
             return HardState()
         records, _ = read_records(data)
@@ -273,31 +260,29 @@ class Storage:
         return HardState(term, vote, commit)
 
     def _snapshot_files(self) -> list[str]:
-        names = sorted(n for n in os.listdir(self.snap_dir) if n.endswith(".snap"))
+        names = sorted(n for n in self.disk.listdir(self.snap_dir) if n.endswith(".snap"))
         return [os.path.join(self.snap_dir, n) for n in names]
 
     def _load_snapshot(self) -> Snapshot | None:
-        for name in os.listdir(self.snap_dir):
+        for name in self.disk.listdir(self.snap_dir):
             if name.endswith(".tmp"):
-                os.unlink(os.path.join(self.snap_dir, name))
+                self.disk.unlink(os.path.join(self.snap_dir, name))
         for path in reversed(self._snapshot_files()):
-            with open(path, "rb") as f:
-                records, _ = read_records(f.read())
+            records, _ = read_records(self.disk.read(path))
             if records:
                 return snapshot_from_wire(msgpack.unpackb(records[0]))
         return None
 
     def _replay(self, base: tuple[int, int]) -> tuple[list[Entry], int, int]:
         """Rebuild the log after `base` = (index, term) of the snapshot from every segment."""
-        names = sorted(n for n in os.listdir(self.wal_dir) if n.endswith(".log"))
+        names = sorted(n for n in self.disk.listdir(self.wal_dir) if n.endswith(".log"))
         entries: list[Entry] = []
         first = 1  # index of entries[0]
         commit = 0
         truncated = 0
         for pos, name in enumerate(names):
             seg = _Segment(int(name[4:-4]), os.path.join(self.wal_dir, name))
-            with open(seg.path, "rb") as f:
-                data = f.read()
+            data = self.disk.read(seg.path)
             records, good = read_wal(data)
             if good < len(data):
                 if pos != len(names) - 1:
@@ -306,10 +291,11 @@ class Storage:
                 if after is not None:
                     raise CorruptLog(f"{seg.path}: damaged record at byte {good}, followed by a valid record at "
                                      f"byte {after}: it may have been acknowledged, refusing to cut it")
+                if not looks_torn(data, good):
+                    raise CorruptLog(f"{seg.path}: the last record, at byte {good}, fails its checksum with "
+                                     f"no zero sector: a flipped bit, not a torn write; refusing to cut it")
                 truncated = len(data) - good
-                with open(seg.path, "r+b") as f:
-                    f.truncate(good)
-                    os.fsync(f.fileno())
+                self.disk.truncate(seg.path, good)
             for rec in records:
                 if rec[0] == KIND_ENTRIES:
                     batch = [entry_from_wire(w) for w in rec[1]]
@@ -337,9 +323,9 @@ class Storage:
         if not self._segments:
             self._segments.append(_Segment(1, os.path.join(self.wal_dir, f"wal-{1:016d}.log")))
         tail = self._segments[-1]
-        self._fd = os.open(tail.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        self._size = os.fstat(self._fd).st_size
-        fsync_dir(self.wal_dir)
+        self._fd = self.disk.open_append(tail.path)
+        self._size = self.disk.size(self._fd)
+        self.disk.sync_dir(self.wal_dir)
 
     # --------------------------------------------------------------------------------------- writes
     def save(self, hard_state: HardState | None, entries: list[Entry], snapshot: Snapshot | None,
@@ -353,7 +339,8 @@ class Storage:
         if hard_state is not None:
             if (hard_state.term, hard_state.vote) != (self._hard.term, self._hard.vote):
                 write_atomically(os.path.join(self.dir, "hardstate"),
-                                 frame(msgpack.packb([hard_state.term, hard_state.vote, hard_state.commit])))
+                                 frame(msgpack.packb([hard_state.term, hard_state.vote, hard_state.commit])),
+                                 disk=self.disk)
             self._hard = hard_state
             commit = hard_state.commit
         if entries or commit != self._commit_logged:
@@ -362,7 +349,7 @@ class Storage:
             self._append(frame(payload), entries[-1].index if entries else 0)
             self._commit_logged = commit
         if sync:
-            os.fdatasync(self._fd)
+            self.disk.sync(self._fd)
         if self._size >= self.segment_bytes:
             self._roll()
         if snapshot is not None:
@@ -381,7 +368,7 @@ class Storage:
         never share a file: each index is written once (a leader's snapshot lies past the commit index,
         a local one at or before it)."""
         path = os.path.join(self.snap_dir, f"snap-{snapshot.index:020d}.snap")
-        write_atomically(path, *snapshot_record(snapshot))
+        write_atomically(path, *snapshot_record(snapshot), disk=self.disk)
 
     def record_snapshot(self, snapshot: Snapshot) -> None:
         """The log writer's part of a local snapshot, once `write_snapshot_file` returned for it: mark it
@@ -389,28 +376,28 @@ class Storage:
         one already recorded changes nothing (a newer one from the leader may even have replaced its file)."""
         if snapshot.index <= self._snapshot_index:
             return
-        if not os.path.exists(os.path.join(self.snap_dir, f"snap-{snapshot.index:020d}.snap")):
+        if not self.disk.exists(os.path.join(self.snap_dir, f"snap-{snapshot.index:020d}.snap")):
             raise ValueError(f"no snapshot file at index {snapshot.index}: the log is compacted only past one")
         self._append_snapshot_marker(snapshot)
-        os.fdatasync(self._fd)
+        self.disk.sync(self._fd)
         if self._size >= self.segment_bytes:
             self._roll()
         self._drop_obsolete(snapshot.index)
 
     def _append(self, record: bytes, index: int) -> None:
-        _write_all(self._fd, record)
+        self.disk.write(self._fd, record)
         self._size += len(record)
         seg = self._segments[-1]
         seg.max_index = max(seg.max_index, index)
 
     def _roll(self) -> None:
-        os.fdatasync(self._fd)
-        os.close(self._fd)
+        self.disk.sync(self._fd)
+        self.disk.close(self._fd)
         seq = self._segments[-1].seq + 1
         self._segments.append(_Segment(seq, os.path.join(self.wal_dir, f"wal-{seq:016d}.log")))
-        self._fd = os.open(self._segments[-1].path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        self._fd = self.disk.open_append(self._segments[-1].path)
         self._size = 0
-        fsync_dir(self.wal_dir)
+        self.disk.sync_dir(self.wal_dir)
 
     def _append_snapshot_marker(self, snapshot: Snapshot) -> None:
         self._append(frame(msgpack.packb([KIND_SNAPSHOT, snapshot.index, snapshot.term])), snapshot.index)
@@ -420,9 +407,9 @@ class Storage:
         """Delete the oldest sealed segments while every record in them is covered by the snapshot at
         `index`; only a prefix goes, so replaying the rest keeps every overwrite in its order."""
         while len(self._segments) > 1 and self._segments[0].max_index <= index:
-            os.unlink(self._segments.pop(0).path)
+            self.disk.unlink(self._segments.pop(0).path)
         for path in self._snapshot_files()[:-SNAPSHOTS_KEPT]:
-            os.unlink(path)
+            self.disk.unlink(path)
 
     @property
     def hard_state(self) -> HardState:
@@ -434,7 +421,7 @@ class Storage:
 
     def close(self) -> None:
         if self._fd >= 0:
-            os.close(self._fd)
+            self.disk.close(self._fd)
             self._fd = -1
 
 

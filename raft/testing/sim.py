@@ -7,21 +7,34 @@ can cut links one way (A's messages to B dropped while B's reach A; a node that 
 or is heard but hears nothing). Nodes can be paused with their clock stopped (no ticks, no message or
 fsync handling; they resume with their state intact and then handle what reached them meanwhile), and
 clocks are skewed: a node's clock runs at 0.5x to 2x the true rate, and the rate may change mid-run.
-Each node has a durable store: a Ready's hard state and entries become durable at its simulated fsync, and
-a crash drops whatever was not yet synced (including a torn write in the middle of a Ready, before its
-messages are sent). In `async_fsync` mode the fsync takes time, as in raft/node.py: the core keeps
+Each node persists a Ready before sending its messages, and a crash may strike in the middle of that
+write (see the disk below). In `async_fsync` mode the fsync takes time, as in raft/node.py: the core keeps
 stepping messages meanwhile and a leader sends its APPENDs before its own fsync ends. Nodes compact
 their logs (so lagging ones get InstallSnapshot), leaders crash, get isolated or transfer leadership,
-some leaders die young (crash or freeze within their first few Readies, the first one being the one that
-announces the election), and some runs add, remove and re-add members, brand-new nodes included (started
-on one side of a partition, if any), often asking for a second change at once. After every step the
+some leaders die young (within their first few Readies, the first one being the one that announces the
+election, they crash mid-write, freeze, or are cut off from everyone while clients go on writing to them),
+some crash right after their commit index advanced (the news of it, and their newer entries, lost), and
+some runs add, remove and re-add members, brand-new nodes included (started on one side of a partition,
+if any), often asking for a second change at once. After every step the
 `SafetyChecker` verifies the five properties of Raft's Figure 3: Election Safety, Leader Append-Only,
 Log Matching, Leader Completeness and State Machine Safety; a violation raises `SafetyViolation` naming
 the seed and the step. Every fault above applies to every profile of `run_seed` (each seed draws its own
 rates, some none).
 
+Each node runs the production code below the core: its log is `raft.storage.Storage` on a
+`raft.testing.simdisk.SimDisk`, and its state machine is `raft.kv.KVStateMachine` with client sessions.
+A crash is a power loss of that disk: unsynced appends are torn at a sector boundary, sometimes leaving
+a zero-filled tail; a crash may also strike in the middle of a write (between any two disk operations of
+`Storage.save`, a snapshot or a segment roll). Some runs flip a bit at rest in a stopped node's log
+(a sealed or the open segment, or its hard state): the node must then refuse to start with `CorruptLog`
+(it is retired, as an operator would take it out) or recover every record it had synced; recovering less
+without a word is a failure. A disk whose fsync lies is modelled too (`Faults.lying_fsync`): Raft cannot
+survive it, and the durable-quorum check below catches the loss.
+
 `run_seed()` drives a random fault schedule plus KV clients (put / get via ReadIndex on any node /
-compare-and-set) whose history `raft/testing/linearizability.py` checks at the end; then it heals
+compare-and-set; writes go through a registered session and are retried with the same sequence number
+until they are answered, so a double application shows as a non-linearizable history) whose history
+`raft/testing/linearizability.py` checks at the end; then it heals
 everything and requires the cluster to converge (a liveness check). An entry applied anywhere must
 already be durable on a quorum (checked in runs without membership changes, where the quorum is fixed).
 """
@@ -30,12 +43,16 @@ from __future__ import annotations
 
 import heapq
 import json
+import os
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from raft.core import Config, NotLeader, Raft
+from raft.kv import KVStateMachine, Op, Outcome, Registered, canonical_json, encode_command, encode_register
+from raft.storage import CorruptLog, Storage, record_at
 from raft.testing.linearizability import KvOp, check_kv
+from raft.testing.simdisk import DiskCrash, SimDisk
 from raft.types import (
     ConfChange,
     Entry,
@@ -73,16 +90,34 @@ class Faults:
     # Persist like raft/node.py: the fsync runs while the core keeps stepping messages, and a leader sends
     # its APPENDs before its own fsync ends (thesis §10.2.1).
     async_fsync: bool = False
+    # Share of a leader's commits followed at once by its crash: it applied them, and the messages that
+    # would have spread the news (and its newer entries) are lost.
+    crash_after_commit: float = 0.0
+    # Share of a stopped node's restarts preceded by one flipped bit in its log or hard state (bit rot);
+    # at most one node per cluster is hit, since a node that refuses to start is out for good.
+    bit_flip: float = 0.0
+    # Share of fsyncs that return without making anything durable: a disk no consensus survives.
+    lying_fsync: float = 0.0
 
 
-class SimStorage:
-    """What survives a crash: the synced hard state, snapshot and log."""
+NODE_DIR = "/raft/node"
+SEGMENT_BYTES = 4096  # small, so that runs roll segments and recover from sealed ones
+
+
+class DurableLog:
+    """What a node has made durable, by the disk's own account (only an fsync that did not lie counts):
+    the synced hard state, snapshot and log. The durable-quorum check and restart verification use it."""
 
     def __init__(self) -> None:
         self.hard = HardState()
         self.snapshot: Snapshot | None = None
         self.entries: list[Entry] = []  # contiguous, starting right after the snapshot
-        self.unsynced_hard: HardState | None = None  # written without fsync: lost on a crash
+
+    @classmethod
+    def recovered(cls, hard: HardState, snapshot: Snapshot | None, entries: list[Entry]) -> DurableLog:
+        d = cls()
+        d.hard, d.snapshot, d.entries = hard, snapshot, list(entries)
+        return d
 
     @property
     def offset(self) -> int:
@@ -114,62 +149,102 @@ class SimStorage:
         self.snapshot = s
         self.entries = keep
 
+    def absorb(self, write: tuple[str, object]) -> None:
+        kind, x = write
+        if kind == "snapshot":
+            if self.snapshot is None or x.index > self.snapshot.index:  # type: ignore[attr-defined]
+                self.install_snapshot(x)  # type: ignore[arg-type]
+        elif kind == "entries":
+            self.append(x)  # type: ignore[arg-type]
+        else:
+            self.hard = x  # type: ignore[assignment]
 
-class KvMachine:
-    """The replicated KV state machine the simulated clients talk to."""
-
-    def __init__(self, data: bytes = b"") -> None:
-        self.kv: dict[str, str] = json.loads(data) if data else {}
-
-    def apply(self, data: bytes) -> tuple[str, object]:
-        """Apply one command: returns (op id, result)."""
-        op, key, a, b, opid = data.decode().split("|")
-        if op == "put":
-            self.kv[key] = a
-            return opid, True
-        if op == "cas":
-            if self.kv.get(key) == (a or None):
-                self.kv[key] = b
-                return opid, True
-            return opid, False
-        raise ValueError(f"unknown command {op!r}")
-
-    def encode(self) -> bytes:
-        return json.dumps(self.kv, sort_keys=True).encode()
+    def lost_in(self, hard: HardState, snapshot: Snapshot | None, entries: list[Entry]) -> str | None:
+        """What of this durable state a recovery returning (hard, snapshot, entries) lost, if anything."""
+        got = DurableLog.recovered(hard, snapshot, entries)
+        mine = self.hard
+        if hard.term < mine.term or (hard.term == mine.term and mine.vote and hard.vote != mine.vote):
+            return f"hard state {mine} was synced, {hard} recovered"
+        if self.snapshot is not None and (snapshot is None or snapshot.index < self.snapshot.index):
+            return f"the snapshot at {self.snapshot.index}"
+        missing = [(e.index, e.term) for e in self.entries if not got.has(e.index, e.term)]
+        return f"synced entries {missing[:5]}{'...' if len(missing) > 5 else ''}" if missing else None
 
 
-def kv_command(op: str, key: str, a: str, b: str, opid: str) -> bytes:
-    return f"{op}|{key}|{a}|{b}|{opid}".encode()
+def kv_command(op: str, key: str, a: str, b: str, opid: str = "") -> bytes:
+    """A session-less command of the production KV store: ("put", key, value) or ("cas", key, expected,
+    value), with an empty expected meaning an absent key; `opid` is ignored (kept for older tests)."""
+    if op == "put":
+        return encode_command(Op.PUT, key, canonical_json(a), now=0.0)
+    return encode_command(Op.CAS, key, canonical_json(b), canonical_json(a) if a else "null", now=0.0)
 
 
 @dataclass(slots=True)
 class _ClientOp:
-    op: KvOp
+    op: KvOp | None  # None: a session registration, not in the history
+    client: int
     node: int
-    deadline: int
+    deadline: int  # of this attempt
+    timeout: int  # ticks per attempt
     read_index: int | None = None
+    write: tuple[Op, str, str, str | None] | None = None  # (op, key, value, expected) of a write
+    session: int = 0  # a write's session and sequence number: every attempt carries the same pair
+    seq: int = 0
+    term: int = 0  # the term the entry was proposed in
+    until: int = 0  # a write with a session is retried until this tick, then left unanswered
 
 
 class SimNode:
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, disk: SimDisk) -> None:
         self.cfg = cfg
         self.id = cfg.id
-        self.storage = SimStorage()
-        self.raft: Raft | None = Raft(cfg)
-        self.kv = KvMachine()
+        self.disk = disk
+        self.durable = DurableLog()
+        self.pending: list[tuple[str, object]] = []  # written since the last fsync that made all durable
+        self.retired: str | None = None  # why this node can never start again (its log is corrupt)
+        self.flipped = False  # a bit of its log was flipped at rest
+        self.storage: Storage | None = None
+        self.raft: Raft | None = None
+        self.machine = KVStateMachine()
         self.applied: list[Entry] = []  # every entry applied since the last (re)start, for tests
-        self.inflight: tuple[Ready, list[Message]] | None = None  # Ready whose fsync is running; unsent msgs
-        self.waiting: dict[str, _ClientOp] = {}  # op id of a proposed command -> the client op
+        self.inflight: tuple[Ready, list[Message], bool] | None = None  # Ready whose fsync runs; unsent; written
+        self.waiting: dict[int, _ClientOp] = {}  # log index of a proposed command -> the client op
         self.reads: dict[bytes, _ClientOp] = {}  # ReadIndex context -> the client read
         # A paused process (GC pause, SIGSTOP, a stalled VM): until this tick it neither ticks nor handles
         # anything; what reaches it meanwhile (messages, fsync completions) waits in `backlog`.
         self.paused_until = 0
         self.backlog: list[Message | int] = []
         # Clock rate in half ticks per simulated tick: 2 is the true rate, 1 a slow clock, 4 a clock twice
-        # as fast; `phase` carries the half tick left over.
+        # as fast; `phase` carries the half tick left over. `clock` is this node's own time, in ticks: the
+        # stamp its state machine commands carry.
         self.rate = 2
         self.phase = 0
+        self.clock = 0.0
         self.doomed: int | None = None  # a short-lived leader: Readies it still hands out before it dies
+        self.boots = 0  # how many times it started
+        self.read_seq = 0  # ReadIndex contexts issued since
+
+    def start(self) -> None:
+        """Open the log on this node's disk and rebuild the core and the state machine from it; raises
+        CorruptLog when the log is damaged."""
+        self.storage, rec = Storage.open(NODE_DIR, SEGMENT_BYTES, disk=self.disk)
+        snap_index = rec.snapshot.index if rec.snapshot else 0
+        self.raft = Raft(self.cfg, hard_state=rec.hard_state, snapshot=rec.snapshot, entries=rec.entries,
+                         applied=snap_index)
+        self.machine = KVStateMachine(max_sessions=self.cfg_max_sessions)
+        if rec.snapshot is not None:
+            self.machine.restore(rec.snapshot.data)
+        self.durable = DurableLog.recovered(rec.hard_state, rec.snapshot, rec.entries)
+        self.pending = []
+        self.applied = []
+        self.boots += 1
+        self.read_seq = 0
+
+    cfg_max_sessions = 100_000
+
+    def values(self) -> dict[str, object]:
+        """The state machine's map, values decoded."""
+        return {k: json.loads(v) for k, v in self.machine.data.items()}
 
     @property
     def up(self) -> bool:
@@ -288,6 +363,8 @@ class Cluster:
         seed: int = 0,
         faults: Faults | None = None,
         check_durable_quorum: bool = True,
+        session_timeout: float = 10**9,
+        max_sessions: int = 100_000,
         **cfg: object,
     ) -> None:
         self.seed = seed
@@ -295,9 +372,11 @@ class Cluster:
         self.faults = faults or Faults()
         self.peers = tuple(range(1, n + 1))
         self.cfg_kw = cfg
+        self.session_timeout = session_timeout  # in ticks of log time
+        self.max_sessions = max_sessions
         self.nodes: dict[int, SimNode] = {}
         for i in self.peers:
-            self.nodes[i] = SimNode(self._config(i, self.peers))
+            self._new_node(i, self.peers)
         self.checker = SafetyChecker(f"seed={seed}")
         self.now = 0  # ticks
         self.events = 0  # a counter that orders client invocations and responses
@@ -310,9 +389,22 @@ class Cluster:
         self.check_durable_quorum = check_durable_quorum
         self.drop: Callable[[Message], bool] | None = None  # tests: drop the messages this selects
         self.messages_sent = 0
+        self.sessions: dict[int, list[int]] = {}  # client -> [session id, last sequence number used]
+        self.registering: set[int] = set()  # clients whose registration is in flight
+        self.retrying: list[_ClientOp] = []  # writes between two attempts
+        self.use_sessions = False  # writes go through sessions and are retried (run_seed turns it on)
+        self.retry_for = 120  # ticks a write with a session is retried before it is left unanswered
+        self.disk_notes: list[str] = []  # what the disk faults did: flips and their verdicts
 
     def _config(self, i: int, peers: tuple[int, ...]) -> Config:
         return Config(i, peers, seed=self.seed, **self.cfg_kw)  # type: ignore[arg-type]
+
+    def _new_node(self, i: int, peers: tuple[int, ...]) -> SimNode:
+        disk = SimDisk(random.Random(self.rng.getrandbits(64)), lying_fsync=self.faults.lying_fsync)
+        node = self.nodes[i] = SimNode(self._config(i, peers), disk)
+        node.cfg_max_sessions = self.max_sessions
+        node.start()
+        return node
 
     # ---------------------------------------------------------------- access
 
@@ -396,27 +488,79 @@ class Cluster:
         self.nodes[i].rate = halves
 
     def crash(self, i: int) -> None:
-        """Stop node i: it loses its memory and every write not yet synced."""
+        """Stop node i: it loses its memory, and its disk whatever a power loss takes (see SimDisk)."""
         node = self.nodes[i]
         node.paused_until = 0
         node.backlog.clear()
         node.doomed = None
-        if node.inflight is not None:
-            self._torn_write(node, node.inflight[0])
-            node.inflight = None
+        node.inflight = None
         node.raft = None
-        node.storage.unsynced_hard = None
+        node.storage = None
+        node.disk.crash()  # (pending writes stay listed: some of them may have reached the disk)
         node.waiting.clear()
         node.reads.clear()
 
     def restart(self, i: int) -> None:
-        """Start node i again from its durable state (state machine rebuilt from the snapshot)."""
+        """Start node i again from what its disk holds (state machine rebuilt from the snapshot). A node
+        whose log is corrupt refuses to start and is retired; one that starts must have every record it
+        synced."""
         node = self.nodes[i]
-        st = node.storage
-        node.raft = Raft(node.cfg, hard_state=st.hard, snapshot=st.snapshot, entries=list(st.entries),
-                         applied=st.snapshot.index if st.snapshot else 0)
-        node.kv = KvMachine(st.snapshot.data if st.snapshot else b"")
-        node.applied = []
+        if node.retired is not None:
+            return
+        synced, pending = node.durable, node.pending
+        try:
+            node.start()
+        except CorruptLog as exc:
+            node.retired = str(exc)
+            self.disk_notes.append(f"t={self.now} node {i} refused to start: {exc}")
+            return
+        except Exception as exc:
+            self.checker.fail(f"node {i} cannot restart from its disk: {exc!r}")
+        # What a power loss may leave: everything synced plus the unsynced writes up to some point, whole
+        # records only (a later one may have overwritten part of the synced log: a new leader's entries).
+        got = node.durable
+        lost = synced.lost_in(got.hard, got.snapshot, got.entries)
+        could_be = DurableLog.recovered(synced.hard, synced.snapshot, synced.entries)
+        for w in pending:
+            if lost is None:
+                break
+            could_be.absorb(w)
+            if could_be.lost_in(got.hard, got.snapshot, got.entries) is None:
+                lost = None
+        if lost is not None:
+            self.checker.fail(f"node {i} restarted without {lost}: its log lost synced data without a word")
+
+    def flip_bit(self, i: int) -> str | None:
+        """Bit rot in stopped node i's log: one bit flipped in a WAL segment (sealed or open) or the hard
+        state. Returns what was hit, or None when there is nothing to hit. Not hit: the length field of the
+        open segment's last record, a flip the format cannot tell from a write cut short (etcd's WAL has
+        the same blind spot)."""
+        node = self.nodes[i]
+        assert not node.up
+        files = [p for p in node.disk.files() if (p.endswith(".log") or p.endswith("hardstate"))
+                 and node.disk.size_of(p) > 0]
+        if not files:
+            return None
+        path = self.rng.choice(files)
+        data = node.disk.read(path)
+        segments = [p for p in files if p.endswith(".log")]
+        blind: set[int] = set()
+        if segments and path == max(segments):
+            pos, last = 0, None
+            while (rec := record_at(data, pos)) is not None:
+                last, pos = pos, rec[1]
+            if last is not None:
+                blind = set(range(last, last + 4))
+        offsets = [k for k in range(len(data)) if k not in blind]
+        if not offsets:
+            return None
+        at = self.rng.choice(offsets)
+        node.disk.flip_bit(path, at, self.rng.randrange(8))
+        sealed = "hard state" if path.endswith("hardstate") else (
+            "open segment" if path == max(segments) else "sealed segment")
+        what = f"{sealed} {os.path.basename(path)} byte {at} of {len(data)}"
+        self.disk_notes.append(f"t={self.now} flip node {i}: {what}")
+        return what
 
     def add_node(self, i: int, voter: bool = True) -> None:
         """Start a brand-new node i (empty log) that knows the current voters, plus itself unless it joins
@@ -424,22 +568,62 @@ class Cluster:
         ldr = self.leader()
         voters = self.raft(ldr).voters if ldr else self.peers
         peers = {*voters, i} if voter else set(voters)
-        self.nodes[i] = SimNode(self._config(i, tuple(sorted(peers))))
+        self._new_node(i, tuple(sorted(peers)))
         self.checker.seen_commit[i] = 0
         if self._groups is not None and i not in self._groups:
             # a machine started during a partition lands on one side of it
             self._groups[i] = self.rng.choice(sorted(set(self._groups.values())))
 
     def compact(self, i: int) -> None:
-        """Node i snapshots its state machine at its applied index and drops the log up to it."""
+        """Node i snapshots its state machine at its applied index and drops the log up to it (the file
+        written and synced, then recorded in the log, as raft/node.py does); a crash may strike midway."""
         node = self.nodes[i]
         r = self.raft(i)
         idx = r.applied
         if idx <= (r.snapshot.index if r.snapshot else 0):
             return
-        r.compact(idx, node.kv.encode())
-        assert r.snapshot is not None
-        node.storage.install_snapshot(r.snapshot)  # the snapshot file is written and synced at once
+        r.compact(idx, node.machine.snapshot())
+        assert r.snapshot is not None and node.storage is not None
+        if self.faults.crash_mid_ready and self.rng.random() < self.faults.crash_mid_ready:
+            node.disk.crash_after(self.rng.randint(1, 8))
+        node.pending.append(("snapshot", r.snapshot))
+        try:
+            node.storage.save_snapshot(r.snapshot)
+        except DiskCrash:
+            self.crash(i)
+            return
+        node.disk.crash_after(None)
+        self._synced(node)
+
+    def _synced(self, node: SimNode) -> None:
+        """After an fsync: if the disk now holds everything written, the pending writes are durable."""
+        if node.disk.all_synced():
+            for w in node.pending:
+                node.durable.absorb(w)
+            node.pending.clear()
+
+    def _write(self, node: SimNode, rd: Ready, sync: bool) -> None:
+        """Hand a Ready's hard state, snapshot and entries to the node's storage (and fsync them)."""
+        assert node.storage is not None
+        if rd.snapshot is not None:  # listed first: a crash in the middle of `save` may keep some of them
+            node.pending.append(("snapshot", rd.snapshot))
+        if rd.entries:
+            node.pending.append(("entries", rd.entries))
+        if rd.hard_state is not None:
+            node.pending.append(("hard", rd.hard_state))
+        node.storage.save(rd.hard_state, rd.entries, rd.snapshot, sync)
+        if sync:
+            self._synced(node)
+
+    def _write_then_crash(self, node: SimNode, rd: Ready | None) -> None:
+        """A crash in the middle of persisting `rd` (after any of its disk operations, or before all)."""
+        if rd is not None and node.storage is not None:
+            node.disk.crash_after(self.rng.randint(1, 8))
+            try:
+                self._write(node, rd, rd.must_sync)
+            except DiskCrash:
+                pass
+        self.crash(node.id)
 
     # ---------------------------------------------------------------- driving
 
@@ -456,6 +640,7 @@ class Cluster:
                         continue
                     self.resume(node.id)
                 node.phase += node.rate
+                node.clock += node.rate / 2
                 for _ in range(node.phase // 2):
                     if node.raft is None:
                         break
@@ -575,12 +760,13 @@ class Cluster:
                         if m.type in _LEADER_EARLY:
                             self._send(m)
                     rest = [m for m in rest if m.type not in _LEADER_EARLY]
-                node.inflight = (rd, rest)
+                self._write(node, rd, sync=False)  # written now; the fsync completes later
+                node.inflight = (rd, rest, True)
                 self._seq += 1
                 heapq.heappush(self._queue, (self.now + self.rng.randint(0, 1), self.rng.random(), self._seq,
                                              node.id))
                 return
-            self._finish(node, rd, rd.messages)
+            self._finish(node, rd, rd.messages, written=False)
             if node.raft is None:
                 return
         self.checker.fail(f"node {node.id} keeps producing Ready batches (livelock)")
@@ -598,13 +784,18 @@ class Cluster:
             node.doomed -= 1
             return False
         node.doomed = None
-        node.inflight = (rd, rd.messages)
-        if self.rng.random() < 0.5:
-            self.crash(node.id)  # a torn write of this Ready; nothing sent
+        x = self.rng.random()
+        if x < 0.3:
+            # cut off from everyone: it goes on leading alone, taking writes that only it holds
+            self.isolate(node.id)
+            return False
+        if x < 0.65:
+            self._write_then_crash(node, rd)  # a torn write of this Ready; nothing sent
         else:
             et = int(self.cfg_kw.get("election_tick", 15))  # type: ignore[call-overload]
+            node.inflight = (rd, rd.messages, False)
             self.pause(node.id, self.rng.randint(et, 3 * et))
-            node.backlog.append(node.id)  # on resuming it finishes this Ready (fsync, send, apply)
+            node.backlog.append(node.id)  # on resuming it finishes this Ready (write, fsync, send, apply)
         self.checker.check(self.nodes)
         return True
 
@@ -615,69 +806,58 @@ class Cluster:
         if node.paused:
             node.backlog.append(i)  # the write is done; the frozen process learns it when it resumes
             return
-        rd, rest = node.inflight
+        rd, rest, written = node.inflight
         node.inflight = None
-        self._finish(node, rd, rest)
+        self._finish(node, rd, rest, written)
         if node.raft is not None:
             self._process(node)
 
-    def _finish(self, node: SimNode, rd: Ready, messages: list[Message]) -> None:
+    def _finish(self, node: SimNode, rd: Ready, messages: list[Message], written: bool) -> None:
         """The Ready's writes reach the disk (fsync), then its messages go out, then it is applied."""
         r = node.raft
-        assert r is not None
+        assert r is not None and node.storage is not None
         p_crash = self.faults.crash_mid_ready
         if p_crash and rd.must_sync and self.rng.random() < p_crash:
-            node.inflight = (rd, messages)
-            self.crash(node.id)  # a torn write of this Ready; nothing sent, nothing applied
+            # a crash before the fsync ends: a torn write of this Ready; nothing sent, nothing applied
+            self._write_then_crash(node, None if written else rd)
             self.checker.check(self.nodes)
             return
-        st = node.storage
-        if rd.snapshot is not None:
-            st.install_snapshot(rd.snapshot)
-        if rd.entries:
-            st.append(rd.entries)
-        if rd.hard_state is not None:
-            if rd.must_sync:
-                st.hard, st.unsynced_hard = rd.hard_state, None
-            else:
-                st.unsynced_hard = rd.hard_state
-        elif rd.must_sync and st.unsynced_hard is not None:
-            st.hard, st.unsynced_hard = st.unsynced_hard, None
+        if not written:
+            self._write(node, rd, rd.must_sync)
+        elif rd.must_sync:
+            node.storage.save(None, [], None, sync=True)
+            self._synced(node)
+        f = self.faults
+        if (f.crash_after_commit and rd.committed_entries and r.role is Role.LEADER
+                and self.rng.random() < f.crash_after_commit):
+            self._apply(node, rd)
+            self.crash(node.id)
+            self.checker.check(self.nodes)
+            return
         for m in messages:
             self._send(m)
         self._apply(node, rd)
         r.advance(rd)
         self.checker.check(self.nodes)
 
-    def _torn_write(self, node: SimNode, rd: Ready) -> None:
-        """A crash mid-write: some prefix of the entries and maybe the hard state reached the disk."""
-        st = node.storage
-        # Writes land in order (snapshot, then entries); a prefix of them survives.
-        writes = ([rd.snapshot] if rd.snapshot is not None else []) + list(rd.entries)
-        kept = writes[: self.rng.randint(0, len(writes))]
-        if kept and isinstance(kept[0], Snapshot):
-            st.install_snapshot(kept.pop(0))
-        elif rd.snapshot is not None:
-            kept = []
-        if kept:
-            st.append(kept)  # type: ignore[arg-type]
-        if rd.hard_state is not None and self.rng.random() < 0.5:
-            st.hard = rd.hard_state
-
     def _apply(self, node: SimNode, rd: Ready) -> None:
         if rd.snapshot is not None:
             self.checker.on_snapshot_apply(node.id, rd.snapshot)
-            node.kv = KvMachine(rd.snapshot.data)
+            node.machine.restore(rd.snapshot.data)
+            for index in [i for i in node.waiting if i <= rd.snapshot.index]:
+                self._attempt_failed(node.waiting.pop(index))  # its fate is unknown here: ask again
         for e in rd.committed_entries:
             self.checker.on_apply(node.id, e)
             if self.check_durable_quorum:
                 self._check_durable_quorum(node.id, e)
             node.applied.append(e)
-            if e.type is EntryType.NORMAL and e.data.count(b"|") == 4:
-                opid, result = node.kv.apply(e.data)
-                c = node.waiting.pop(opid, None)
-                if c is not None:
-                    self._respond(c, result)
+            outcome = node.machine.apply(e.data) if e.type is EntryType.NORMAL and e.data else None
+            c = node.waiting.pop(e.index, None)
+            if c is not None:
+                if c.term != e.term:
+                    self._attempt_failed(c)  # another leader's entry took its index: it never applied
+                else:
+                    self._answered(c, outcome)
         r = node.raft
         assert r is not None
         applied = rd.committed_entries[-1].index if rd.committed_entries else r.applied
@@ -690,11 +870,15 @@ class Cluster:
         for ctx, c in list(node.reads.items()):
             if c.read_index is not None and applied >= c.read_index:
                 del node.reads[ctx]
-                self._respond(c, node.kv.kv.get(c.op.key))
+                assert c.op is not None
+                value = node.machine.get(c.op.key)
+                self._respond(c, None if value is None else json.loads(value))
 
     def _check_durable_quorum(self, nid: int, e: Entry) -> None:
-        """An entry is applied only after a quorum of voters stored it durably (§5.3; `all` for sync mode)."""
-        holders = sum(1 for n in self.nodes.values() if n.storage.has(e.index, e.term))
+        """An entry is applied only after a quorum of voters stored it durably (§5.3; `all` for sync mode),
+        by the disks' own account: a write whose fsync lied does not count. (A node retired since counts
+        with what it held: Raft survives losing a minority for good.)"""
+        holders = sum(1 for n in self.nodes.values() if n.durable.has(e.index, e.term))
         need = len(self.peers) if self.cfg_kw.get("commit_quorum") == "all" else len(self.peers) // 2 + 1
         if holders < need:
             self.checker.fail(f"node {nid} applied {(e.index, e.term)}, durable on {holders} nodes only")
@@ -702,12 +886,16 @@ class Cluster:
     # ---------------------------------------------------------------- KV clients
 
     def client_put(self, client: int, node: int, key: str, value: str, timeout: int) -> bool:
-        return self._client_write(KvOp(client, "put", key, 0, value=value), node, "put", value, "", timeout)
+        """Start a put on `node`; False if it cannot even be started. With `use_sessions` it needs the
+        client's session (see `client_register`) and is retried until `retry_for` ticks have passed."""
+        op = KvOp(client, "put", key, 0, value=value)
+        return self._client_write(op, node, (Op.PUT, key, canonical_json(value), None), timeout)
 
     def client_cas(self, client: int, node: int, key: str, expected: str | None, value: str,
                    timeout: int) -> bool:
         op = KvOp(client, "cas", key, 0, value=value, expected=expected)
-        return self._client_write(op, node, "cas", expected or "", value, timeout)
+        want = "null" if expected is None else canonical_json(expected)  # null: the key is absent
+        return self._client_write(op, node, (Op.CAS, key, canonical_json(value), want), timeout)
 
     def client_get(self, client: int, node: int, key: str, timeout: int) -> bool:
         """Start a linearizable read on `node` via ReadIndex; False if it cannot even be started."""
@@ -716,35 +904,95 @@ class Cluster:
             return False
         self.events += 1
         op = KvOp(client, "get", key, self.events)
-        ctx = f"r{self.events}".encode()
+        # as raft/node.py numbers them: unique within one run of one node only (the boot tells runs apart),
+        # so the leader must key pending reads by sender and context
+        n.read_seq += 1
+        ctx = b"%d-%d" % (n.boots, n.read_seq)
         try:
             n.raft.read_index(ctx)
         except NotLeader:
             return False
-        c = _ClientOp(op, node, self.now + timeout)
+        c = _ClientOp(op, client, node, self.now + timeout, timeout)
         n.reads[ctx] = c
         self.history.append(op)
         self._process(n)
         return True
 
-    def _client_write(self, op: KvOp, node: int, kind: str, a: str, b: str, timeout: int) -> bool:
-        n = self.nodes[node]
-        if n.raft is None or n.paused:
+    def client_register(self, client: int, node: int, timeout: int) -> bool:
+        """Open a session for `client` (a REGISTER command); its writes then carry it."""
+        if client in self.registering:
             return False
+        c = _ClientOp(None, client, node, 0, timeout)
+        if not self._propose(c, node):
+            return False
+        self.registering.add(client)
+        return True
+
+    def _client_write(self, op: KvOp, node: int, write: tuple[Op, str, str, str | None], timeout: int) -> bool:
+        c = _ClientOp(op, op.client, node, 0, timeout, write=write)
+        if self.use_sessions:
+            session = self.sessions.get(op.client)
+            if session is None:
+                return False
+            c.session, c.seq, c.until = session[0], session[1] + 1, self.now + self.retry_for
+        if not self._propose(c, node):
+            return False
+        if c.session:
+            self.sessions[op.client][1] = c.seq
         self.events += 1
         op.call = self.events
-        opid = f"c{op.client}-{self.events}"
+        self.history.append(op)
+        return True
+
+    def _propose(self, c: _ClientOp, node_id: int) -> bool:
+        """One attempt of a write or registration on `node_id`, stamped with that node's clock."""
+        n = self.nodes[node_id]
+        if n.raft is None or n.paused:
+            return False
+        if c.write is None:
+            command = encode_register(now=n.clock, session_timeout=self.session_timeout)
+        else:
+            op, key, value, expected = c.write
+            command = encode_command(op, key, value, expected, c.session, c.seq, now=n.clock,
+                                     session_timeout=self.session_timeout)
         try:
-            n.raft.propose(kv_command(kind, op.key, a, b, opid))
+            index = n.raft.propose(command)
         except NotLeader:
             return False
-        c = _ClientOp(op, node, self.now + timeout)
-        n.waiting[opid] = c
-        self.history.append(op)
+        old = n.waiting.pop(index, None)
+        if old is not None:  # this leader overwrote its own older entry there: that one never applies
+            self._attempt_failed(old)
+        c.node, c.term, c.deadline = node_id, n.raft.term, self.now + c.timeout
+        n.waiting[index] = c
         self._process(n)
         return True
 
+    def _answered(self, c: _ClientOp, outcome: object) -> None:
+        if c.op is None:
+            self.registering.discard(c.client)
+            if isinstance(outcome, Registered):
+                self.sessions[c.client] = [outcome.session, 0]
+            return
+        if outcome is Outcome.SESSION_EXPIRED:
+            # refused, not applied now; an earlier attempt may have applied: the op stays unanswered
+            if self.sessions.get(c.client, [0])[0] == c.session:
+                del self.sessions[c.client]
+            c.until = 0
+            return
+        if outcome not in (Outcome.OK, Outcome.CONFLICT):
+            self.checker.fail(f"client {c.client}'s {c.op.kind} (session {c.session}, seq {c.seq}) got "
+                              f"{outcome!r}: exactly-once is broken")
+        self._respond(c, outcome is Outcome.OK)
+
+    def _attempt_failed(self, c: _ClientOp) -> None:
+        """An attempt that can no longer be answered (timed out, its entry overwritten or superseded)."""
+        if c.op is None:
+            self.registering.discard(c.client)
+        elif c.session and self.now < c.until and c.op.ret is None:
+            self.retrying.append(c)
+
     def _respond(self, c: _ClientOp, result: object) -> None:
+        assert c.op is not None
         if c.op.ret is not None or c.deadline < self.now:
             return
         self.events += 1
@@ -755,7 +1003,21 @@ class Cluster:
         for node in self.nodes.values():
             for table in (node.waiting, node.reads):
                 for k in [k for k, c in table.items() if c.deadline < self.now]:
-                    del table[k]
+                    c = table.pop(k)
+                    if table is node.waiting:
+                        self._attempt_failed(c)
+        retry, self.retrying = self.retrying, []
+        ldr = self.leader()
+        for c in retry:
+            if self.now >= c.until or c.op is None or c.op.ret is not None:
+                continue  # given up: the op stays unanswered (its fate is unknown)
+            if ldr is None or not self._propose(c, ldr):
+                self.retrying.append(c)
+
+    def in_flight(self, op: KvOp) -> bool:
+        """Whether a client is still waiting for `op` (an attempt in a node, or one to retry)."""
+        return any(c.op is op for c in self.retrying) or any(
+            c.op is op for nd in self.nodes.values() for c in (*nd.waiting.values(), *nd.reads.values()))
 
 
 # -------------------------------------------------------------------- random runs
@@ -772,6 +1034,7 @@ class SeedReport:
     leader_changes: int
     messages: int
     faults: list[str] = field(default_factory=list)
+    retired: int = 0  # nodes that refused to start on a corrupt log
 
 
 def run_seed(
@@ -781,11 +1044,14 @@ def run_seed(
     heal_ticks: int = 400,
     membership: bool | None = None,
     crashy: bool = False,
+    lying_fsync: float = 0.0,
 ) -> SeedReport:
     """One random run: faults for `ticks`, then everything heals and the cluster must converge.
 
     `membership` forces membership changes on or off (by default the seed decides, 1 run in 5).
     `crashy` always uses slow fsyncs and crashes often, many of them in the middle of a write.
+    `lying_fsync` is the share of fsyncs that return without making anything durable (off by default:
+    no consensus protocol survives a disk that lies; the tests show the run catches it).
 
     Raises SafetyViolation if a safety property fails at any step, or AssertionError if the KV history is
     not linearizable or the healed cluster does not converge (a liveness check).
@@ -805,17 +1071,23 @@ def run_seed(
         late_min=election_tick + 1,
         late_max=3 * election_tick,
         short_lived_leader=rng.choice((0.0, 0.1, 0.3, 0.5)),
+        crash_after_commit=rng.choice((0.0, 0.0, 0.05, 0.2)),
+        lying_fsync=lying_fsync,
     )
     if crashy:
         faults.crash_mid_ready = rng.choice((0.02, 0.05, 0.1))
         faults.async_fsync = True
     drawn = rng.random() < 0.2
     membership = drawn if membership is None else membership
+    # bit rot needs a quorum left when the node it hits is out for good (membership runs may remove one more)
+    faults.bit_flip = rng.choice((0.0, 0.0, 0.3, 1.0)) if quorum == "majority" and not membership else 0.0
     cl = Cluster(
         n,
         seed=seed,
         faults=faults,
         check_durable_quorum=not membership,
+        session_timeout=rng.choice((40.0, 150.0, 1e9)),  # log time, in ticks of the leaders' clocks
+        max_sessions=rng.choice((2, 3, 100_000)),  # past it, registering evicts the least recently active
         election_tick=election_tick,
         heartbeat_tick=rng.choice((1, 2, 3)),
         pre_vote=rng.random() < 0.7,
@@ -828,8 +1100,10 @@ def run_seed(
     if skew:
         for i in cl.nodes:
             cl.set_clock_rate(i, rng.choice(_RATES))
+    cl.use_sessions = True
     notes = [f"n={n} quorum={quorum} {faults} membership={membership} crashy={crashy} "
-             f"clock rates={[cl.nodes[i].rate / 2 for i in cl.nodes] if skew else 'true'}"]
+             f"clock rates={[cl.nodes[i].rate / 2 for i in cl.nodes] if skew else 'true'} "
+             f"session timeout={cl.session_timeout} max sessions={cl.max_sessions}"]
     keys = ("x", "y")
     clients = {c: 0 for c in range(3)}  # client -> tick at which it may issue its next op
     busy: dict[int, KvOp] = {}
@@ -841,11 +1115,14 @@ def run_seed(
             _random_fault(cl, rng, notes, removed, membership, skew)
             if crashy and rng.random() < 0.03:
                 i = rng.choice(list(cl.nodes))
-                cl.crash(i) if cl.nodes[i].up else cl.restart(i)
-                notes.append(f"t={cl.now} {'crash' if not cl.nodes[i].up else 'restart'} {i}")
+                if cl.nodes[i].up:
+                    cl.crash(i)
+                    notes.append(f"t={cl.now} crash {i}")
+                else:
+                    _restart(cl, rng, i, notes)
             for c in clients:
                 op = busy.get(c)
-                if op is not None and (op.ret is not None or not _in_flight(cl, op)):
+                if op is not None and (op.ret is not None or not cl.in_flight(op)):
                     busy.pop(c)
                     clients[c] = t + rng.randint(0, 4)
                 if c not in busy and t >= clients[c]:
@@ -859,16 +1136,17 @@ def run_seed(
         cl.heal()
         cl.faults = Faults(async_fsync=faults.async_fsync)
         for i, node in cl.nodes.items():
+            node.disk.lying_fsync = 0.0
             cl.resume(i)
             cl.set_clock_rate(i, 1)
             if not node.up:
-                cl.restart(i)
+                _restart(cl, rng, i, notes)
         converged = cl.run_until(lambda: _converged(cl), heal_ticks)
         if not converged:
             raise AssertionError(f"seed={seed}: cluster did not converge after healing: "
                                  f"{[nd.raft.status() for nd in cl.nodes.values() if nd.raft]}")
     except (SafetyViolation, AssertionError) as exc:
-        raise type(exc)(f"{exc}\nfaults: {'; '.join(notes)}") from None
+        raise type(exc)(f"{exc}\nfaults: {'; '.join(notes + cl.disk_notes)}") from None
     res = check_kv(cl.history)
     if res.ok is False:
         raise AssertionError(f"seed={seed}: history of key {res.key!r} is not linearizable:\n"
@@ -877,11 +1155,19 @@ def run_seed(
         raise AssertionError(f"seed={seed}: linearizability search bound hit on key {res.key!r}")
     commit = max(nd.raft.commit for nd in cl.nodes.values() if nd.raft)
     return SeedReport(seed, n, cl.now, len(cl.history), sum(o.ret is not None for o in cl.history),
-                      commit, leader_changes, cl.messages_sent, notes)
+                      commit, leader_changes, cl.messages_sent, notes + cl.disk_notes,
+                      sum(nd.retired is not None for nd in cl.nodes.values()))
 
 
-def _in_flight(cl: Cluster, op: KvOp) -> bool:
-    return any(c.op is op for nd in cl.nodes.values() for c in (*nd.waiting.values(), *nd.reads.values()))
+def _restart(cl: Cluster, rng: random.Random, i: int, notes: list[str]) -> None:
+    """Restart stopped node i; with the bit-rot fault, first flip a bit in its log (one node per run)."""
+    if cl.nodes[i].retired is not None:
+        return
+    f = cl.faults
+    if f.bit_flip and not any(nd.flipped for nd in cl.nodes.values()) and rng.random() < f.bit_flip:
+        cl.nodes[i].flipped = cl.flip_bit(i) is not None
+    cl.restart(i)
+    notes.append(f"t={cl.now} restart {i}" + (f" (refused: {cl.nodes[i].retired})" if cl.nodes[i].retired else ""))
 
 
 def _client_op(cl: Cluster, rng: random.Random, c: int, keys: tuple[str, ...], busy: dict[int, KvOp]) -> None:
@@ -890,6 +1176,9 @@ def _client_op(cl: Cluster, rng: random.Random, c: int, keys: tuple[str, ...], b
     if not up:
         return
     node = ldr if ldr is not None and rng.random() < 0.8 else rng.choice(up)
+    if cl.use_sessions and c not in cl.sessions:
+        cl.client_register(c, node, 40)
+        return
     key = rng.choice(keys)
     kind = rng.random()
     value = f"v{cl.events + 1}"
@@ -899,7 +1188,7 @@ def _client_op(cl: Cluster, rng: random.Random, c: int, keys: tuple[str, ...], b
     elif kind < 0.75:
         started = cl.client_get(c, node, key, timeout)
     else:
-        cur = cl.nodes[node].kv.kv.get(key) if rng.random() < 0.8 else None
+        cur = cl.nodes[node].values().get(key) if rng.random() < 0.8 else None
         started = cl.client_cas(c, node, key, cur, value, timeout)
     if started:
         busy[c] = cl.history[-1]
@@ -922,8 +1211,7 @@ def _random_fault(
         down = [i for i in ids if not cl.nodes[i].up]
         if down:
             i = rng.choice(down)
-            cl.restart(i)
-            notes.append(f"t={cl.now} restart {i}")
+            _restart(cl, rng, i, notes)
     elif x < 0.04:
         rng.shuffle(ids)
         k = rng.randint(1, len(ids) - 1)
@@ -1051,9 +1339,9 @@ def _converged(cl: Cluster) -> bool:
     lr = cl.raft(ldr)
     if lr.commit < lr.last_index:
         return False
-    members = [cl.nodes[i] for i in (*lr.voters, *lr.learners)]
+    members = [cl.nodes[i] for i in (*lr.voters, *lr.learners) if cl.nodes[i].retired is None]
     return all(nd.raft is not None and nd.raft.applied == lr.commit for nd in members)
 
 
-__all__ = ["Cluster", "Faults", "KvMachine", "SafetyChecker", "SafetyViolation", "SeedReport",
-           "SimNode", "SimStorage", "run_seed"]
+__all__ = ["NODE_DIR", "Cluster", "DurableLog", "Faults", "SafetyChecker", "SafetyViolation", "SeedReport",
+           "SimNode", "kv_command", "run_seed"]

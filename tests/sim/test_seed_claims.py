@@ -36,7 +36,7 @@ def test_follower_that_hears_no_leader_becomes_candidate_and_wins_with_a_majorit
     cl.raft(cand).campaign()  # the same candidate asks again, now the votes arrive
     cl.stabilize()
     assert cl.leader() == cand
-    voted_for_it = [i for i in cl.nodes if cl.nodes[i].storage.hard.vote == cand]  # durable votes
+    voted_for_it = [i for i in cl.nodes if cl.nodes[i].durable.hard.vote == cand]  # durable votes
     assert len(voted_for_it) >= 3
     assert all(cl.raft(i).leader == cand for i in cl.nodes)
 
@@ -68,12 +68,12 @@ def test_entry_is_applied_only_after_a_majority_stored_it() -> None:
     cl.tick(10)
     assert cl.raft(ldr).commit < idx
     assert b"x=1" not in _data(cl, ldr)
-    assert cl.nodes[followers[0]].storage.term_at(idx) is not None  # stored by 2 of 5: not enough
+    assert cl.nodes[followers[0]].durable.term_at(idx) is not None  # stored by 2 of 5: not enough
     cl.partition([ldr, followers[0], followers[1]], followers[2:])  # now 3 of 5 can store it
     cl.tick(5)
     assert cl.raft(ldr).commit >= idx
     assert b"x=1" in _data(cl, ldr)
-    holders = [i for i in cl.nodes if cl.nodes[i].storage.term_at(idx) is not None]
+    holders = [i for i in cl.nodes if cl.nodes[i].durable.term_at(idx) is not None]
     assert len(holders) >= 3
 
 

@@ -62,7 +62,7 @@ def test_a_vote_survives_a_restart_so_a_node_never_votes_twice_in_a_term() -> No
     cl.partition([1, 2], [3])
     cl.raft(1).campaign()
     cl.stabilize()
-    assert cl.leader() == 1 and cl.nodes[2].storage.hard.vote == 1
+    assert cl.leader() == 1 and cl.nodes[2].durable.hard.vote == 1
     cl.crash(2)
     cl.restart(2)
     cl.heal()

@@ -81,7 +81,7 @@ def test_a_learner_catches_up_from_a_snapshot_and_counts_toward_the_quorum_once_
     cl.compact(ldr)
     assert cl.raft(ldr).first_index > 1  # the new node can only catch up from the snapshot
     _add_learner(cl, ldr, 3)
-    assert cl.raft(3).snapshot is not None and cl.nodes[3].kv.kv == {"k": "9"}
+    assert cl.raft(3).snapshot is not None and cl.nodes[3].values() == {"k": "9"}
     assert cl.raft(3).applied == cl.raft(ldr).commit
     assert cl.raft(3).learners == (3,) and cl.raft(3).snapshot.conf.voters == cl.raft(ldr).voters
 

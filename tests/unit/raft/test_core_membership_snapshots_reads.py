@@ -28,7 +28,7 @@ def test_adding_a_node_catches_it_up_and_counts_it_in_the_quorum() -> None:
     assert cl.raft(ldr).voters == (1, 2, 3, 4)  # applied on append, before commit
     cl.tick(10)
     assert all(cl.raft(i).voters == (1, 2, 3, 4) for i in cl.nodes)
-    assert cl.raft(4).commit >= idx and cl.nodes[4].kv.kv == {"k": "4"}
+    assert cl.raft(4).commit >= idx and cl.nodes[4].values() == {"k": "4"}
     # With 4 voters the quorum is 3: two crashed followers now block commits.
     down = [i for i in (1, 2, 3, 4) if i != ldr][:2]
     for i in down:
@@ -171,8 +171,8 @@ def test_lagging_follower_receives_and_installs_a_snapshot_after_compaction() ->
     _kv_put(cl, ldr, "after", "snap")
     cl.tick(20)
     assert len(snapshots) == 1 and snapshots[0].to == lag
-    assert cl.nodes[lag].storage.snapshot == snap
-    assert cl.nodes[lag].kv.kv == cl.nodes[ldr].kv.kv
+    assert cl.nodes[lag].durable.snapshot == snap
+    assert cl.nodes[lag].values() == cl.nodes[ldr].values()
     assert cl.raft(lag).applied == cl.raft(ldr).applied
 
 
@@ -199,7 +199,7 @@ def test_a_lost_snapshot_is_sent_again() -> None:
     cl.restart(lag)
     cl.tick(60)
     assert len(sent) >= 2
-    assert cl.nodes[lag].kv.kv == {"k": "4"}
+    assert cl.nodes[lag].values() == {"k": "4"}
 
 
 def test_a_node_restarts_from_its_snapshot_and_log_suffix() -> None:
@@ -218,7 +218,7 @@ def test_a_node_restarts_from_its_snapshot_and_log_suffix() -> None:
     r = cl.raft(node)
     assert r.snapshot is not None and r.applied == r.snapshot.index
     cl.tick(10)
-    assert cl.nodes[node].kv.kv == {"k": "after"}
+    assert cl.nodes[node].values() == {"k": "after"}
 
 
 def test_compacting_beyond_the_applied_index_is_refused() -> None:

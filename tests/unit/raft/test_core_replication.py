@@ -41,7 +41,7 @@ def test_figure8_leader_does_not_commit_an_older_term_entry_by_counting_replicas
     cl.raft(1).campaign()  # term 2 was taken by S5's election on S3: try again
     cl.stabilize()
     assert cl.leader() == 1
-    assert all(cl.nodes[i].storage.term_at(2) == 1 for i in (1, 2, 3))
+    assert all(cl.nodes[i].durable.term_at(2) == 1 for i in (1, 2, 3))
     # ...but must not count those replicas: entry 2 is of an older term.
     assert cl.raft(1).commit == 1
     # (d) S1 crashes; S5 can win again (its last term 2 beats term 1) and overwrites index 2 everywhere.
@@ -53,7 +53,7 @@ def test_figure8_leader_does_not_commit_an_older_term_entry_by_counting_replicas
         cl.raft(5).campaign()
         cl.stabilize()
     assert cl.leader() == 5
-    assert all(cl.nodes[i].storage.term_at(2) == 2 for i in (2, 3, 4, 5))
+    assert all(cl.nodes[i].durable.term_at(2) == 2 for i in (2, 3, 4, 5))
     # The checker saw every step: nobody applied the overwritten entry.
     assert all(e.data != b"term-1 entry" for i in cl.nodes for e in cl.nodes[i].applied)
 
@@ -84,7 +84,7 @@ def test_follower_truncates_a_conflicting_suffix_and_takes_the_leaders_entries()
     for k in range(3):
         cl.raft(1).propose(b"lost-%d" % k)
     cl.stabilize()
-    assert cl.nodes[1].storage.term_at(4) == 1
+    assert cl.nodes[1].durable.term_at(4) == 1
     cl.partition([2, 3], [1])
     cl.raft(2).campaign()
     cl.stabilize()
@@ -92,9 +92,9 @@ def test_follower_truncates_a_conflicting_suffix_and_takes_the_leaders_entries()
     cl.stabilize()
     cl.heal()
     cl.tick(10)
-    leader_log = [(e.index, e.term, e.data) for e in cl.nodes[2].storage.entries]
-    assert [(e.index, e.term, e.data) for e in cl.nodes[1].storage.entries] == leader_log
-    assert not any(e.data.startswith(b"lost") for e in cl.nodes[1].storage.entries)
+    leader_log = [(e.index, e.term, e.data) for e in cl.nodes[2].durable.entries]
+    assert [(e.index, e.term, e.data) for e in cl.nodes[1].durable.entries] == leader_log
+    assert not any(e.data.startswith(b"lost") for e in cl.nodes[1].durable.entries)
 
 
 def test_ready_entries_overwrite_from_the_first_conflicting_index() -> None:

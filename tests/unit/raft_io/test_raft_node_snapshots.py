@@ -52,14 +52,14 @@ class HeldSnapshotFsync(Gate):
 
     def __init__(self, monkeypatch) -> None:
         super().__init__()
-        real_fsync = os.fsync
+        real_sync = os.fdatasync
 
-        def fsync(fd: int) -> None:
+        def fdatasync(fd: int) -> None:
             if os.readlink(f"/proc/self/fd/{fd}").endswith(".snap.tmp"):
                 self.hold()
-            real_fsync(fd)
+            real_sync(fd)
 
-        monkeypatch.setattr(os, "fsync", fsync)
+        monkeypatch.setattr(os, "fdatasync", fdatasync)
 
 
 class HeldSerialisation(Gate):

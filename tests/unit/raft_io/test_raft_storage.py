@@ -111,19 +111,35 @@ def test_garbage_after_the_last_record_is_truncated_and_appends_continue(tmp_pat
     assert rec.entries == ents(1, 4, 1)
 
 
-def test_a_record_whose_checksum_fails_ends_the_recovered_log(tmp_path):
+def test_a_flipped_bit_in_the_last_record_is_refused_not_cut_as_a_torn_tail(tmp_path):
+    # The record is whole and none of its sectors is zero: not a write cut short but bit rot in data that
+    # may have been synced and acknowledged (etcd's WAL draws the same line).
     st, _ = Storage.open(str(tmp_path))
     st.save(HardState(1, 1, 0), ents(1, 2, 1), None, sync=True)
     st.save(None, ents(3, 4, 1), None, sync=True)
     st.close()
     path = segment_paths(str(tmp_path))[-1]
-    with open(path, "r+b") as f:
-        data = bytearray(f.read())
-        data[-1] ^= 0xFF  # one flipped bit in the last payload
-        f.seek(0)
-        f.write(data)
+    size = os.path.getsize(path)
+    damage(path, size - 1, bytes([open(path, "rb").read()[-1] ^ 0x01]))
+    with pytest.raises(CorruptLog, match="flipped bit") as err:
+        Storage.open(str(tmp_path))
+    assert path in str(err.value)
+    assert os.path.getsize(path) == size  # nothing was cut
+
+
+def test_a_last_record_with_a_zero_sector_is_a_torn_write_and_is_cut(tmp_path):
+    # The file grew to hold the whole record but one of its sectors never reached the disk.
+    st, _ = Storage.open(str(tmp_path))
+    st.save(HardState(1, 1, 0), ents(1, 2, 1), None, sync=True)
+    size_ok = os.path.getsize(segment_paths(str(tmp_path))[-1])
+    st.save(None, [Entry(i, 1, EntryType.NORMAL, os.urandom(700)) for i in (3, 4)], None, sync=True)
+    st.close()
+    path = segment_paths(str(tmp_path))[-1]
+    sector = (size_ok // 512 + 1) * 512  # the first sector that lies wholly inside the second record
+    damage(path, sector, bytes(512))
     _, rec = Storage.open(str(tmp_path))
     assert rec.entries == ents(1, 2, 1)
+    assert os.path.getsize(path) == size_ok
 
 
 @pytest.mark.parametrize("zeros", [8, 13, 4096])
@@ -145,12 +161,19 @@ def test_a_zero_filled_tail_is_a_torn_tail_and_the_node_starts(tmp_path, zeros):
 
 
 def test_a_half_written_record_followed_by_zeros_is_a_torn_tail(tmp_path):
-    path, offsets = three_batches(str(tmp_path))
+    # The record's first sector reached the disk, the rest of it and what followed read back as zeros.
+    st, _ = Storage.open(str(tmp_path))
+    st.save(HardState(1, 1, 0), ents(1, 4, 1), None, sync=True)
+    path = segment_paths(str(tmp_path))[-1]
+    at = os.path.getsize(path)
+    st.save(None, [Entry(i, 1, EntryType.NORMAL, os.urandom(700)) for i in (5, 6)], None, sync=True)
+    st.close()
     size = os.path.getsize(path)
-    damage(path, offsets[2] + 12, bytes(size - offsets[2] - 12) + bytes(4000))
+    boundary = (at // 512 + 1) * 512
+    damage(path, boundary, bytes(size - boundary) + bytes(4000))
     _, rec = Storage.open(str(tmp_path))
     assert rec.entries == ents(1, 4, 1)
-    assert os.path.getsize(path) == offsets[2]
+    assert os.path.getsize(path) == at
 
 
 @pytest.mark.parametrize("what", ["flipped payload byte", "zeroed record", "longer length", "shorter length"])
@@ -299,15 +322,15 @@ def test_log_appends_are_durable_while_a_snapshot_file_is_still_being_written(tm
     st = forty_entries(str(tmp_path))
     segments = st.segment_count()
     entered, release = threading.Event(), threading.Event()
-    real_fsync = os.fsync
+    real_sync = os.fdatasync
 
-    def slow_fsync(fd: int) -> None:  # a snapshot file that takes as long as this test needs
+    def slow_sync(fd: int) -> None:  # a snapshot file that takes as long as this test needs
         if os.readlink(f"/proc/self/fd/{fd}").endswith(".snap.tmp"):
             entered.set()
             release.wait(30)
-        real_fsync(fd)
+        real_sync(fd)
 
-    monkeypatch.setattr(os, "fsync", slow_fsync)
+    monkeypatch.setattr(os, "fdatasync", slow_sync)
     writer = threading.Thread(target=st.write_snapshot_file, args=(SNAP30,))
     writer.start()
     try:
