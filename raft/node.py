@@ -32,10 +32,11 @@ import random
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Protocol
+from dataclasses import dataclass, field
+from typing import Any, NoReturn, Protocol
 
 from raft.core import Config, NotLeader, Raft
+from raft.disk import OS_DISK, Disk
 from raft.kv import KVStateMachine
 from raft.storage import Storage
 from raft.transport import Transport
@@ -79,6 +80,24 @@ class NodeConfig:
         return os.path.join(self.data_dir, f"node-{self.id}")
 
 
+def _exit() -> NoReturn:
+    os._exit(70)  # a replica that cannot persist or apply must stop rather than diverge
+
+
+@dataclass
+class NodeIO:
+    """What a node takes from the outside world: the real disk, network, threads, entropy and process
+    exit by default. The node simulator (raft/testing/nodesim.py) passes its own, to run this very code
+    on virtual time, a simulated network and a simulated disk."""
+
+    disk: Disk = OS_DISK
+    # (config, receive) -> an object with start(), send(messages), close(), blocked, block(), unblock()
+    transport: Callable[[NodeConfig, Callable[[list[Message]], None]], Any] | None = None
+    executor: Callable[[str], concurrent.futures.Executor] | None = None  # a single-threaded one, by name
+    rng: random.Random = field(default_factory=random.SystemRandom)
+    fatal: Callable[[], NoReturn] = _exit
+
+
 class StateMachine(Protocol):
     """What a node replicates: any deterministic machine over the committed commands (the KV store by
     default; the coordinator's transaction records later)."""
@@ -111,9 +130,10 @@ class CommitUnknown(Exception):
 class RaftNode:
     """One replica of the KV store; create it, `await start()`, then submit commands and serve reads."""
 
-    def __init__(self, cfg: NodeConfig, machine: StateMachine | None = None) -> None:
+    def __init__(self, cfg: NodeConfig, machine: StateMachine | None = None, io: NodeIO | None = None) -> None:
         self.cfg = cfg
-        self.storage, rec = Storage.open(cfg.node_dir)
+        self.io = io = io or NodeIO()
+        self.storage, rec = Storage.open(cfg.node_dir, disk=io.disk)
         self.machine: StateMachine = machine if machine is not None else KVStateMachine()
         if rec.snapshot is not None:
             self.machine.restore(rec.snapshot.data)
@@ -124,14 +144,16 @@ class RaftNode:
         self.core = Raft(
             Config(cfg.id, peers, election_tick=cfg.election_tick, heartbeat_tick=cfg.heartbeat_tick,
                    commit_quorum=cfg.commit_quorum, check_quorum=cfg.check_quorum, pre_vote=cfg.pre_vote,
-                   seed=random.SystemRandom().randrange(1 << 30)),
+                   seed=io.rng.randrange(1 << 30)),
             hard_state=rec.hard_state, snapshot=rec.snapshot, entries=rec.entries,
             applied=self.snapshot_index)
         self.applied = self.snapshot_index
         self.recovered_entries = len(rec.entries)
-        self.transport = Transport(cfg.id, lambda i: (cfg.host, cfg.raft_port(i)), self.receive)
-        self._writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"raft-wal-{cfg.id}")
-        self._snapshotter = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"raft-snap-{cfg.id}")
+        self.transport = (io.transport(cfg, self.receive) if io.transport is not None
+                          else Transport(cfg.id, lambda i: (cfg.host, cfg.raft_port(i)), self.receive))
+        executor = io.executor or (lambda name: concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=name))
+        self._writer = executor(f"raft-wal-{cfg.id}")
+        self._snapshotter = executor(f"raft-snap-{cfg.id}")
         self._snapshot_task: asyncio.Task | None = None
         # The newest writer-thread job the Ready loop does not wait for: a snapshot's record, then quick writes.
         self._background_write: concurrent.futures.Future | None = None
@@ -143,7 +165,7 @@ class RaftNode:
         self._ctx = itertools.count(1)
         self._tasks: list[asyncio.Task] = []
         # What a demo or an operator wants to see happen: role changes, votes, rolled-back entries.
-        self.boot_id = os.urandom(4).hex()
+        self.boot_id = f"{io.rng.getrandbits(32):08x}"
         self.events: deque[dict] = deque(maxlen=1000)
         self._event_seq = itertools.count(1)
         self._stored_last = rec.entries[-1].index if rec.entries else self.snapshot_index
@@ -324,7 +346,7 @@ class RaftNode:
                         self._snapshot_task = loop.create_task(self._take_snapshot(self.applied, view))
             except Exception:
                 log.exception("node %d: fatal error in the Ready loop", self.cfg.id)
-                os._exit(70)  # a replica that cannot persist or apply must stop rather than diverge
+                self.io.fatal()
 
     def _quick_save(self, rd: Ready) -> None:
         """Write a Ready that needs no fsync (a new commit index): inline while the writer thread is idle,
@@ -339,7 +361,7 @@ class RaftNode:
     def _stop_if_failed(self, job: concurrent.futures.Future) -> None:
         if job.exception() is not None:
             log.error("node %d: fatal error writing the log", self.cfg.id, exc_info=job.exception())
-            os._exit(70)  # as in the Ready loop: a replica that cannot persist must stop
+            self.io.fatal()  # as in the Ready loop: a replica that cannot persist must stop
 
     def _apply(self, entries: list[Entry]) -> None:
         machine_apply = self.machine.apply
@@ -382,7 +404,7 @@ class RaftNode:
             self.snapshot_index = max(self.snapshot_index, index)
         except Exception:
             log.exception("node %d: fatal error taking a snapshot", self.cfg.id)
-            os._exit(70)
+            self.io.fatal()
         finally:
             self._snapshot_task = None
 

@@ -144,3 +144,14 @@ def _candidates(done: int, state: Any, used: tuple[int, ...], calls: list[int], 
             if k < len(blanks[g]) and blanks[g][k] < min_ret and (guard is _ANY or guard == state):
                 cands.insert(0, -1 - g)  # tried last: blank writes are rarely needed
     return cands
+
+
+def require_linearizable(history: list[KvOp], label: str) -> None:
+    """Raise AssertionError, naming `label` and showing the key's history, unless `history` is
+    linearizable."""
+    res = check_kv(history)
+    if res.ok is False:
+        raise AssertionError(f"{label}: history of key {res.key!r} is not linearizable:\n"
+                             + "\n".join(str(o) for o in history if o.key == res.key))
+    if res.ok is None:
+        raise AssertionError(f"{label}: linearizability search bound hit on key {res.key!r}")

@@ -1,4 +1,5 @@
 """A seeded, deterministic simulator: many Raft cores in one process over a faulty virtual network.
+(`raft/testing/nodesim.py` runs whole node processes, raft/node.py included, the same way.)
 
 Time is virtual (ticks); every source of randomness is one `random.Random(seed)`, so a seed replays the
 same run exactly. The network loses, delays, reorders and duplicates messages, holds some for longer than
@@ -51,7 +52,7 @@ from dataclasses import dataclass, field
 from raft.core import Config, NotLeader, Raft
 from raft.kv import KVStateMachine, Op, Outcome, Registered, canonical_json, encode_command, encode_register
 from raft.storage import CorruptLog, Storage, record_at
-from raft.testing.linearizability import KvOp, check_kv
+from raft.testing.linearizability import KvOp, require_linearizable
 from raft.testing.simdisk import DiskCrash, SimDisk
 from raft.types import (
     ConfChange,
@@ -1147,12 +1148,7 @@ def run_seed(
                                  f"{[nd.raft.status() for nd in cl.nodes.values() if nd.raft]}")
     except (SafetyViolation, AssertionError) as exc:
         raise type(exc)(f"{exc}\nfaults: {'; '.join(notes + cl.disk_notes)}") from None
-    res = check_kv(cl.history)
-    if res.ok is False:
-        raise AssertionError(f"seed={seed}: history of key {res.key!r} is not linearizable:\n"
-                             + "\n".join(str(o) for o in cl.history if o.key == res.key))
-    if res.ok is None:
-        raise AssertionError(f"seed={seed}: linearizability search bound hit on key {res.key!r}")
+    require_linearizable(cl.history, f"seed={seed}")
     commit = max(nd.raft.commit for nd in cl.nodes.values() if nd.raft)
     return SeedReport(seed, n, cl.now, len(cl.history), sum(o.ret is not None for o in cl.history),
                       commit, leader_changes, cl.messages_sent, notes + cl.disk_notes,
