@@ -18,7 +18,7 @@ from rich.table import Table
 from services.checker import CannotCheck, run_checks
 from services.common.db import migrate as run_migrations
 from services.common.faults import FaultSpecError, parse_spec
-from services.common.settings import SERVICES, Settings, get_settings
+from services.common.settings import DATABASES, Settings, get_settings
 from services.demo import fault_plan, render, render_report, run_demo
 from services.seed import SeedPlan, reset_and_seed
 from services.supervisor import PortInUse, Supervisor
@@ -109,9 +109,9 @@ def up() -> None:
 
 @app.command()
 def migrate() -> None:
-    """Create the service databases when missing and bring them to the newest schema."""
+    """Create the databases when missing and bring them to the newest schema."""
     settings = _settings()
-    for service in SERVICES:
+    for service in DATABASES:
         try:
             run_migrations(settings, service)
         except psycopg.OperationalError as exc:

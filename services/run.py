@@ -1,4 +1,4 @@
-"""Run one service in the foreground: `python -m services.run order|inventory|payment|admin`."""
+"""Run one service in the foreground: `python -m services.run order|inventory|payment|admin|broker`."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ APPS = {
     "inventory": "services.inventory.app:create_app",
     "payment": "services.payment.app:create_app",
     "admin": "services.admin.app:create_app",
+    "broker": "broker.app:create_app",
 }
 
 

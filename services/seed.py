@@ -10,7 +10,7 @@ import psycopg
 
 from services.cache.membership import flush
 from services.common.db import migrate
-from services.common.settings import SERVICES, Settings
+from services.common.settings import DATABASES, Settings
 from services.messaging.parking import queue_depths
 from services.messaging.topology import topology_of
 
@@ -47,10 +47,12 @@ class SeedPlan:
 
 
 def reset_and_seed(settings: Settings, plan: SeedPlan) -> tuple[int, int]:
-    """Empty every service database and load the plan's catalogue and customers."""
-    for service in SERVICES:
-        migrate(settings, service)
+    """Empty every database (the services' and the broker's) and load the plan's catalogue and customers."""
+    for database in DATABASES:
+        migrate(settings, database)
     base = settings.pg.rstrip("/")
+    with psycopg.connect(f"{base}/{settings.database('broker')}") as conn:
+        conn.execute("TRUNCATE half_messages, half_message_history")
     with psycopg.connect(f"{base}/{settings.database('order')}") as conn:
         conn.execute("TRUNCATE orders, order_items, outbox, inbox")
     with psycopg.connect(f"{base}/{settings.database('inventory')}") as conn:

@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 import httpx
 
 from services.common.db import migrate
-from services.common.settings import SERVICES, Settings
+from services.common.settings import DATABASES, Settings
 
 log = logging.getLogger("txlab.supervisor")
 
-PROCESSES = ("inventory", "payment", "order", "admin")
+PROCESSES = ("broker", "inventory", "payment", "order", "admin")
 
 
 @dataclass
@@ -49,8 +49,8 @@ class Supervisor:
         self._stopping = False
 
     def migrate(self) -> None:
-        for service in SERVICES:
-            migrate(self.settings, service)
+        for database in DATABASES:
+            migrate(self.settings, database)
 
     def _check_ports_free(self) -> None:
         """Refuse to start over processes that are not ours (an orphaned earlier run, another program)."""

@@ -20,7 +20,7 @@ import pytest
 import redis
 
 from services.cache.membership import flush
-from services.common.settings import SERVICES, Settings
+from services.common.settings import DATABASES, SERVICES, Settings
 
 
 def docker_answers() -> bool:
@@ -134,13 +134,14 @@ def isolated_settings(servers: dict[str, str], data_dir: Path) -> Settings:
     return Settings(**servers, db_prefix=f"txlab_{tag}", bus_prefix=f"{tag}.", admin_token=f"token-{tag}",
                     cache_prefix=f"{tag}:cache:",
                     data_dir=data_dir, admin_port=free_port(), order_port=free_port(),
-                    inventory_port=free_port(), payment_port=free_port(), relay_poll_seconds=0.5,
+                    inventory_port=free_port(), payment_port=free_port(), broker_port=free_port(),
+                    relay_poll_seconds=0.5,
                     relay_max_attempts=3)
 
 
 def destroy(s: Settings) -> None:
     """Drop the databases, queues and exchanges of an isolated txlab."""
-    for service in SERVICES:
+    for service in DATABASES:
         with psycopg.connect(f"{s.pg.rstrip('/')}/postgres", autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{s.database(service)}" WITH (FORCE)')
     _delete_bus(s)

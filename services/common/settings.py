@@ -5,11 +5,13 @@ from __future__ import annotations
 import secrets
 from functools import lru_cache
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 SERVICES = ("order", "inventory", "payment")
+DATABASES = (*SERVICES, "broker")  # every database of an installation: the services' and the broker's
 
 
 class Settings(BaseSettings):
@@ -46,6 +48,17 @@ class Settings(BaseSettings):
     # SENT outbox rows and inbox rows are kept this long: longer than any message can wait to be redelivered
     message_retention_hours: float = Field(168.0, ge=1.0)
     prune_interval_seconds: float = Field(600.0, gt=0)
+    # the half-message broker (broker/): RocketMQ's defaults, a 6 s transaction timeout and 15 check-backs;
+    # the interval between two check-backs is RocketMQ's transactionCheckInterval, 60 s
+    broker_port: int = 8010
+    broker_url: str | None = None
+    broker_immunity_seconds: float = Field(6.0, ge=0)
+    broker_check_interval_seconds: float = Field(60.0, gt=0)
+    broker_max_checks: int = Field(15, ge=1)
+    broker_check_timeout_seconds: float = Field(5.0, gt=0)
+    broker_lease_seconds: float = Field(30.0, gt=0)  # a dead broker's claimed messages go to another after this
+    broker_poll_seconds: float = Field(0.5, gt=0)
+    broker_allowed_hosts: str = ""  # check_url hosts allowed besides loopback and the services' own hosts
 
     def model_post_init(self, _context: object) -> None:
         if not self.admin_token:
@@ -71,6 +84,15 @@ class Settings(BaseSettings):
 
     def url(self, service: str) -> str:
         return getattr(self, f"{service}_url") or f"http://{self.host}:{self.port(service)}"
+
+    def check_hosts(self) -> frozenset[str]:
+        """The hosts a half message's check_url may name: loopback, this installation's processes and
+        TXLAB_BROKER_ALLOWED_HOSTS. Any other address is refused, so that the broker cannot be made to send
+        requests anywhere."""
+        hosts = {"127.0.0.1", "localhost", "::1", self.host}
+        hosts |= {urlsplit(self.url(p)).hostname or "" for p in (*SERVICES, "admin")}
+        hosts |= {h.strip().lower() for h in self.broker_allowed_hosts.split(",")}
+        return frozenset(h for h in hosts if h)
 
     def database(self, service: str) -> str:
         return f"{self.db_prefix}_{service}"

@@ -1,0 +1,136 @@
+"""The broker's two loops: check-back of half messages left undecided, and delivery of committed ones.
+
+Check-back: a message still HALF after its immunity time is POSTed to its producer's `check_url` as
+`{"id", "topic", "body"}`; the producer answers `{"decision": "COMMIT" | "ROLLBACK" | "UNKNOWN"}`. No answer,
+an error or anything else counts as UNKNOWN. Checks repeat every interval; at the limit the message is
+PARKED for an operator.
+
+Delivery: a COMMITTED message is published to RabbitMQ with publisher confirms, its body unchanged and its
+topic as the routing key, then marked DELIVERED (at least once: a crash between the two publishes it again,
+and consumers dedupe by message id). An unreachable RabbitMQ delays delivery without counting an attempt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from typing import Any
+
+import httpx
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from broker import store
+from broker.store import Claimed, Decision, State
+from services.common.settings import Settings
+from services.messaging.connection import capped_backoff
+from services.messaging.publisher import BrokerUnavailable, Publisher, PublishRefused
+
+log = logging.getLogger("txlab.broker")
+
+BATCH = 50
+CHECKS_AT_ONCE = 16
+
+
+class CheckBack:
+    def __init__(self, engine: AsyncEngine, http: httpx.AsyncClient, settings: Settings, me: str) -> None:
+        self.engine, self.http, self.settings, self.me = engine, http, settings, me
+        self._slots = asyncio.Semaphore(CHECKS_AT_ONCE)
+
+    async def run(self) -> None:
+        failures = 0
+        while True:
+            try:
+                done = await self.check_due()
+                failures = 0
+            except (OSError, ConnectionError) as exc:  # the database is away: wait it out
+                failures += 1
+                log.warning("check-back paused: %r", exc)
+                await asyncio.sleep(capped_backoff(failures, 0.5, 5.0))
+                continue
+            if done < BATCH:
+                await asyncio.sleep(self.settings.broker_poll_seconds)
+
+    async def check_due(self) -> int:
+        claimed = await store.claim_checks(self.engine, self.me, self.settings.broker_lease_seconds, BATCH)
+        await asyncio.gather(*(self.check(m) for m in claimed))
+        return len(claimed)
+
+    async def recheck(self, message_id: Any) -> State | None:
+        """Check an undecided message back now (an operator's re-check of a PARKED one)."""
+        claimed = await store.claim_checks(self.engine, self.me, self.settings.broker_lease_seconds, 1,
+                                           ids=[message_id])
+        if not claimed:
+            return None
+        return await self.check(claimed[0])
+
+    async def check(self, m: Claimed) -> State | None:
+        async with self._slots:
+            answer, error = await self.ask(m)
+        s = self.settings
+        return await store.record_check(self.engine, self.me, m.id, answer, error,
+                                        s.broker_check_interval_seconds, s.broker_max_checks)
+
+    async def ask(self, m: Claimed) -> tuple[Decision, str | None]:
+        try:
+            response = await self.http.post(
+                m.check_url, json={"id": str(m.id), "topic": m.topic, "body": m.body},
+                headers={"Authorization": f"Bearer {self.settings.admin_token}"},
+                timeout=self.settings.broker_check_timeout_seconds, follow_redirects=False)
+        except httpx.HTTPError as exc:
+            return Decision.UNKNOWN, f"no answer: {exc!r}"
+        if response.status_code != 200:
+            return Decision.UNKNOWN, f"HTTP {response.status_code}"
+        try:
+            decision = response.json().get("decision")
+            return Decision(decision), None
+        except (ValueError, AttributeError):
+            return Decision.UNKNOWN, f"not a decision: {response.text[:200]!r}"
+
+
+class Delivery:
+    def __init__(self, engine: AsyncEngine, publisher: Publisher, settings: Settings, me: str) -> None:
+        self.engine, self.publisher, self.settings, self.me = engine, publisher, settings, me
+        self.wake = asyncio.Event()
+
+    async def run(self) -> None:
+        failures = 0
+        while True:
+            try:
+                await self.publisher.wait_connected()
+                done = await self.deliver_due()
+                failures = 0
+            except (OSError, ConnectionError) as exc:
+                failures += 1
+                log.warning("delivery paused: %r", exc)
+                await asyncio.sleep(capped_backoff(failures, 0.5, 5.0))
+                continue
+            if done < BATCH:
+                self.wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.wake.wait(), self.settings.broker_poll_seconds)
+
+    async def deliver_due(self) -> int:
+        claimed = await store.claim_deliveries(self.engine, self.me, self.settings.broker_lease_seconds, BATCH)
+        for m in claimed:
+            await self.deliver(m)
+        return len(claimed)
+
+    async def deliver(self, m: Claimed) -> None:
+        body = json.dumps(m.body, separators=(",", ":")).encode()
+        message_id = str(m.body.get("message_id") or m.id)  # an envelope keeps its own id: consumers dedupe on it
+        try:
+            await self.publisher.publish_raw(body, message_id, m.topic, m.topic)
+        except BrokerUnavailable as exc:  # the world's fault: wait, count nothing
+            await store.delivery_failed(self.engine, self.me, m.id, str(exc), 1.0, counted=False)
+            return
+        except PublishRefused as exc:  # no queue takes this topic: retry, ever more slowly
+            attempts = await self._attempts(m)
+            await store.delivery_failed(self.engine, self.me, m.id, str(exc), capped_backoff(attempts + 1, 1.0, 60.0),
+                                        counted=True)
+            return
+        await store.delivered(self.engine, self.me, m.id)
+
+    async def _attempts(self, m: Claimed) -> int:
+        return int((await store.get(self.engine, m.id))["delivery_attempts"])

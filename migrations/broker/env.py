@@ -1,0 +1,3 @@
+from migrations.environment import run_migrations
+
+run_migrations("broker")
