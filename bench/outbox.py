@@ -20,7 +20,7 @@ import psycopg
 from rich.console import Console
 from rich.table import Table
 
-from services.common.settings import SERVICES, Settings, get_settings
+from services.common.settings import DATABASES, Settings, get_settings
 from services.demo import ms, percentile, run_demo
 from services.seed import SeedPlan
 
@@ -50,52 +50,64 @@ def pgbench_tps(pg_url: str, clients: int, seconds: int) -> float:
 
 
 def commits_and_messages(settings: Settings) -> tuple[int, int]:
-    """Transactions committed in the three service databases so far, and outbox messages sent."""
+    """Transactions committed in the service databases and the broker's so far, and messages published
+    with confirms (outbox rows sent, half messages delivered)."""
     commits = messages = 0
-    for service in SERVICES:
-        with psycopg.connect(settings.raw_dsn(service)) as conn:
+    for database in DATABASES:
+        with psycopg.connect(settings.raw_dsn(database)) as conn:
             commits += conn.execute("SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
                                     ).fetchone()[0]
-            messages += conn.execute("SELECT count(*) FROM outbox WHERE status = 'SENT'").fetchone()[0]
+            messages += conn.execute("SELECT count(*) FROM half_messages WHERE state = 'DELIVERED'" if
+                                     database == "broker" else "SELECT count(*) FROM outbox WHERE status = 'SENT'"
+                                     ).fetchone()[0]
     return commits, messages
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="txlab bench outbox", description=__doc__)
+    return run("txlab bench outbox", argv, ["outbox"])
+
+
+def run(prog: str, argv: list[str], patterns: list[str]) -> int:
+    """Each pattern at each concurrency, with pgbench -N measured just before at the same concurrency."""
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__)
     parser.add_argument("--orders", type=int, default=1000)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[8, 32])
     parser.add_argument("--pgbench-seconds", type=int, default=10)
+    parser.add_argument("--patterns", nargs="+", default=patterns, choices=["outbox", "halfmsg"])
     args = parser.parse_args(argv)
     console = Console(width=max(Console().width, 160))
     settings = get_settings()
     plan = SeedPlan(products=200, customers=1000, stock=100_000, scarce_share=0.02, poor_share=0.02)
-    table = Table(title=f"outbox flow vs pgbench -N ({args.orders} orders per run, same PostgreSQL)")
-    for col in ("in flight", "orders/s", "POST p50 / p99", "e2e p50 / p99", "commits/order", "msgs/order",
-                "commits/s", "pgbench -N tps", "commits/s ÷ tps", "invariants"):
+    table = Table(title=f"{' and '.join(args.patterns)} vs pgbench -N ({args.orders} orders per run, same PostgreSQL)")
+    for col in ("pattern", "in flight", "orders/s", "POST p50 / p99", "e2e p50 / p99", "commits/order",
+                "msgs/order", "commits/s", "pgbench -N tps", "commits/s ÷ tps", "invariants"):
         table.add_column(col, justify="right")
     before: list[tuple[int, int]] = []
     violated = False
     for c in args.concurrency:
         console.print(f"[dim]pgbench -N -c {c} for {args.pgbench_seconds}s…[/dim]")
         tps = pgbench_tps(settings.pg, c, args.pgbench_seconds)
-        result = asyncio.run(run_demo(settings, orders=args.orders, concurrency=c, plan=plan, console=console,
-                                      on_seeded=lambda: before.append(commits_and_messages(settings))))
-        after = commits_and_messages(settings)
-        holds = result.report is not None and result.report.exit_code == 0
-        violated = violated or not holds
-        if not result.placed:
-            console.print(f"[red]no order was placed at {c} in flight[/red]")
-            return 1
-        # the checker and the convergence polls commit read-only transactions too: count what orders cost
-        commits = (after[0] - before[-1][0]) / result.placed
-        messages = (after[1] - before[-1][1]) / result.placed
-        commits_per_s = commits * result.throughput
-        table.add_row(str(c), f"{result.throughput:.1f}",
-                      f"{ms(percentile(result.post_latencies, 50))} / {ms(percentile(result.post_latencies, 99))}",
-                      f"{ms(percentile(result.e2e_latencies, 50))} / {ms(percentile(result.e2e_latencies, 99))}",
-                      f"{commits:.1f}", f"{messages:.1f}", f"{commits_per_s:.0f}", f"{tps:.0f}",
-                      f"{commits_per_s / tps:.2f}", "hold" if holds else "[red]VIOLATED[/red]")
+        for pattern in args.patterns:
+            result = asyncio.run(run_demo(settings, orders=args.orders, concurrency=c, pattern=pattern, plan=plan,
+                                          console=console,
+                                          on_seeded=lambda: before.append(commits_and_messages(settings))))
+            after = commits_and_messages(settings)
+            holds = result.report is not None and result.report.exit_code == 0
+            violated = violated or not holds
+            if not result.placed:
+                console.print(f"[red]no {pattern} order was placed at {c} in flight[/red]")
+                return 1
+            # the checker and the convergence polls commit read-only transactions too: counted in
+            commits = (after[0] - before[-1][0]) / result.placed
+            messages = (after[1] - before[-1][1]) / result.placed
+            commits_per_s = commits * result.throughput
+            table.add_row(pattern, str(c), f"{result.throughput:.1f}",
+                          f"{ms(percentile(result.post_latencies, 50))} / {ms(percentile(result.post_latencies, 99))}",
+                          f"{ms(percentile(result.e2e_latencies, 50))} / {ms(percentile(result.e2e_latencies, 99))}",
+                          f"{commits:.1f}", f"{messages:.1f}", f"{commits_per_s:.0f}", f"{tps:.0f}",
+                          f"{commits_per_s / tps:.2f}", "hold" if holds else "[red]VIOLATED[/red]")
     console.print(table)
-    console.print("commits/order counts every transaction the three service databases committed during the run "
-                  "(including the convergence polls); msgs/order the outbox messages published with confirms")
+    console.print("commits/order counts every transaction the service databases and the broker's committed "
+                  "during the run (including the convergence polls); msgs/order the messages published with "
+                  "confirms (outbox rows, half messages)")
     return 1 if violated else 0

@@ -39,6 +39,7 @@ from services.messaging.connection import BrokerConnection
 from services.messaging.publisher import Publisher
 from services.messaging.topology import topology_of
 from services.runtime.http_errors import install_error_handlers
+from services.runtime.internal_routes import fault_routes
 
 TOPIC = re.compile(r"^[a-z][a-z0-9_-]{0,62}(\.[a-z][a-z0-9_-]{0,62}){1,3}$")
 
@@ -162,13 +163,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = make_engine(settings, "broker")
         connection = BrokerConnection(settings.amqp, topology_of(settings), "txlab-broker")
-        publisher = Publisher(connection, FaultInjector("broker", settings.data_dir / "faults"),
-                              settings.publish_confirm_timeout)
+        faults = app.state.faults
+        publisher = Publisher(connection, faults, settings.publish_confirm_timeout)
         http = httpx.AsyncClient()
         st = app.state
         st.settings, st.engine = settings, engine
-        st.checkback = CheckBack(engine, http, settings, me)
-        st.delivery = Delivery(engine, publisher, settings, me)
+        st.checkback = CheckBack(engine, http, settings, me, faults)
+        st.delivery = Delivery(engine, publisher, settings, me, faults)
         await publisher.start()
         connection.start()
         with contextlib.suppress(OSError, ConnectionError):
@@ -189,7 +190,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(title="txlab half-message broker", lifespan=lifespan)
     app.state.settings = settings
+    app.state.faults = FaultInjector("broker", settings.data_dir / "faults")
     install_error_handlers(app)
+    internal = APIRouter(prefix="/internal", dependencies=[Depends(require_token)], include_in_schema=False)
+    fault_routes(internal, "broker", lambda request: request.app.state.faults)
+    app.include_router(internal)
 
     @app.get("/health")
     async def health() -> dict[str, str]:

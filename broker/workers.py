@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from broker import store
 from broker.store import Claimed, Decision, State
+from services.common.faults import FaultInjector, InjectedFault
 from services.common.settings import Settings
 from services.messaging.connection import capped_backoff
 from services.messaging.publisher import BrokerUnavailable, Publisher, PublishRefused
@@ -34,8 +35,9 @@ CHECKS_AT_ONCE = 16
 
 
 class CheckBack:
-    def __init__(self, engine: AsyncEngine, http: httpx.AsyncClient, settings: Settings, me: str) -> None:
-        self.engine, self.http, self.settings, self.me = engine, http, settings, me
+    def __init__(self, engine: AsyncEngine, http: httpx.AsyncClient, settings: Settings, me: str,
+                 faults: FaultInjector) -> None:
+        self.engine, self.http, self.settings, self.me, self.faults = engine, http, settings, me, faults
         self._slots = asyncio.Semaphore(CHECKS_AT_ONCE)
 
     async def run(self) -> None:
@@ -74,6 +76,10 @@ class CheckBack:
 
     async def ask(self, m: Claimed) -> tuple[Decision, str | None]:
         try:
+            await self.faults.hit("broker.check_back")
+        except InjectedFault as exc:
+            return Decision.UNKNOWN, f"no answer: the producer is unreachable ({exc})"
+        try:
             response = await self.http.post(
                 m.check_url, json={"id": str(m.id), "topic": m.topic, "body": m.body},
                 headers={"Authorization": f"Bearer {self.settings.admin_token}"},
@@ -90,8 +96,9 @@ class CheckBack:
 
 
 class Delivery:
-    def __init__(self, engine: AsyncEngine, publisher: Publisher, settings: Settings, me: str) -> None:
-        self.engine, self.publisher, self.settings, self.me = engine, publisher, settings, me
+    def __init__(self, engine: AsyncEngine, publisher: Publisher, settings: Settings, me: str,
+                 faults: FaultInjector) -> None:
+        self.engine, self.publisher, self.settings, self.me, self.faults = engine, publisher, settings, me, faults
         self.wake = asyncio.Event()
 
     async def run(self) -> None:
@@ -121,8 +128,9 @@ class Delivery:
         body = json.dumps(m.body, separators=(",", ":")).encode()
         message_id = str(m.body.get("message_id") or m.id)  # an envelope keeps its own id: consumers dedupe on it
         try:
+            await self.faults.hit("broker.before_deliver")
             await self.publisher.publish_raw(body, message_id, m.topic, m.topic)
-        except BrokerUnavailable as exc:  # the world's fault: wait, count nothing
+        except (BrokerUnavailable, InjectedFault) as exc:  # the world's fault: wait, count nothing
             await store.delivery_failed(self.engine, self.me, m.id, str(exc), 1.0, counted=False)
             return
         except PublishRefused as exc:  # no queue takes this topic: retry, ever more slowly

@@ -153,6 +153,31 @@ def check_agreement(settings: Settings) -> Invariant:
     return inv
 
 
+def half_message_deadline(settings: Settings) -> float:
+    """Seconds after which a half message must have left HALF: its immunity plus every check-back."""
+    return settings.broker_immunity_seconds + settings.broker_max_checks * settings.broker_check_interval_seconds
+
+
+def check_half_messages(settings: Settings) -> Invariant:
+    """halfmsg: every halfmsg order had its order.created delivered, and no message was delivered (or
+    committed) for an order that does not exist, a rolled-back one included."""
+    inv = Invariant("halfmsg: each halfmsg order's event delivered; none for an order that does not exist")
+    messages = _query(settings, "broker", "SELECT body->>'order_id' AS order_id, state FROM half_messages "
+                                          "WHERE topic = 'order.created'")
+    orders = {str(r.id) for r in _query(settings, "order", "SELECT id FROM orders WHERE pattern = 'halfmsg'")}
+    known = {str(r.id) for r in _query(settings, "order", "SELECT id FROM orders")} if messages else set()
+    delivered = {m.order_id for m in messages if m.state == "DELIVERED"}
+    for oid in sorted(orders - delivered):
+        inv.violations.append(f"halfmsg order {oid} has no delivered order.created")
+    for m in messages:
+        if m.state in ("DELIVERED", "COMMITTED") and m.order_id not in known:
+            inv.violations.append(f"order.created {m.state} for order {m.order_id}, which does not exist")
+    inv.checked = len(orders) + len(messages)
+    states = Counter(m.state for m in messages)
+    inv.counts = {"halfmsg_orders": len(orders)} | {f"messages_{k.lower()}": v for k, v in sorted(states.items())}
+    return inv
+
+
 def queued_messages(settings: Settings) -> dict[str, int]:
     """Messages ready in each service's event queue and parking queue, and the consumers on each queue."""
     try:
@@ -210,9 +235,20 @@ def _look(settings: Settings) -> tuple[dict[str, int], dict[str, int]]:
         for r in outbox:
             counts[f"{service}_outbox_{r.status.lower()}"] = r.n
         counts[f"{service}_prepared_xacts"] = prepared[0].n
+    (half,) = _snapshot(settings, "broker", (
+        "SELECT count(*) FILTER (WHERE state = 'HALF' AND created_at > now() - make_interval(secs => "
+        f"{half_message_deadline(settings)})) AS half, "
+        "count(*) FILTER (WHERE state = 'HALF') AS all_half, "
+        "count(*) FILTER (WHERE state = 'PARKED') AS parked, "
+        "count(*) FILTER (WHERE state = 'COMMITTED') AS committed, "
+        "count(*) FILTER (WHERE state IN ('DELIVERED', 'ROLLED_BACK')) AS settled FROM half_messages"))
+    h = half[0]
+    counts.update({"broker_half_in_flight": h.half, "broker_half_overdue": h.all_half - h.half,
+                   "broker_parked": h.parked, "broker_committed_in_flight": h.committed})
     queues = queued_messages(settings)
     held, progress = consumers_in_flight(settings, queues)
     progress["orders_placed"] = placed  # a new order moves the system even before its first event
+    progress["broker_settled"] = h.settled
     counts.update({k: v for k, v in queues.items() if not k.endswith("_consumers")})
     counts.update(held)
     return {k: v for k, v in counts.items() if v or k == "orders_pending"}, progress
@@ -292,7 +328,7 @@ def run_checks(settings: Settings, wait: float = 0.0, on_look: Look | None = Non
     while True:
         look = wait_quiet(settings, max(0.0, deadline - time.monotonic()), on_look=on_look)
         report = Report([check_stock(settings), check_money(settings), check_agreement(settings),
-                         _convergence(look)])
+                         check_half_messages(settings), _convergence(look)])
         if report.exit_code == OK or not look.quiet or time.monotonic() >= deadline:
             return report
         counts, progress = _look(settings)

@@ -20,6 +20,7 @@ from services.common.db import migrate as run_migrations
 from services.common.faults import FaultSpecError, parse_spec
 from services.common.settings import DATABASES, Settings, get_settings
 from services.demo import fault_plan, render, render_report, run_demo
+from services.order.placement import PATTERNS
 from services.seed import SeedPlan, reset_and_seed
 from services.supervisor import PortInUse, Supervisor
 
@@ -29,6 +30,7 @@ app = typer.Typer(help="txlab: distributed consistency techniques, side by side,
 # Benchmarks and scenarios live in their own modules; each exposes `main(argv: list[str]) -> int`.
 BENCHES = {
     "outbox": "bench.outbox",
+    "halfmsg": "bench.halfmsg",
     "raft": "bench.raft",
     "hashring": "bench.hashring",
 }
@@ -38,6 +40,7 @@ SCENARIOS = {
     "raft-partition": "scenarios.raft:partition",
     "master-slave-blocking": "scenarios.raft:master_slave_blocking",
     "hashring": "scenarios.hashring:main",
+    "halfmsg-checkback": "scenarios.halfmsg:main",
 }
 
 
@@ -165,8 +168,10 @@ def demo(pattern: str = typer.Option("outbox"), orders: int = typer.Option(200, 
     console = _console()
     console.print(f"[dim]orders are retried and convergence awaited for up to {converge_timeout:.0f}s, "
                   "through outages of RabbitMQ or PostgreSQL[/dim]")
+    if pattern not in PATTERNS:
+        _fail(f"pattern {pattern!r} is not available; choose one of: {', '.join(PATTERNS)}")
     try:
-        plan = fault_plan(faults)
+        plan = fault_plan(faults, pattern)
     except FaultSpecError as exc:
         _fail(str(exc))
     try:

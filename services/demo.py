@@ -28,23 +28,27 @@ from services.common.settings import Settings
 from services.seed import SeedPlan, reset_and_seed
 from services.supervisor import Supervisor
 
-RANDOM_FAULTS = (
-    "order.after_local_commit=crash,times=1,p=0.02",
-    "relay.before_publish=crash,times=1,p=0.01",
-    "relay.after_publish=crash,times=1,p=0.02",
+# What happens after order.created is the same for every pattern; what comes before it is each pattern's own.
+_DOWNSTREAM = (
     "inventory.before_commit=crash,times=1,p=0.01",
     "payment.before_commit=crash,times=1,p=0.01",
     "bus.deliver=duplicate,p=0.05",
     "bus.publish=duplicate,p=0.05",
 )
+RANDOM_FAULTS = {
+    "outbox": ("order.after_local_commit=crash,times=1,p=0.02", "relay.before_publish=crash,times=1,p=0.01",
+               "relay.after_publish=crash,times=1,p=0.02", *_DOWNSTREAM),
+    "halfmsg": ("order.after_half_sent=crash,times=1,p=0.02", "order.before_half_decision=crash,times=1,p=0.02",
+                "broker.before_deliver=crash,times=1,p=0.01", "broker.check_back=error,p=0.3", *_DOWNSTREAM),
+}
 
 
-def fault_plan(specs: list[str]) -> list[Arming]:
-    """`none`, `random`, or explicit `point=action[...]` specs."""
+def fault_plan(specs: list[str], pattern: str = "outbox") -> list[Arming]:
+    """`none`, `random` (the pattern's own set), or explicit `point=action[...]` specs."""
     if not specs or specs == ["none"]:
         return []
     if specs == ["random"]:
-        specs = list(RANDOM_FAULTS)
+        specs = list(RANDOM_FAULTS[pattern])
     return [parse_spec(s) for s in specs]
 
 

@@ -20,7 +20,7 @@ import pytest
 import redis
 
 from services.cache.membership import flush
-from services.common.settings import DATABASES, SERVICES, Settings
+from services.common.settings import DATABASES, Settings
 
 
 def docker_answers() -> bool:
@@ -158,18 +158,7 @@ def settings(servers: dict[str, str], tmp_path_factory: pytest.TempPathFactory) 
 def _delete_bus(s: Settings) -> None:
     import asyncio
 
-    import aio_pika
-
+    from services.messaging.parking import delete_topology
     from services.messaging.topology import topology_of
 
-    async def delete() -> None:
-        names = topology_of(s)
-        async with await aio_pika.connect(s.amqp) as conn:
-            channel = await conn.channel()
-            for service in SERVICES:
-                for queue in (names.queue(service), names.parking(service)):
-                    await channel.queue_delete(queue)
-            await channel.exchange_delete(names.exchange)
-            await channel.exchange_delete(names.dlx)
-
-    asyncio.run(delete())
+    asyncio.run(delete_topology(s.amqp, topology_of(s)))

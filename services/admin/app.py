@@ -23,6 +23,8 @@ from services.common.settings import SERVICES, Settings, get_settings
 from services.runtime.http_errors import install_error_handlers
 from services.runtime.internal_routes import ArmRequest, CacheNode
 
+FAULT_PROCESSES = (*SERVICES, "broker")  # the processes with fault points
+
 
 class ArmAcross(ArmRequest):
     service: str | None = None  # None: every service that has the point
@@ -79,7 +81,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def armed(request: Request) -> list[dict[str, Any]]:
         """One entry per arming: how often it fired in all (what `times` limits) and in each service armed."""
         armings: dict[str, dict[str, Any]] = {}
-        for row in [a for per in await _fan_out(request, "GET", "/internal/faults", SERVICES) for a in per]:
+        for row in [a for per in await _fan_out(request, "GET", "/internal/faults", FAULT_PROCESSES) for a in per]:
             service, fired_here = row.pop("service"), row.pop("fired_here")
             entry = armings.setdefault(row["id"], row | {"services": {}})
             entry["services"][service] = fired_here
@@ -104,7 +106,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def disarm(request: Request, point: str | None = None) -> dict[str, str]:
         if point is not None and point not in POINTS:
             raise HTTPException(422, f"unknown fault point {point!r}")
-        await _fan_out(request, "DELETE", "/internal/faults", SERVICES, params={"point": point} if point else {})
+        await _fan_out(request, "DELETE", "/internal/faults", FAULT_PROCESSES,
+                       params={"point": point} if point else {})
         return {"disarmed": point or "all"}
 
     @r.get("/outbox/failed")

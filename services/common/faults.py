@@ -56,6 +56,13 @@ POINTS: dict[str, FaultPoint] = {p.name: p for p in (
                frozenset({"delay", "duplicate", "error"})),
     FaultPoint("bus.deliver", "a consumer received a message (duplicate hands it to the handler twice)", _ALL,
                frozenset({"delay", "duplicate", "error", "crash"})),
+    FaultPoint("order.after_half_sent", "halfmsg: the half message is stored, the local transaction not begun",
+               ("order",)),
+    FaultPoint("order.before_half_decision",
+               "halfmsg: the order is committed locally, the commit not yet sent to the broker", ("order",)),
+    FaultPoint("broker.before_deliver", "the broker is about to publish a committed message", ("broker",)),
+    FaultPoint("broker.check_back", "the broker checks a half message back (error: the producer is unreachable)",
+               ("broker",)),
 )}
 
 

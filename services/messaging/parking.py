@@ -62,3 +62,14 @@ async def queue_depths(url: str, topology: Topology, purge: bool = False) -> dic
                     await (await channel.get_queue(name, ensure=False)).purge()
                     await channel.close()
     return depths
+
+
+async def delete_topology(url: str, topology: Topology) -> None:
+    """Delete the topology's queues (parking queues included) and exchanges: a test's or a scenario's own."""
+    async with await aio_pika.connect(url, timeout=10) as connection:
+        channel = await connection.channel()
+        for service in topology.services:
+            await channel.queue_delete(topology.queue(service))
+            await channel.queue_delete(topology.parking(service))
+        await channel.exchange_delete(topology.exchange)
+        await channel.exchange_delete(topology.dlx)

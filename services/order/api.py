@@ -18,6 +18,7 @@ from pydantic import AfterValidator, BaseModel, Field, field_validator
 from services.cache.keys import CATALOGUE_TTL, ORDER_TTL, customer_key, order_key, product_key
 from services.common.identifiers import Identifier
 from services.order.domain import OrderStatus
+from services.order.halfmsg import BrokerRefused, TooLate
 from services.order.placement import PATTERNS, Item, PlaceOrder, place_order
 from services.runtime.state import Runtime, runtime
 
@@ -156,6 +157,8 @@ async def create_order(body: OrderIn, request: Request, response: Response,
                          request_hash=body.fingerprint())
     try:
         created_at = await place_order(rt, command)
+    except (BrokerRefused, TooLate) as exc:  # nothing was placed: the client may retry with the same key
+        raise HTTPException(503, f"the order was not placed: {exc}") from exc
     except sa.exc.IntegrityError:
         # the key's unique constraint: this is a retry (or a concurrent twin) of an order already placed
         if idempotency_key and (replayed := await _replay(rt, idempotency_key, body, response)):

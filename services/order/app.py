@@ -1,9 +1,12 @@
 from fastapi import FastAPI
 
+from services.order import halfmsg
 from services.order.api import router
 from services.order.handlers import HANDLERS
 from services.runtime.app import create_service_app
 
 
 def create_app() -> FastAPI:
-    return create_service_app("order", router, HANDLERS)
+    app = create_service_app("order", router, HANDLERS)
+    app.include_router(halfmsg.router)  # the half-message broker's check-back
+    return app

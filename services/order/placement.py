@@ -1,5 +1,7 @@
 """Placing an order, one function per pattern. The outbox pattern writes the order and its
-order.created event in one local transaction; the relay publishes the event afterwards."""
+order.created event in one local transaction; the relay publishes the event afterwards. The halfmsg
+pattern sends the event to the half-message broker first, runs the local transaction, then commits the
+message (see services/order/halfmsg.py)."""
 
 from __future__ import annotations
 
@@ -10,9 +12,11 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.common.envelope import Envelope
 from services.messaging.inbox import unit_of_work
+from services.order import halfmsg
 from services.order.domain import OrderStatus, PaymentAnswer, StockAnswer
 from services.runtime.state import Runtime
 
@@ -46,25 +50,51 @@ class PlaceOrder:
                 "items": [vars(i) for i in sorted(self.items, key=lambda i: i.sku)]}
 
 
+async def _insert_order(conn: AsyncConnection, cmd: PlaceOrder) -> datetime:
+    created_at = await conn.scalar(sa.text(
+        "INSERT INTO orders (id, customer_id, pattern, status, total_cents, stock_status, payment_status, "
+        "idempotency_key, request_hash) VALUES (:id, :c, :p, 'PENDING', :t, 'PENDING', 'PENDING', :k, :h) "
+        "RETURNING created_at"),
+        {"id": cmd.order_id, "c": cmd.customer_id, "p": cmd.pattern, "t": cmd.total_cents,
+         "k": cmd.idempotency_key, "h": cmd.request_hash})
+    await conn.execute(sa.text(
+        "INSERT INTO order_items (order_id, sku, qty, unit_price_cents) VALUES (:o, :s, :q, :p)"),
+        [{"o": cmd.order_id, "s": i.sku, "q": i.qty, "p": i.unit_price_cents} for i in cmd.items])
+    return created_at
+
+
+def _created(cmd: PlaceOrder) -> Envelope:
+    return Envelope(type="order.created", order_id=cmd.order_id, payload={
+        "customer_id": cmd.customer_id, "total_cents": cmd.total_cents, "pattern": cmd.pattern,
+        "items": [vars(i) for i in cmd.items]})
+
+
 async def place_with_outbox(rt: Runtime, cmd: PlaceOrder) -> datetime:
     async with unit_of_work(rt.engine) as uow:
-        created_at = await uow.conn.scalar(sa.text(
-            "INSERT INTO orders (id, customer_id, pattern, status, total_cents, stock_status, payment_status, "
-            "idempotency_key, request_hash) VALUES (:id, :c, :p, 'PENDING', :t, 'PENDING', 'PENDING', :k, :h) "
-            "RETURNING created_at"),
-            {"id": cmd.order_id, "c": cmd.customer_id, "p": cmd.pattern, "t": cmd.total_cents,
-             "k": cmd.idempotency_key, "h": cmd.request_hash})
-        await uow.conn.execute(sa.text(
-            "INSERT INTO order_items (order_id, sku, qty, unit_price_cents) VALUES (:o, :s, :q, :p)"),
-            [{"o": cmd.order_id, "s": i.sku, "q": i.qty, "p": i.unit_price_cents} for i in cmd.items])
-        await uow.emit(Envelope(type="order.created", order_id=cmd.order_id, payload={
-            "customer_id": cmd.customer_id, "total_cents": cmd.total_cents, "pattern": cmd.pattern,
-            "items": [vars(i) for i in cmd.items]}))
+        created_at = await _insert_order(uow.conn, cmd)
+        await uow.emit(_created(cmd))
+    return created_at
+
+
+async def place_with_half_message(rt: Runtime, cmd: PlaceOrder) -> datetime:
+    """Half message, local transaction, then commit (or rollback); the broker checks back otherwise."""
+    message_id = await halfmsg.send_half(rt, _created(cmd).to_dict())
+    await rt.faults.hit("order.after_half_sent")
+    try:
+        async with rt.engine.begin() as conn:
+            await halfmsg.bar(conn, cmd.order_id)
+            created_at = await _insert_order(conn, cmd)
+    except BaseException:
+        await halfmsg.decide(rt, message_id, "rollback")
+        raise
+    await rt.faults.hit("order.before_half_decision")
+    await halfmsg.decide(rt, message_id, "commit")
     return created_at
 
 
 PATTERNS: dict[str, Callable[[Runtime, PlaceOrder], Awaitable[datetime]]] = {
     "outbox": place_with_outbox,
+    "halfmsg": place_with_half_message,
 }
 
 

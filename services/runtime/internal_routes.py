@@ -4,6 +4,7 @@ failed outbox rows and parked messages."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import sqlalchemy as sa
@@ -11,7 +12,7 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from pydantic import BaseModel, Field
 
 from services.common.auth import require_token
-from services.common.faults import POINTS, Arming, FaultSpecError
+from services.common.faults import POINTS, Arming, FaultInjector, FaultSpecError
 from services.messaging.outbox import OUTBOX, OutboxStatus, resend_failed
 from services.messaging.parking import replay_parked
 from services.runtime.state import runtime
@@ -34,12 +35,12 @@ class ArmInService(ArmRequest):
     id: str = Field(default_factory=lambda: uuid.uuid4().hex, min_length=1, max_length=64)  # same in every service
 
 
-def internal_router(service: str) -> APIRouter:
-    r = APIRouter(prefix="/internal", dependencies=[Depends(require_token)], include_in_schema=False)
+def fault_routes(r: APIRouter, service: str, faults_of: Callable[[Request], FaultInjector]) -> None:
+    """Arming, listing and disarming this process's fault points (the admin API fans out to these)."""
 
     @r.get("/faults")
     async def list_faults(request: Request) -> list[dict[str, Any]]:
-        return [a | {"service": service} for a in runtime(request).faults.status()]
+        return [a | {"service": service} for a in faults_of(request).status()]
 
     @r.get("/faults/points")
     async def points() -> list[dict[str, Any]]:
@@ -50,15 +51,20 @@ def internal_router(service: str) -> APIRouter:
     async def arm(body: ArmInService, request: Request) -> dict[str, Any]:
         try:
             arming = Arming(**body.model_dump())
-            runtime(request).faults.arm(arming)
+            faults_of(request).arm(arming)
         except FaultSpecError as exc:
             raise HTTPException(422, str(exc)) from exc
         return vars(arming) | {"service": service}
 
     @r.delete("/faults")
     async def disarm(request: Request, point: str | None = None) -> dict[str, str]:
-        runtime(request).faults.disarm(point)
+        faults_of(request).disarm(point)
         return {"disarmed": point or "all"}
+
+
+def internal_router(service: str) -> APIRouter:
+    r = APIRouter(prefix="/internal", dependencies=[Depends(require_token)], include_in_schema=False)
+    fault_routes(r, service, lambda request: runtime(request).faults)
 
     @r.get("/stats")
     async def stats(request: Request) -> dict[str, int]:

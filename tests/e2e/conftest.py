@@ -1,8 +1,11 @@
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterator
 
 import httpx
 import pytest
 
+from services.common.settings import Settings
 from services.demo import Client
 from services.seed import SeedPlan, reset_and_seed
 from services.supervisor import Supervisor
@@ -11,19 +14,34 @@ from tests.conftest import destroy, isolated_settings
 PLAN = SeedPlan(products=20, customers=40, stock=1_000, seed=11)
 
 
+@contextlib.contextmanager
+def own_settings(servers, tmp_path_factory, name: str, **overrides) -> Iterator[Settings]:
+    """A system's own databases, queues, ports and data dir (dropped afterwards), with `overrides`."""
+    s = isolated_settings(servers, tmp_path_factory.mktemp(name)).model_copy(update=overrides)
+    try:
+        yield s
+    finally:
+        destroy(s)
+
+
+@contextlib.asynccontextmanager
+async def seeded_system(settings: Settings) -> AsyncIterator[Supervisor]:
+    """Every process (broker, inventory, payment, order, admin) under the supervisor, on seeded data."""
+    await asyncio.to_thread(reset_and_seed, settings, PLAN)
+    async with Supervisor(settings) as sup:
+        yield sup
+
+
 @pytest.fixture(scope="package")
 def settings(servers, tmp_path_factory):
-    """The e2e system's own databases, queues, ports and data dir (not shared with other test packages)."""
-    s = isolated_settings(servers, tmp_path_factory.mktemp("e2e"))
-    yield s
-    destroy(s)
+    """The e2e system's own settings (not shared with other test packages)."""
+    with own_settings(servers, tmp_path_factory, "e2e") as s:
+        yield s
 
 
 @pytest.fixture(scope="package")
 async def system(settings):
-    """The whole system as processes (inventory, payment, order, admin) under the supervisor."""
-    await asyncio.to_thread(reset_and_seed, settings, PLAN)
-    async with Supervisor(settings) as sup:
+    async with seeded_system(settings) as sup:
         yield sup
 
 

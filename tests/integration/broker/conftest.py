@@ -35,21 +35,31 @@ async def _started(settings) -> Supervisor:
     return sup
 
 
-@pytest.fixture
-async def broker(broker_settings) -> AsyncIterator[httpx.AsyncClient]:
-    """One broker process; the client talks to it with the admin token."""
-    # the topology (exchange, queues) exists before anything is published
-    connection = BrokerConnection(broker_settings.amqp, topology_of(broker_settings), "test-setup")
+async def declare_topology(settings) -> None:
+    """The exchange and the services' queues exist before anything is published."""
+    connection = BrokerConnection(settings.amqp, topology_of(settings), "test-setup")
     connection.start()
     await connection.wait_connected(30)
     await connection.close()
+
+
+@pytest.fixture
+async def broker_process(broker_settings) -> AsyncIterator[Supervisor]:
+    """One broker process under a supervisor (which restarts it if it dies)."""
+    await declare_topology(broker_settings)
     sup = await _started(broker_settings)
     try:
-        async with httpx.AsyncClient(base_url=broker_settings.url("broker"), timeout=10.0,
-                                     headers={"Authorization": f"Bearer {broker_settings.admin_token}"}) as c:
-            yield c
+        yield sup
     finally:
         await sup.stop()
+
+
+@pytest.fixture
+async def broker(broker_settings, broker_process) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of the broker process, with the admin token."""
+    async with httpx.AsyncClient(base_url=broker_settings.url("broker"), timeout=10.0,
+                                 headers={"Authorization": f"Bearer {broker_settings.admin_token}"}) as c:
+        yield c
 
 
 @pytest.fixture
