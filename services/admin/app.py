@@ -131,6 +131,27 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                    params={"purge": "true"} if purge else {})
         return result
 
+    @r.get("/halfmsg/messages")
+    async def half_messages(request: Request, state: str | None = None, limit: int = 100,
+                            offset: int = 0) -> dict[str, Any]:
+        """The half-message broker's messages, paged (`?state=PARKED` for those waiting for an operator)."""
+        params = {"limit": limit, "offset": offset} | ({"state": state} if state else {})
+        (result,) = await _fan_out(request, "GET", "/messages", ["broker"], params=params)
+        return result
+
+    @r.get("/halfmsg/messages/{message_id}")
+    async def half_message(message_id: str, request: Request) -> dict[str, Any]:
+        (result,) = await _fan_out(request, "GET", f"/messages/{quote(message_id, safe='')}", ["broker"])
+        return result
+
+    @r.post("/halfmsg/messages/{message_id}/{action}")
+    async def resolve_half_message(message_id: str, action: str, request: Request) -> dict[str, Any]:
+        """An operator's hand on a PARKED message: check it back now, or commit or roll it back."""
+        if action not in ("recheck", "commit", "rollback"):
+            raise HTTPException(404, f"no action {action!r}; choose recheck, commit or rollback")
+        (result,) = await _fan_out(request, "POST", f"/messages/{quote(message_id, safe='')}/{action}", ["broker"])
+        return result
+
     @r.get("/invariants")
     async def invariants(wait: float = 0.0) -> dict[str, Any]:
         if not 0 <= wait <= 120:

@@ -169,3 +169,27 @@ async def test_the_checker_reports_a_message_delivered_for_an_order_that_does_no
             assert not halfmsg.holds and any(ghost in v for v in halfmsg.violations)
         finally:
             conn.execute("DELETE FROM half_messages WHERE body->>'order_id' = %s", (ghost,))
+
+
+async def test_a_message_parked_after_every_check_failed_is_resolved_through_the_admin_api(client, settings, system):
+    """The producer unreachable for every check-back: the message is PARKED, `txlab check` says so, and an
+    operator's re-check through the admin API settles it; then everything holds."""
+    await client.admin("POST", "/faults", json=parse_spec("broker.check_back=error").request())
+    await client.admin("POST", "/faults", json=parse_spec("order.before_half_decision=crash,times=1").request())
+    orders = await place(client, seed=6, count=1)
+    await system.wait_healthy(60)
+    order_id = str(orders[0]["id"])
+
+    async def parked() -> list[dict]:
+        items = (await client.admin("GET", "/halfmsg/messages", params={"state": "PARKED"}))["items"]
+        return [m for m in items if m["body"]["order_id"] == order_id]
+
+    (message,) = await eventually(parked, within=60, what="the message parked")
+    assert message["checks"] == settings.broker_max_checks
+    report = await asyncio.to_thread(run_checks, settings, 5.0)
+    assert report.exit_code == 1 and any("broker_parked" in v for i in report.invariants for v in i.violations)
+
+    await client.admin("DELETE", "/faults")  # the producer is reachable again
+    resolved = await client.admin("POST", f"/halfmsg/messages/{message['id']}/recheck")
+    assert resolved["state"] == "COMMITTED"
+    await converged(settings)
