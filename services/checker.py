@@ -94,8 +94,9 @@ def check_stock(settings: Settings) -> Invariant:
 
 
 def check_money(settings: Settings) -> Invariant:
-    inv = Invariant("money: balances + captured - refunded = initial, never negative")
-    customers, payments = _snapshot(settings, "payment", "SELECT id, initial_cents, balance_cents FROM customers",
+    inv = Invariant("money: balances + frozen + captured - refunded = initial, never negative")
+    customers, payments = _snapshot(settings, "payment",
+                                    "SELECT id, initial_cents, balance_cents, frozen_cents FROM customers",
                                     "SELECT customer_id, amount_cents, status FROM payments")
     captured: dict[str, int] = Counter()
     refunded = 0
@@ -106,13 +107,13 @@ def check_money(settings: Settings) -> Invariant:
             refunded += p.amount_cents
     for c in customers:
         inv.checked += 1
-        if c.balance_cents < 0:
-            inv.violations.append(f"{c.id}: negative balance {c.balance_cents}")
-        if c.balance_cents + captured[c.id] != c.initial_cents:
-            inv.violations.append(f"{c.id}: balance {c.balance_cents} + captured {captured[c.id]} "
-                                  f"!= initial {c.initial_cents}")
+        if c.balance_cents < 0 or c.frozen_cents < 0:
+            inv.violations.append(f"{c.id}: negative balance {c.balance_cents} or frozen {c.frozen_cents}")
+        if c.balance_cents + c.frozen_cents + captured[c.id] != c.initial_cents:
+            inv.violations.append(f"{c.id}: balance {c.balance_cents} + frozen {c.frozen_cents} + captured "
+                                  f"{captured[c.id]} != initial {c.initial_cents}")
     inv.counts = {"customers": len(customers), "captured_cents": sum(captured.values()),
-                  "refunded_cents": refunded}
+                  "refunded_cents": refunded, "frozen_cents": sum(c.frozen_cents for c in customers)}
     return inv
 
 

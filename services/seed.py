@@ -56,13 +56,13 @@ def reset_and_seed(settings: Settings, plan: SeedPlan) -> tuple[int, int]:
     with psycopg.connect(f"{base}/{settings.database('order')}") as conn:
         conn.execute("TRUNCATE orders, order_items, outbox, inbox")
     with psycopg.connect(f"{base}/{settings.database('inventory')}") as conn:
-        conn.execute("TRUNCATE products, reservations, outbox, inbox")
+        conn.execute("TRUNCATE products, reservations, outbox, inbox, tcc_barrier")
         with conn.cursor() as cur:
             cur.executemany("INSERT INTO products (sku, name, price_cents, initial, available) "
                             "VALUES (%s, %s, %s, %s, %s)",
                             [(sku, name, price, stock, stock) for sku, name, price, stock in plan.catalogue()])
     with psycopg.connect(f"{base}/{settings.database('payment')}") as conn:
-        conn.execute("TRUNCATE customers, payments, outbox, inbox")
+        conn.execute("TRUNCATE customers, payments, outbox, inbox, tcc_barrier")
         with conn.cursor() as cur:
             cur.executemany("INSERT INTO customers (id, name, initial_cents, balance_cents) VALUES (%s, %s, %s, %s)",
                             [(cid, name, bal, bal) for cid, name, bal in plan.customer_rows()])

@@ -63,6 +63,8 @@ POINTS: dict[str, FaultPoint] = {p.name: p for p in (
     FaultPoint("broker.before_deliver", "the broker is about to publish a committed message", ("broker",)),
     FaultPoint("broker.check_back", "the broker checks a half message back (error: the producer is unreachable)",
                ("broker",)),
+    *(FaultPoint(f"{svc}.tcc.{op}", f"{svc} received a TCC {op.title()} (delay past the deadline, error or crash)",
+                 (svc,)) for svc in ("inventory", "payment") for op in ("try", "confirm", "cancel")),
 )}
 
 

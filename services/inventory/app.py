@@ -1,9 +1,12 @@
 from fastapi import FastAPI
 
+from services.inventory import tcc
 from services.inventory.api import router
 from services.inventory.handlers import HANDLERS
 from services.runtime.app import create_service_app
 
 
 def create_app() -> FastAPI:
-    return create_service_app("inventory", router, HANDLERS)
+    app = create_service_app("inventory", router, HANDLERS)
+    app.include_router(tcc.router)  # the TCC participant's Try / Confirm / Cancel
+    return app
