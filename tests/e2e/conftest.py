@@ -32,6 +32,23 @@ async def seeded_system(settings: Settings) -> AsyncIterator[Supervisor]:
         yield sup
 
 
+def own_system(name: str, **overrides):
+    """Module-scoped `settings` and `system` fixtures for a system of a test module's own:
+    `settings, system = own_system("name", broker_max_checks=3)`."""
+
+    @pytest.fixture(scope="module")
+    def settings(servers, tmp_path_factory):
+        with own_settings(servers, tmp_path_factory, name, **overrides) as s:
+            yield s
+
+    @pytest.fixture(scope="module")
+    async def system(settings):
+        async with seeded_system(settings) as sup:
+            yield sup
+
+    return settings, system
+
+
 @pytest.fixture(scope="package")
 def settings(servers, tmp_path_factory):
     """The e2e system's own settings (not shared with other test packages)."""

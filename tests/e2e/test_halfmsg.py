@@ -16,25 +16,15 @@ from services.common.faults import parse_spec
 from services.demo import Client, order_bodies
 from tests.polling import eventually
 
-from .conftest import PLAN, own_settings, seeded_system
+from .conftest import PLAN, own_system
 
 ORDERS = 10
 
 
-@pytest.fixture(scope="module")
-def settings(servers, tmp_path_factory):
-    """A system of its own with short check-back timings: the first check 1 s after a half message, then
-    every 0.5 s; an order's local transaction may commit up to 0.5 s after its half message."""
-    with own_settings(servers, tmp_path_factory, "halfmsg", broker_immunity_seconds=1.0,
-                      broker_check_interval_seconds=0.5, broker_max_checks=20, broker_poll_seconds=0.1,
-                      halfmsg_local_deadline_seconds=0.5) as s:
-        yield s
-
-
-@pytest.fixture(scope="module")
-async def system(settings):
-    async with seeded_system(settings) as sup:
-        yield sup
+# A system of its own with short check-back timings: the first check 1 s after a half message, then every
+# 0.5 s; an order's local transaction may commit up to 0.5 s after its half message.
+settings, system = own_system("halfmsg", broker_immunity_seconds=1.0, broker_check_interval_seconds=0.5,
+                              broker_max_checks=20, broker_poll_seconds=0.1, halfmsg_local_deadline_seconds=0.5)
 
 
 @pytest.fixture

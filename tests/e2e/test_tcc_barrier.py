@@ -14,22 +14,13 @@ from services.checker import check_money, check_stock
 from services.common.faults import parse_spec
 from services.demo import Client
 
-from .conftest import PLAN, own_settings, seeded_system
+from .conftest import PLAN, own_system
 
 SKU = PLAN.catalogue()[0][0]
 CUSTOMER = PLAN.customer_rows()[0][0]
 
 
-@pytest.fixture(scope="module")
-def settings(servers, tmp_path_factory):
-    with own_settings(servers, tmp_path_factory, "tcc") as s:
-        yield s
-
-
-@pytest.fixture(scope="module")
-async def system(settings):
-    async with seeded_system(settings) as sup:
-        yield sup
+settings, system = own_system("tcc")
 
 
 @pytest.fixture
