@@ -62,7 +62,7 @@ class Claimed:
     topic: str
     body: dict[str, Any]
     check_url: str
-    checks: int
+    attempts: int  # check-backs answered UNKNOWN so far, or delivery attempts refused, by what was claimed
 
 
 async def _history(conn: AsyncConnection, message_id: uuid.UUID, kind: str, **detail: Any) -> None:
@@ -170,9 +170,9 @@ async def claim_deliveries(engine: AsyncEngine, me: str, lease_seconds: float, l
             "  WHERE state = 'COMMITTED' AND next_delivery_at <= now() "
             "  AND (claimed_until IS NULL OR claimed_until < now()) "
             "  ORDER BY next_delivery_at LIMIT :limit FOR UPDATE SKIP LOCKED) "
-            "RETURNING id, topic, body, check_url, checks"),
+            "RETURNING id, topic, body, check_url, delivery_attempts"),
             {"me": me, "lease": lease_seconds, "limit": limit})).all()
-    return [Claimed(r.id, r.topic, r.body, r.check_url, r.checks) for r in rows]
+    return [Claimed(r.id, r.topic, r.body, r.check_url, r.delivery_attempts) for r in rows]
 
 
 async def delivered(engine: AsyncEngine, me: str, message_id: uuid.UUID) -> bool:

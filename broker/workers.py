@@ -134,11 +134,7 @@ class Delivery:
             await store.delivery_failed(self.engine, self.me, m.id, str(exc), 1.0, counted=False)
             return
         except PublishRefused as exc:  # no queue takes this topic: retry, ever more slowly
-            attempts = await self._attempts(m)
-            await store.delivery_failed(self.engine, self.me, m.id, str(exc), capped_backoff(attempts + 1, 1.0, 60.0),
-                                        counted=True)
+            await store.delivery_failed(self.engine, self.me, m.id, str(exc),
+                                        capped_backoff(m.attempts + 1, 1.0, 60.0), counted=True)
             return
         await store.delivered(self.engine, self.me, m.id)
-
-    async def _attempts(self, m: Claimed) -> int:
-        return int((await store.get(self.engine, m.id))["delivery_attempts"])
