@@ -226,7 +226,10 @@ async def run_demo(settings: Settings, *, orders: int = 200, concurrency: int = 
         finally:
             result.client_retries = client.retries
             await client.aclose()
-        result.report = await asyncio.to_thread(run_checks, settings, 10.0)  # quiet by now, or it never will be
+        # Quiet by now, or it never will be; but a server may go down right after convergence: the check
+        # waits it out within what is left of the convergence budget (at least 10 s)
+        left = max(10.0, converge_timeout - result.convergence_seconds)
+        result.report = await asyncio.to_thread(run_checks, settings, left)
         result.statuses, result.e2e_latencies = await asyncio.to_thread(e2e_latencies, settings)
     return result
 
