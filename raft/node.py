@@ -51,7 +51,8 @@ _LEADER_EARLY = frozenset({MsgType.APPEND, MsgType.HEARTBEAT, MsgType.SNAPSHOT})
 
 @dataclass
 class NodeConfig:
-    """Where a node lives: node i serves HTTP on base_port + i - 1 and Raft on base_port + 100 + i - 1."""
+    """Where a node lives: node i serves HTTP on base_port + i - 1 and Raft on raft_base_port + i - 1 (by
+    default base_port + 100 + i - 1)."""
 
     id: int
     nodes: int
@@ -65,12 +66,13 @@ class NodeConfig:
     check_quorum: bool = True  # off only to show the seed's "minority leader that believes it leads"
     pre_vote: bool = True  # off only to show a split vote deterministically
     request_timeout: float = 5.0
+    raft_base_port: int | None = None
 
     def http_port(self, node_id: int) -> int:
         return self.base_port + node_id - 1
 
     def raft_port(self, node_id: int) -> int:
-        return self.base_port + 100 + node_id - 1
+        return (self.raft_base_port or self.base_port + 100) + node_id - 1
 
     def http_url(self, node_id: int) -> str:
         return f"http://{self.host}:{self.http_port(node_id)}"

@@ -18,8 +18,11 @@ import psycopg
 from psycopg.rows import namedtuple_row
 
 from services.common.settings import SERVICES, Settings
+from services.coordinator.client import CoordinatorUnavailable, all_transactions, fetch
+from services.coordinator.model import FINAL_STATES, STUCK
 from services.messaging.parking import queue_depths
 from services.messaging.topology import topology_of
+from services.order.coordinated import COORDINATED
 
 OK, VIOLATED, UNCHECKABLE = 0, 1, 2
 
@@ -179,6 +182,59 @@ def check_half_messages(settings: Settings) -> Invariant:
     return inv
 
 
+def check_coordinated(settings: Settings) -> Invariant:
+    """tcc: each order agrees with its global transaction, and nothing is held (frozen money, reserved stock)
+    by a branch whose transaction is over."""
+    inv = Invariant("tcc: orders agree with their transactions; nothing held without a live transaction")
+    orders = {str(r.id): r.status for r in _query(settings, "order", "SELECT id, status FROM orders WHERE pattern "
+                                                                      f"= ANY('{{{','.join(COORDINATED)}}}')")}
+    held = {(r.gid, r.branch) for service in ("inventory", "payment") for r in _query(
+        settings, service, "SELECT t.gid, t.branch FROM tcc_barrier t WHERE t.op = 'try' AND t.held AND NOT EXISTS "
+                           "(SELECT 1 FROM tcc_barrier s WHERE s.gid = t.gid AND s.branch = t.branch "
+                           "AND s.op IN ('confirm', 'cancel'))")}
+    if not orders and not held:
+        return inv
+    try:
+        records = all_transactions(settings)
+    except CoordinatorUnavailable as exc:
+        raise CannotCheck(f"the coordinator: {exc}") from exc
+    if records is None:
+        raise CannotCheck("the coordinator is not running, and there are tcc orders to check")
+    by_gid = {r["gid"]: r for r in records}
+    agree = {"PAID": "CONFIRMED", "CANCELLED": "CANCELLED"}
+    for oid, status in sorted(orders.items()):
+        inv.checked += 1
+        record = by_gid.get(oid)
+        if record is None:
+            inv.violations.append(f"{status} tcc order {oid} has no global transaction")
+        elif status in agree and record["state"] != agree[status]:
+            inv.violations.append(f"{status} tcc order {oid}: its transaction is {record['state']}")
+    for gid, branch in sorted(held):
+        inv.checked += 1
+        record = by_gid.get(gid)
+        if record is None or record["state"] in FINAL_STATES:
+            what = "stock reserved" if branch == "inventory" else "money frozen"
+            inv.violations.append(f"{what} by {gid} (branch {branch}) without a live transaction "
+                                  f"({record['state'] if record else 'unknown to the coordinator'})")
+    inv.counts = {"tcc_orders": len(orders), "held_branches": len(held)} | {
+        f"txn_{k.lower()}": v for k, v in sorted(Counter(r["state"] for r in records).items())}
+    return inv
+
+
+def coordinator_counts(settings: Settings, coordinated_orders: int) -> dict[str, int]:
+    """Global transactions not final (in flight) and STUCK; the coordinator unreachable counts as in flight
+    when there are coordinated orders."""
+    try:
+        page = fetch(settings, "/transactions", {"limit": 1}, deadline=3.0)
+    except CoordinatorUnavailable:
+        page = None
+    if page is None:
+        return {"coordinator_unreachable": 1} if coordinated_orders else {}
+    counts = page["counts"]
+    live = sum(n for state, n in counts.items() if state not in FINAL_STATES and state != STUCK)
+    return {"coordinator_txn_in_flight": live, "coordinator_stuck": counts.get(STUCK, 0)}
+
+
 def queued_messages(settings: Settings) -> dict[str, int]:
     """Messages ready in each service's event queue and parking queue, and the consumers on each queue."""
     try:
@@ -210,7 +266,7 @@ def consumers_in_flight(settings: Settings, consumers: dict[str, int]) -> tuple[
 
 
 # Counts of work still moving: the system is quiet when each is 0 (and nothing moved between two looks).
-IN_FLIGHT = ("_outbox_pending", "_queued", "_in_flight", "_unreachable")
+IN_FLIGHT = ("_outbox_pending", "_queued", "_in_flight", "_unreachable")  # coordinator_stuck waits for nobody
 
 
 def in_flight(counts: dict[str, int]) -> dict[str, int]:
@@ -222,20 +278,23 @@ def _look(settings: Settings) -> tuple[dict[str, int], dict[str, int]]:
     progress counters. A look can still miss work that a consumer finished between two reads (its new outbox
     row written after the outbox was read); the progress counters, compared between looks, catch that."""
     counts: dict[str, int] = {}
-    placed = 0
+    placed = coordinated = 0
     for service in SERVICES:  # one connection per database and look
         outbox, prepared, *orders = _snapshot(
             settings, service,
             "SELECT status, count(*) AS n FROM outbox WHERE status <> 'SENT' GROUP BY status",
             "SELECT count(*) AS n FROM pg_prepared_xacts WHERE database = current_database()",
-            *(["SELECT count(*) FILTER (WHERE status = 'PENDING') AS pending, count(*) AS placed FROM orders"]
+            *(["SELECT count(*) FILTER (WHERE status = 'PENDING') AS pending, count(*) AS placed, "
+               f"count(*) FILTER (WHERE pattern = ANY('{{{','.join(COORDINATED)}}}')) AS coordinated FROM orders"]
               if service == "order" else []))
         if orders:
             counts["orders_pending"] = orders[0][0].pending
             placed = orders[0][0].placed
+            coordinated = orders[0][0].coordinated
         for r in outbox:
             counts[f"{service}_outbox_{r.status.lower()}"] = r.n
         counts[f"{service}_prepared_xacts"] = prepared[0].n
+    counts.update(coordinator_counts(settings, coordinated))
     (half,) = _snapshot(settings, "broker", (
         "SELECT count(*) FILTER (WHERE state = 'HALF' AND created_at > now() - make_interval(secs => "
         f"{half_message_deadline(settings)})) AS half, "
@@ -329,7 +388,7 @@ def run_checks(settings: Settings, wait: float = 0.0, on_look: Look | None = Non
     while True:
         look = wait_quiet(settings, max(0.0, deadline - time.monotonic()), on_look=on_look)
         report = Report([check_stock(settings), check_money(settings), check_agreement(settings),
-                         check_half_messages(settings), _convergence(look)])
+                         check_half_messages(settings), check_coordinated(settings), _convergence(look)])
         if report.exit_code == OK or not look.quiet or time.monotonic() >= deadline:
             return report
         counts, progress = _look(settings)

@@ -11,6 +11,7 @@ import psycopg
 from services.cache.membership import flush
 from services.common.db import migrate
 from services.common.settings import DATABASES, Settings
+from services.coordinator.client import reset_records
 from services.messaging.parking import queue_depths
 from services.messaging.topology import topology_of
 
@@ -47,9 +48,11 @@ class SeedPlan:
 
 
 def reset_and_seed(settings: Settings, plan: SeedPlan) -> tuple[int, int]:
-    """Empty every database (the services' and the broker's) and load the plan's catalogue and customers."""
+    """Empty every database (the services' and the broker's) and the coordinator's records, and load the plan's
+    catalogue and customers."""
     for database in DATABASES:
         migrate(settings, database)
+    reset_records(settings)  # the coordinator's global transactions first: none is driven over the new data
     base = settings.pg.rstrip("/")
     with psycopg.connect(f"{base}/{settings.database('broker')}") as conn:
         conn.execute("TRUNCATE half_messages, half_message_history")

@@ -16,11 +16,16 @@ from dataclasses import dataclass, field
 import httpx
 
 from services.common.db import migrate
-from services.common.settings import DATABASES, Settings
+from services.common.settings import DATABASES, Settings, coordinator_node
 
 log = logging.getLogger("txlab.supervisor")
 
-PROCESSES = ("broker", "inventory", "payment", "order", "admin")
+PROCESSES = ("broker", "inventory", "payment", "order", "admin")  # and the coordinator replicas
+
+
+def all_processes(settings: Settings) -> tuple[str, ...]:
+    """Every process of an installation: the services and the coordinator replicas (coordinator-1, ...)."""
+    return (*settings.coordinators, *PROCESSES)
 
 
 @dataclass
@@ -42,9 +47,9 @@ class PortInUse(RuntimeError):
 class Supervisor:
     """Starts the processes, restarts any that exits unexpectedly, stops them all by pid."""
 
-    def __init__(self, settings: Settings, names: tuple[str, ...] = PROCESSES) -> None:
+    def __init__(self, settings: Settings, names: tuple[str, ...] | None = None) -> None:
         self.settings = settings.model_copy(update={"data_dir": settings.data_dir.resolve()})
-        self.children = {name: Child(name) for name in names}
+        self.children = {name: Child(name) for name in names or all_processes(settings)}
         self._watchers: list[asyncio.Task[None]] = []
         self._stopping = False
 
@@ -54,11 +59,19 @@ class Supervisor:
 
     def _check_ports_free(self) -> None:
         """Refuse to start over processes that are not ours (an orphaned earlier run, another program)."""
-        for name in self.children:
+        for name, port in self._ports():
             with socket.socket() as probe:
-                if probe.connect_ex((self.settings.host, self.settings.port(name))) == 0:
-                    raise PortInUse(f"{name}'s port {self.settings.host}:{self.settings.port(name)} is already "
+                if probe.connect_ex((self.settings.host, port)) == 0:
+                    raise PortInUse(f"{name}'s port {self.settings.host}:{port} is already "
                                     "in use (is another txlab running? stop it, or set TXLAB_*_PORT)")
+
+    def _ports(self) -> list[tuple[str, int]]:
+        ports = []
+        for name in self.children:
+            ports.append((name, self.settings.port(name)))
+            if name.startswith("coordinator-"):
+                ports.append((f"{name} (raft)", self.settings.coordinator_raft_port + coordinator_node(name) - 1))
+        return ports
 
     async def start(self, health_timeout: float = 60.0) -> None:
         self._check_ports_free()

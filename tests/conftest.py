@@ -19,6 +19,7 @@ import psycopg
 import pytest
 import redis
 
+from raft.cluster import free_base_port
 from services.cache.membership import flush
 from services.common.settings import DATABASES, Settings
 
@@ -131,10 +132,12 @@ def servers() -> Iterator[dict[str, str]]:
 def isolated_settings(servers: dict[str, str], data_dir: Path) -> Settings:
     """Settings of an isolated txlab: own databases, own exchanges and queues, own ports and data dir."""
     tag = f"t{uuid.uuid4().hex[:8]}"
+    coordinator = free_base_port(3)  # HTTP on base..base+2, Raft on base+100..base+102
     return Settings(**servers, db_prefix=f"txlab_{tag}", bus_prefix=f"{tag}.", admin_token=f"token-{tag}",
                     cache_prefix=f"{tag}:cache:",
                     data_dir=data_dir, admin_port=free_port(), order_port=free_port(),
                     inventory_port=free_port(), payment_port=free_port(), broker_port=free_port(),
+                    coordinator_port=coordinator, coordinator_raft_port=coordinator + 100,
                     relay_poll_seconds=0.5,
                     relay_max_attempts=3)
 

@@ -20,10 +20,19 @@ from services.checker import CannotCheck, run_checks
 from services.common.auth import require_token
 from services.common.faults import POINTS, Arming, FaultSpecError
 from services.common.settings import SERVICES, Settings, get_settings
+from services.coordinator.client import CoordinatorClient, CoordinatorUnavailable
 from services.runtime.http_errors import install_error_handlers
 from services.runtime.internal_routes import ArmRequest, CacheNode
 
-FAULT_PROCESSES = (*SERVICES, "broker")  # the processes with fault points
+
+def fault_processes(settings: Settings) -> tuple[str, ...]:
+    """The processes with fault points: the services, the broker and every coordinator replica."""
+    return (*SERVICES, "broker", *settings.coordinators)
+
+
+def _where(settings: Settings, services: tuple[str, ...]) -> tuple[str, ...]:
+    """A fault point's processes: `coordinator` stands for every replica."""
+    return tuple(p for s in services for p in (settings.coordinators if s == "coordinator" else (s,)))
 
 
 class ArmAcross(ArmRequest):
@@ -81,7 +90,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def armed(request: Request) -> list[dict[str, Any]]:
         """One entry per arming: how often it fired in all (what `times` limits) and in each service armed."""
         armings: dict[str, dict[str, Any]] = {}
-        for row in [a for per in await _fan_out(request, "GET", "/internal/faults", FAULT_PROCESSES) for a in per]:
+        for row in [a for per in await _fan_out(request, "GET", "/internal/faults",
+                                                                fault_processes(settings)) for a in per]:
             service, fired_here = row.pop("service"), row.pop("fired_here")
             entry = armings.setdefault(row["id"], row | {"services": {}})
             entry["services"][service] = fired_here
@@ -95,7 +105,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             Arming(**arming).validate()
         except FaultSpecError as exc:
             raise HTTPException(422, str(exc)) from exc
-        where = POINTS[body.point].services
+        where = _where(settings, POINTS[body.point].services)
         if body.service is not None:
             if body.service not in where:
                 raise HTTPException(422, f"{body.point} exists only in: {', '.join(where)}")
@@ -106,7 +116,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def disarm(request: Request, point: str | None = None) -> dict[str, str]:
         if point is not None and point not in POINTS:
             raise HTTPException(422, f"unknown fault point {point!r}")
-        await _fan_out(request, "DELETE", "/internal/faults", FAULT_PROCESSES,
+        await _fan_out(request, "DELETE", "/internal/faults", fault_processes(settings),
                        params={"point": point} if point else {})
         return {"disarmed": point or "all"}
 
@@ -151,6 +161,56 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise HTTPException(404, f"no action {action!r}; choose recheck, commit or rollback")
         (result,) = await _fan_out(request, "POST", f"/messages/{quote(message_id, safe='')}/{action}", ["broker"])
         return result
+
+    async def coordinator(request: Request, method: str, path: str, **kwargs: Any) -> Any:
+        """The coordinator leader's answer, passed on as it is (errors included)."""
+        try:
+            response = await CoordinatorClient(settings, request.app.state.http).request(method, path, **kwargs)
+        except CoordinatorUnavailable as exc:
+            raise HTTPException(503, str(exc)) from exc
+        try:
+            body = response.json()
+        except ValueError:
+            body = {"detail": response.text[:300]}
+        if response.status_code >= 400:
+            raise HTTPException(response.status_code, body.get("detail", body) if isinstance(body, dict) else body)
+        return body
+
+    @r.get("/transactions")
+    async def transactions(request: Request, state: str | None = None, pattern: str | None = None,
+                           limit: int = 100, offset: int = 0) -> Any:
+        """The coordinator's global transactions, newest first, paged (`?state=STUCK` for those to retry)."""
+        params = {"limit": limit, "offset": offset} | ({"state": state} if state else {}) | (
+            {"pattern": pattern} if pattern else {})
+        return await coordinator(request, "GET", "/transactions", params=params)
+
+    @r.get("/transactions/{gid}")
+    async def transaction(gid: str, request: Request) -> Any:
+        """One global transaction: its state, decision, and each branch with its attempts and timeline."""
+        return await coordinator(request, "GET", f"/transactions/{quote(gid, safe='')}")
+
+    @r.post("/transactions/{gid}/retry")
+    async def retry_transaction(gid: str, request: Request) -> Any:
+        """An operator's retry: a STUCK transaction resumes where it stopped, with fresh attempts."""
+        return await coordinator(request, "POST", f"/transactions/{quote(gid, safe='')}/retry")
+
+    def replica(node: int) -> str:
+        if not 1 <= node <= settings.coordinator_nodes:
+            raise HTTPException(404, f"no coordinator replica {node}; they are 1 to {settings.coordinator_nodes}")
+        return f"coordinator-{node}"
+
+    @r.post("/coordinator/isolate/{node}")
+    async def isolate(node: int, request: Request) -> dict[str, Any]:
+        """Cut one coordinator replica off from the others (a Raft partition); undo with DELETE."""
+        name = replica(node)
+        await _fan_out(request, "DELETE", "/internal/isolate", [c for c in settings.coordinators if c != name])
+        await _fan_out(request, "POST", "/internal/isolate", [name])
+        return {"isolated": node}
+
+    @r.delete("/coordinator/isolate")
+    async def heal(request: Request) -> dict[str, Any]:
+        await _fan_out(request, "DELETE", "/internal/isolate", settings.coordinators)
+        return {"isolated": None}
 
     @r.get("/invariants")
     async def invariants(wait: float = 0.0) -> dict[str, Any]:

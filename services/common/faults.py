@@ -65,7 +65,19 @@ POINTS: dict[str, FaultPoint] = {p.name: p for p in (
                ("broker",)),
     *(FaultPoint(f"{svc}.tcc.{op}", f"{svc} received a TCC {op.title()} (delay past the deadline, error or crash)",
                  (svc,)) for svc in ("inventory", "payment") for op in ("try", "confirm", "cancel")),
+    FaultPoint("coordinator.tcc.after_try", "tcc: every Try answered (or the deadline passed), no decision logged "
+               "yet (crash: the leader dies)", ("coordinator",)),
+    FaultPoint("coordinator.tcc.after_decision", "tcc: the decision is in the log, no Confirm or Cancel sent yet "
+               "(crash: the leader dies)", ("coordinator",)),
+    FaultPoint("coordinator.tcc.hold_try", "tcc: a Try is about to leave the coordinator (delay: it reaches its "
+               "participant late, after its Cancel when past the deadline)", ("coordinator",),
+               frozenset({"delay"})),
 )}
+
+
+def process_kind(process: str) -> str:
+    """What a fault point's `services` name: the process name, or `coordinator` for every replica."""
+    return "coordinator" if process.startswith("coordinator-") else process
 
 
 class InjectedFault(RuntimeError):
@@ -200,7 +212,7 @@ class FaultInjector:
 
     def arm(self, arming: Arming) -> None:
         arming.validate()
-        if self.process not in POINTS[arming.point].services:
+        if process_kind(self.process) not in POINTS[arming.point].services:
             raise FaultSpecError(f"{arming.point} does not exist in the {self.process} service")
         self._counts.add(arming.id)
         self._spent.discard(arming.id)

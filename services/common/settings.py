@@ -62,6 +62,17 @@ class Settings(BaseSettings):
     # halfmsg: how long after its half message an order's local transaction may still commit; a check-back
     # finding no order after that rolls the message back (and bars a late transaction from committing)
     halfmsg_local_deadline_seconds: float = Field(3.0, gt=0)
+    # the coordinator (services/coordinator/): replica i serves HTTP on coordinator_port + i - 1 and Raft on
+    # coordinator_raft_port + i - 1; its records live in its Raft log, or in etcd (coordinator_store=etcd://...)
+    coordinator_port: int = 7001
+    coordinator_raft_port: int = 7101
+    coordinator_nodes: int = Field(3, ge=1, le=7)
+    coordinator_store: str = "raft"
+    coordinator_retry_base_seconds: float = Field(0.2, gt=0)  # Confirm/Cancel retries back off from this...
+    coordinator_retry_cap_seconds: float = Field(5.0, gt=0)  # ... doubling up to this, with jitter
+    coordinator_max_attempts: int = Field(12, ge=1)  # failed attempts of one step before the transaction is STUCK
+    # TCC: every Try must have succeeded this long after the order was placed, or the transaction is cancelled
+    tcc_deadline_seconds: float = Field(5.0, gt=0)
 
     def model_post_init(self, _context: object) -> None:
         if not self.admin_token:
@@ -83,10 +94,22 @@ class Settings(BaseSettings):
                 if value is not None}
 
     def port(self, service: str) -> int:
+        if service.startswith("coordinator-"):
+            return self.coordinator_port + coordinator_node(service) - 1
         return int(getattr(self, f"{service}_port"))
 
     def url(self, service: str) -> str:
+        if service.startswith("coordinator-"):
+            return f"http://{self.host}:{self.port(service)}"
         return getattr(self, f"{service}_url") or f"http://{self.host}:{self.port(service)}"
+
+    @property
+    def coordinators(self) -> tuple[str, ...]:
+        """The coordinator replicas' process names: coordinator-1, coordinator-2, ..."""
+        return tuple(f"coordinator-{i}" for i in range(1, self.coordinator_nodes + 1))
+
+    def coordinator_urls(self) -> list[str]:
+        return [self.url(name) for name in self.coordinators]
 
     def check_hosts(self) -> frozenset[str]:
         """The hosts a half message's check_url may name: loopback, this installation's processes and
@@ -112,6 +135,14 @@ class Settings(BaseSettings):
     @property
     def log_dir(self) -> Path:
         return self.data_dir / "logs"
+
+
+def coordinator_node(process: str) -> int:
+    """The replica number of a coordinator process name (`coordinator-2` -> 2)."""
+    prefix, _, number = process.partition("-")
+    if prefix != "coordinator" or not number.isdigit() or int(number) < 1:
+        raise ValueError(f"not a coordinator process name: {process!r}")
+    return int(number)
 
 
 @lru_cache(maxsize=1)

@@ -17,6 +17,7 @@ from pydantic import AfterValidator, BaseModel, Field, field_validator
 
 from services.cache.keys import CATALOGUE_TTL, ORDER_TTL, customer_key, order_key, product_key
 from services.common.identifiers import Identifier
+from services.order.coordinated import NotBegun
 from services.order.domain import OrderStatus
 from services.order.halfmsg import BrokerRefused, TooLate
 from services.order.placement import PATTERNS, Item, PlaceOrder, place_order
@@ -159,6 +160,9 @@ async def create_order(body: OrderIn, request: Request, response: Response,
         created_at = await place_order(rt, command)
     except (BrokerRefused, TooLate) as exc:  # nothing was placed: the client may retry with the same key
         raise HTTPException(503, f"the order was not placed: {exc}") from exc
+    except NotBegun as exc:  # placed, and settled later: a retry with the same key answers the order
+        raise HTTPException(503, f"order {command.order_id} is recorded PENDING but its transaction could not "
+                                 f"be begun yet ({exc}); it will be, and the order settled") from exc
     except sa.exc.IntegrityError:
         # the key's unique constraint: this is a retry (or a concurrent twin) of an order already placed
         if idempotency_key and (replayed := await _replay(rt, idempotency_key, body, response)):

@@ -1,7 +1,8 @@
 """Placing an order, one function per pattern. The outbox pattern writes the order and its
 order.created event in one local transaction; the relay publishes the event afterwards. The halfmsg
 pattern sends the event to the half-message broker first, runs the local transaction, then commits the
-message (see services/order/halfmsg.py)."""
+message (see services/order/halfmsg.py). The tcc pattern records the order PENDING and begins its global
+transaction on the coordinator, which reports the outcome (see services/order/coordinated.py)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.common.envelope import Envelope
 from services.messaging.inbox import unit_of_work
-from services.order import halfmsg
+from services.order import coordinated, halfmsg
 from services.order.domain import OrderStatus, PaymentAnswer, StockAnswer
 from services.runtime.state import Runtime
 
@@ -92,9 +93,20 @@ async def place_with_half_message(rt: Runtime, cmd: PlaceOrder) -> datetime:
     return created_at
 
 
+async def place_with_coordinator(rt: Runtime, cmd: PlaceOrder) -> datetime:
+    """The order, PENDING, then its global transaction on the coordinator (see services/order/coordinated.py)."""
+    async with rt.engine.begin() as conn:
+        created_at = await _insert_order(conn, cmd)
+    await coordinated.begin(rt, coordinated.begin_body(
+        rt.settings, cmd.order_id, cmd.pattern, cmd.customer_id, cmd.total_cents,
+        [(i.sku, i.qty) for i in sorted(cmd.items, key=lambda i: i.sku)], created_at))
+    return created_at
+
+
 PATTERNS: dict[str, Callable[[Runtime, PlaceOrder], Awaitable[datetime]]] = {
     "outbox": place_with_outbox,
     "halfmsg": place_with_half_message,
+    **{pattern: place_with_coordinator for pattern in coordinated.COORDINATED},
 }
 
 

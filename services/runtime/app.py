@@ -11,7 +11,7 @@ import contextlib
 import logging
 import os
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import httpx
@@ -47,7 +47,9 @@ def _exit_if_failed(task: asyncio.Task[None]) -> None:
 
 
 def create_service_app(service: str, router: APIRouter, handlers: dict[str, EventHandler],
-                       settings: Settings | None = None) -> FastAPI:
+                       settings: Settings | None = None,
+                       background: Sequence[Callable[[Runtime], Awaitable[None]]] = ()) -> FastAPI:
+    """The service's app; `background` loops run beside the relay for the app's life."""
     settings = settings or get_settings()
     topology = topology_of(settings)
     topology.check_handlers(service, set(handlers))
@@ -71,12 +73,14 @@ def create_service_app(service: str, router: APIRouter, handlers: dict[str, Even
         broker.start()
         relay_task = asyncio.create_task(relay.run(), name=f"{service}-relay")
         relay_task.add_done_callback(_exit_if_failed)
+        loops = [asyncio.create_task(loop(app.state.rt), name=f"{service}-{loop.__name__}") for loop in background]
         try:
             yield
         finally:
-            relay_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await relay_task
+            for task in (relay_task, *loops):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await broker.close()
             await http.aclose()
             await cache.close()

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from pydantic import BaseModel, Field
 
 from services.common.auth import require_token
-from services.common.faults import POINTS, Arming, FaultInjector, FaultSpecError
+from services.common.faults import POINTS, Arming, FaultInjector, FaultSpecError, process_kind
 from services.messaging.outbox import OUTBOX, OutboxStatus, resend_failed
 from services.messaging.parking import replay_parked
 from services.runtime.state import runtime
@@ -45,7 +45,7 @@ def fault_routes(r: APIRouter, service: str, faults_of: Callable[[Request], Faul
     @r.get("/faults/points")
     async def points() -> list[dict[str, Any]]:
         return [{"name": p.name, "description": p.description, "actions": sorted(p.actions)}
-                for p in POINTS.values() if service in p.services]
+                for p in POINTS.values() if process_kind(service) in p.services]
 
     @r.post("/faults", status_code=201)
     async def arm(body: ArmInService, request: Request) -> dict[str, Any]:

@@ -14,7 +14,7 @@ inserts its own row first, in the same local transaction as its business effect,
 A participant supplies the three business effects (`Effects`); this module owns the barrier and the answers.
 Answers: 200 `{"outcome": ...}` for every business outcome (a refused Try, a Try skipped by the barrier, an
 empty rollback included); 409 with the reason for a Confirm whose Try never succeeded, or a Cancel after a
-Confirm.
+Confirm. A Try's answer also says whether it holds what Confirm needs (`"ready"`), a repeated one included.
 """
 
 import json
@@ -90,8 +90,9 @@ async def try_step(conn: AsyncConnection, body: Branch, effects: Effects) -> dic
     if not await _claim(conn, body.gid, body.branch, TRY, "RUNNING"):
         row = await _read(conn, body.gid, body.branch, TRY)
         if row.outcome == PREVENTED:
-            return {"outcome": "SKIPPED", "why": "its Cancel came first: this Try reserves nothing (anti-hanging)"}
-        return {"outcome": row.outcome, "repeated": True}
+            return {"outcome": "SKIPPED", "ready": False,
+                    "why": "its Cancel came first: this Try reserves nothing (anti-hanging)"}
+        return {"outcome": row.outcome, "ready": row.held, "repeated": True}
     savepoint = await conn.begin_nested()
     tried = await effects.try_(conn, body)
     if tried.held:
@@ -99,7 +100,8 @@ async def try_step(conn: AsyncConnection, body: Branch, effects: Effects) -> dic
     else:
         await savepoint.rollback()  # a refused Try leaves no effect, only its barrier row
     await _record(conn, body.gid, body.branch, TRY, tried.outcome, tried.held, tried.detail)
-    return {"outcome": tried.outcome, **({"why": tried.detail["why"]} if "why" in tried.detail else {})}
+    return {"outcome": tried.outcome, "ready": tried.held,
+            **({"why": tried.detail["why"]} if "why" in tried.detail else {})}
 
 
 async def confirm_step(conn: AsyncConnection, body: Branch, effects: Effects) -> dict[str, Any]:

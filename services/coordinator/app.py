@@ -1,0 +1,219 @@
+"""One coordinator replica: its store (a Raft node by default), the driver that runs while it leads, and its API.
+
+Routes (all but `/raft/status`, `/health` and `/alive` need the admin token):
+- `POST /transactions` `{"gid", "pattern", "branches": [{"branch": "inventory", ...work}, ...], "deadline_ms"}`
+  begins a transaction (201), or answers the one begun with that gid (200); `deadline_ms` is a Unix time in ms.
+- `GET /transactions?state=&pattern=&limit=&offset=` (newest first), `GET /transactions/{gid}` (its branches
+  and timeline), `POST /transactions/{gid}/retry` (an operator's retry, e.g. of a STUCK one).
+- `GET /raft/status`, `GET /raft/events`; `POST|DELETE /internal/isolate` (a partition of this replica),
+  `POST /internal/reset` (forget every transaction: `txlab seed`), `/internal/faults`.
+
+Only the leader answers `/transactions`: a follower answers 307 with the leader's URL in `Location`, or 503
+`{"leader": null}` while there is no leader.
+"""
+
+# (no postponed annotations: FastAPI reads the local `Leader` dependency from the route signatures)
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+import httpx
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from services.common.auth import require_token
+from services.common.faults import FaultInjector
+from services.common.settings import Settings, get_settings
+from services.coordinator.driver import Driver
+from services.coordinator.model import ALL_STATES, BRANCHES, PATTERNS
+from services.coordinator.store import NotLeader, OutcomeUnknown, Store, open_store
+from services.runtime.http_errors import install_error_handlers
+from services.runtime.internal_routes import fault_routes
+
+GID = r"^[A-Za-z0-9._:-]+$"
+
+
+class BranchIn(BaseModel):
+    model_config = ConfigDict(extra="allow")  # the work the participant's phase-1 route takes
+
+    branch: str = Field(pattern=f"^({'|'.join(BRANCHES)})$")
+
+
+class Begin(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    gid: str = Field(min_length=1, max_length=128, pattern=GID)
+    pattern: str = Field(pattern=f"^({'|'.join(PATTERNS)})$")
+    branches: list[BranchIn] = Field(min_length=1, max_length=len(BRANCHES))
+    deadline_ms: int = Field(gt=0, lt=2**53)
+
+
+class Redirect(Exception):
+    def __init__(self, leader: str | None) -> None:
+        self.leader = leader
+
+
+def summary(record: dict[str, Any]) -> dict[str, Any]:
+    """A record without its bodies and timelines: what a listing shows."""
+    return {k: v for k, v in record.items() if k not in ("branches", "timeline")} | {
+        "branches": {n: {k: b[k] for k in ("state", "outcome", "attempts", "last_error")}
+                     for n, b in record["branches"].items()}}
+
+
+def create_app(node_id: int, settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    process = f"coordinator-{node_id}"
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        store = open_store(settings, node_id)
+        faults = FaultInjector(process, settings.data_dir / "faults")
+        http = httpx.AsyncClient(timeout=5.0, limits=httpx.Limits(max_connections=256))
+        await store.start()
+        driver = Driver(store, settings, faults, http)
+        app.state.store, app.state.faults, app.state.driver = store, faults, driver
+        task = asyncio.create_task(driver.run(), name="driver")
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await store.close()
+            await http.aclose()
+
+    app = FastAPI(title=f"txlab coordinator {node_id}", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.settings = settings
+    install_error_handlers(app)
+
+    @app.exception_handler(Redirect)
+    async def redirect(request: Request, exc: Redirect) -> JSONResponse:
+        if exc.leader is None:
+            return JSONResponse({"detail": "no leader now (an election is running); retry shortly",
+                                 "leader": None}, status_code=503)
+        location = exc.leader + request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        return JSONResponse({"leader": exc.leader, "location": location}, status_code=307,
+                            headers={"location": location})
+
+    @app.exception_handler(OutcomeUnknown)
+    async def unknown(_: Request, exc: OutcomeUnknown) -> JSONResponse:
+        return JSONResponse({"detail": f"the outcome is not known yet ({exc}); retry: every change is "
+                                       "idempotent", "outcome": "unknown"}, status_code=503)
+
+    def store_of(request: Request) -> Store:
+        return request.app.state.store
+
+    async def leader(request: Request) -> Store:
+        """The store, on the leader only, caught up with everything committed before this request."""
+        store = store_of(request)
+        try:
+            await store.catch_up()
+        except NotLeader as exc:
+            raise Redirect(exc.leader) from None
+        return store
+
+    async def propose(store: Store, cmd: dict[str, Any]) -> str:
+        try:
+            outcome = await store.propose(cmd)
+        except NotLeader as exc:
+            raise Redirect(exc.leader) from None
+        if outcome.startswith("malformed"):
+            raise HTTPException(422, outcome)
+        return outcome
+
+    def found(store: Store, gid: str) -> dict[str, Any]:
+        record = store.book.get(gid)
+        if record is None:
+            raise HTTPException(404, f"no transaction {gid!r}")
+        return record
+
+    Leader = Annotated[Store, Depends(leader)]
+    r = APIRouter(dependencies=[Depends(require_token)])
+
+    @r.post("/transactions", status_code=201)
+    async def begin(body: Begin, store: Leader, request: Request) -> Any:
+        names = [b.branch for b in body.branches]
+        if len(set(names)) != len(names):
+            raise HTTPException(422, f"a branch appears twice: {', '.join(names)}")
+        bodies = {b.branch: b.model_dump(exclude={"branch"}) for b in body.branches}
+        outcome = await propose(store, {"op": "begin", "gid": body.gid, "pattern": body.pattern, "branches": bodies,
+                                        "deadline": body.deadline_ms / 1000, "now": time.time()})
+        record = found(store, body.gid)
+        if outcome == "exists":
+            if record["pattern"] != body.pattern or set(record["branches"]) != set(bodies):
+                raise HTTPException(409, f"transaction {body.gid} exists with pattern {record['pattern']} and "
+                                         f"branches {', '.join(record['branches'])}")
+            return JSONResponse(record, status_code=200)
+        request.app.state.driver.wake.set()
+        return record
+
+    @r.get("/transactions")
+    async def listing(store: Leader, state: str | None = None, pattern: str | None = None,
+                      limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+                      offset: Annotated[int, Query(ge=0)] = 0) -> dict[str, Any]:
+        if state is not None and state not in ALL_STATES:
+            raise HTTPException(422, f"state must be one of {', '.join(sorted(ALL_STATES))}")
+        if pattern is not None and pattern not in PATTERNS:
+            raise HTTPException(422, f"pattern must be one of {', '.join(PATTERNS)}")
+        selected = list(store.book.select(state, pattern))
+        return {"total": len(selected), "offset": offset, "limit": limit, "counts": store.book.counts(),
+                "items": [summary(x) for x in selected[offset: offset + limit]]}
+
+    @r.get("/transactions/{gid}")
+    async def one(gid: str, store: Leader) -> dict[str, Any]:
+        return found(store, gid)
+
+    @r.post("/transactions/{gid}/retry")
+    async def retry(gid: str, store: Leader, request: Request) -> dict[str, Any]:
+        record = found(store, gid)
+        if await propose(store, {"op": "retry", "gid": gid, "now": time.time()}) == "ignored":
+            raise HTTPException(409, f"transaction {gid} is {record['state']}: final, nothing to retry")
+        request.app.state.driver.wake.set()
+        return found(store, gid)
+
+    internal = APIRouter(prefix="/internal", dependencies=[Depends(require_token)], include_in_schema=False)
+    fault_routes(internal, process, lambda request: request.app.state.faults)
+
+    @internal.post("/isolate")
+    async def isolate(request: Request) -> dict[str, Any]:
+        store_of(request).isolate(True)
+        return {"isolated": node_id}
+
+    @internal.delete("/isolate")
+    async def heal(request: Request) -> dict[str, Any]:
+        store_of(request).isolate(False)
+        return {"isolated": None}
+
+    @internal.post("/reset")
+    async def reset(store: Leader) -> dict[str, str]:
+        await propose(store, {"op": "reset"})
+        return {"reset": "every transaction forgotten"}
+
+    @app.get("/raft/status")
+    async def status(request: Request) -> dict[str, Any]:
+        driver: Driver = request.app.state.driver
+        return store_of(request).status() | {"driving": len(driver.tasks), "leading_since": driver.leading_since}
+
+    @app.get("/raft/events")
+    async def events(request: Request, since: Annotated[int, Query(ge=0)] = 0) -> dict[str, Any]:
+        node = getattr(store_of(request), "node", None)
+        if node is None:
+            return {"boot": None, "events": []}
+        return {"boot": node.boot_id, "events": [e for e in node.events if e["seq"] > since]}
+
+    @app.get("/health")
+    async def health(request: Request) -> dict[str, Any]:
+        store = store_of(request)
+        return {"status": "ok", "service": process, "leader": store.leader_url(), "leading": store.leading is not None}
+
+    @app.get("/alive")
+    async def alive() -> dict[str, str]:
+        return {"status": "alive"}
+
+    app.include_router(r)
+    app.include_router(internal)
+    return app

@@ -1,0 +1,249 @@
+"""The leader's work: drive every non-final transaction to its end, from the replicated records alone.
+
+Only the replica that leads runs this. When it becomes leader it first catches up (everything committed
+before its leadership is in its records), then resumes each non-final transaction where the records say it
+is. Every call it makes can be made again safely: a participant's barrier answers a repeated Try, Confirm or
+Cancel as it answered the first, and the order service's outcome route is idempotent. So a leader that dies
+at any point leaves nothing the next one cannot finish.
+
+Phase 1 calls every branch at once and waits at most until the deadline; a Try still unanswered then is not
+cancelled (a held Try may reach its participant after the Cancel: the barrier's anti-hanging rule makes it
+reserve nothing). Phase 2 retries each branch with capped exponential backoff and jitter; the record keeps
+the attempts, the next attempt's time and the last error, and after `coordinator_max_attempts` failures the
+transaction is STUCK until an operator retries it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from typing import Any
+
+import httpx
+
+from services.common.faults import FaultInjector
+from services.common.settings import Settings
+from services.coordinator.model import ABORT, COMMIT, PATTERNS, PENDING, REFUSED, STUCK, Pattern
+from services.coordinator.store import NotLeader, OutcomeUnknown, Store
+
+log = logging.getLogger("txlab.coordinator")
+
+
+class CallFailed(Exception):
+    """A participant or the order service could not be reached, or answered with an error."""
+
+
+class Driver:
+    def __init__(self, store: Store, settings: Settings, faults: FaultInjector, http: httpx.AsyncClient,
+                 rng: random.Random | None = None) -> None:
+        self.store = store
+        self.settings = settings
+        self.faults = faults
+        self.http = http
+        self.rng = rng or random.Random()
+        self.tasks: dict[str, asyncio.Task[None]] = {}
+        self.wake = asyncio.Event()
+        self.leading_since: float | None = None  # when this replica last became a leader that caught up
+        self._headers = {"authorization": f"Bearer {settings.admin_token}"}
+
+    # --------------------------------------------------------------------------------------- the loop
+    async def run(self) -> None:
+        while True:
+            term = self.store.leading
+            if term is None:
+                await asyncio.sleep(0.05)
+                continue
+            try:
+                await self.store.catch_up()
+            except NotLeader:
+                await asyncio.sleep(0.05)
+                continue
+            self.leading_since = time.time()
+            log.info("leading (%d): resuming %d unfinished transactions", term, len(self.store.book.active))
+            try:
+                while self.store.leading == term:
+                    self._spawn_due()
+                    self.wake.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self.wake.wait(), 0.05)
+            finally:
+                self.leading_since = None
+                for task in self.tasks.values():
+                    task.cancel()
+                self.tasks.clear()
+
+    def _spawn_due(self) -> None:
+        now = time.time()
+        book = self.store.book
+        for gid in list(book.active):
+            if gid in self.tasks:
+                continue
+            record = book.get(gid)
+            if record is not None and _due(record, now):
+                task = asyncio.create_task(self._drive(gid), name=f"drive-{gid}")
+                self.tasks[gid] = task
+                task.add_done_callback(lambda t, gid=gid: self._done(gid, t))
+
+    def _done(self, gid: str, task: asyncio.Task[None]) -> None:
+        if self.tasks.get(gid) is task:
+            del self.tasks[gid]
+        if not task.cancelled() and task.exception() is not None:
+            exc = task.exception()
+            if not isinstance(exc, (NotLeader, OutcomeUnknown)):
+                log.error("driving %s failed", gid, exc_info=exc)
+        self.wake.set()
+
+    # ------------------------------------------------------------------------------- one transaction
+    async def _drive(self, gid: str) -> None:
+        record = self.store.book.get(gid)
+        assert record is not None
+        p = PATTERNS[record["pattern"]]
+        if record["state"] == p.phase1:
+            await self._phase1(record, p)
+            record = self.store.book.get(gid) or record
+        if record["state"] in (p.committing, p.aborting):
+            await self._phase2(record, p)
+
+    async def _phase1(self, record: dict[str, Any], p: Pattern) -> None:
+        gid = record["gid"]
+        calls = [asyncio.create_task(self._try(gid, name, branch["body"], record["deadline"], p))
+                 for name, branch in record["branches"].items()
+                 if branch["state"] == PENDING and time.time() < record["deadline"]]
+        if calls:
+            # not cancelled at the deadline: a held Try goes on, and the barrier makes it harmless
+            await asyncio.wait(calls, timeout=max(0.0, record["deadline"] - time.time()))
+        record = self.store.book.get(gid) or record
+        if record["state"] != p.phase1:
+            return
+        branches = record["branches"]
+        refused = [f"{n}: {b['why'] or b['outcome']}" for n, b in branches.items() if b["state"] == REFUSED]
+        unanswered = [n for n, b in branches.items() if b["state"] == PENDING]
+        await self.faults.hit(f"coordinator.{p.name}.after_try")
+        if refused:
+            decision, reason = ABORT, "refused by " + "; ".join(refused)
+        elif unanswered:
+            decision, reason = ABORT, f"deadline passed before {', '.join(unanswered)} answered {p.ops[0]}"
+        elif time.time() > record["deadline"]:
+            decision, reason = ABORT, f"deadline passed before every {p.ops[0]} succeeded"
+        else:
+            decision, reason = COMMIT, None
+        await self.store.propose({"op": "decide", "gid": gid, "decision": decision, "reason": reason,
+                                  "now": time.time()})
+        await self.faults.hit(f"coordinator.{p.name}.after_decision")
+
+    async def _try(self, gid: str, name: str, body: dict[str, Any], deadline: float, p: Pattern) -> None:
+        """Phase 1 on one branch, retried until it answers or the deadline passes."""
+        await self.faults.hit(f"coordinator.{p.name}.hold_try")  # delay: the Try reaches its participant late
+        attempt = 0
+        while True:
+            try:
+                answer = await self._call(name, p.ops[0], {"gid": gid, "branch": name, **body},
+                                          timeout=max(0.5, deadline - time.time()))
+            except CallFailed as exc:
+                attempt += 1
+                pause = self._backoff(attempt)
+                if time.time() + pause >= deadline:
+                    return
+                await self.store.propose({"op": "failed", "gid": gid, "branch": name, "error": str(exc),
+                                          "next_at": time.time() + pause, "now": time.time()})
+                await asyncio.sleep(pause)
+                continue
+            await self.store.propose({"op": "answered", "gid": gid, "branch": name,
+                                      "ok": answer.get("ready") is True,
+                                      "outcome": str(answer.get("outcome", "?"))[:100],
+                                      "why": answer.get("why") if isinstance(answer.get("why"), str) else None,
+                                      "now": time.time()})
+            return
+
+    async def _phase2(self, record: dict[str, Any], p: Pattern) -> None:
+        gid = record["gid"]
+        commit = record["decision"] == COMMIT
+        done = p.branch_committed if commit else p.branch_aborted
+        now = time.time()
+        due = [name for name, b in record["branches"].items() if b["state"] != done and b["next_at"] <= now]
+        await asyncio.gather(*(self._settle(gid, name, p.ops[1] if commit else p.ops[2]) for name in due))
+        record = self.store.book.get(gid) or record
+        if record["state"] == STUCK or any(b["state"] != done for b in record["branches"].values()):
+            return
+        if record["report"]["next_at"] <= time.time():
+            await self._report(record)
+
+    async def _settle(self, gid: str, name: str, op: str) -> None:
+        record = self.store.book.get(gid)
+        assert record is not None
+        try:
+            answer = await self._call(name, op, {"gid": gid, "branch": name})
+        except CallFailed as exc:
+            await self._failed(record, name, str(exc))
+            return
+        await self.store.propose({"op": "settled", "gid": gid, "branch": name,
+                                  "outcome": str(answer.get("outcome", ""))[:100], "now": time.time()})
+
+    async def _report(self, record: dict[str, Any]) -> None:
+        """Tell the order service the outcome, with each branch's phase-1 answer (its idempotent route)."""
+        gid = record["gid"]
+        body = {"gid": gid, "pattern": record["pattern"], "decision": record["decision"],
+                "reason": record["reason"],
+                "branches": {n: {"outcome": b["outcome"], "why": b["why"]} for n, b in record["branches"].items()}}
+        try:
+            response = await self.http.post(f"{self.settings.url('order')}/internal/transactions/outcome",
+                                            json=body, headers=self._headers)
+        except httpx.HTTPError as exc:
+            await self._failed(record, "report", f"order service unreachable ({exc.__class__.__name__})")
+            return
+        if response.status_code != 200:
+            await self._failed(record, "report", f"order service answered {response.status_code}: "
+                                                 f"{response.text[:200]}")
+            return
+        await self.store.propose({"op": "reported", "gid": gid, "now": time.time()})
+
+    async def _failed(self, record: dict[str, Any], step: str, error: str) -> None:
+        attempts = (record["report"] if step == "report" else record["branches"][step])["attempts"] + 1
+        await self.store.propose({"op": "failed", "gid": record["gid"], "branch": step, "error": error[:1000],
+                                  "next_at": time.time() + self._backoff(attempts),
+                                  "max_attempts": self.settings.coordinator_max_attempts, "now": time.time()})
+
+    # -------------------------------------------------------------------------------------- plumbing
+    def _backoff(self, attempts: int) -> float:
+        """Capped exponential backoff with jitter: a random pause in [d/2, d], d = base * 2^(attempts-1)."""
+        s = self.settings
+        ceiling = min(s.coordinator_retry_cap_seconds, s.coordinator_retry_base_seconds * 2 ** min(attempts - 1, 30))
+        return ceiling * self.rng.uniform(0.5, 1.0)
+
+    async def _call(self, branch: str, op: str, body: dict[str, Any], timeout: float = 5.0) -> dict[str, Any]:
+        """POST a participant's route; its JSON answer (200), or CallFailed with what went wrong."""
+        url = f"{self.settings.url(branch)}/internal/{_ROUTES[op]}"
+        try:
+            response = await self.http.post(url, json=body, headers=self._headers, timeout=timeout)
+        except httpx.HTTPError as exc:
+            raise CallFailed(f"{branch} unreachable for {op} ({exc.__class__.__name__})") from exc
+        if response.status_code != 200:
+            raise CallFailed(f"{branch} answered {op} with {response.status_code}: {response.text[:200]}")
+        try:
+            answer = response.json()
+        except ValueError as exc:
+            raise CallFailed(f"{branch} answered {op} with something that is not JSON") from exc
+        if not isinstance(answer, dict):
+            raise CallFailed(f"{branch} answered {op} with {answer!r:.100}")
+        return answer
+
+
+_ROUTES = {"try": "tcc/try", "confirm": "tcc/confirm", "cancel": "tcc/cancel"}
+
+
+def _due(record: dict[str, Any], now: float) -> bool:
+    """Whether the driver has something to do for this record now."""
+    p = PATTERNS[record["pattern"]]
+    state = record["state"]
+    if state == p.phase1:
+        return True
+    if state not in (p.committing, p.aborting):
+        return False  # STUCK waits for an operator
+    done = p.branch_committed if record["decision"] == COMMIT else p.branch_aborted
+    pending = [b for b in record["branches"].values() if b["state"] != done]
+    if pending:
+        return any(b["next_at"] <= now for b in pending)
+    return record["report"]["next_at"] <= now

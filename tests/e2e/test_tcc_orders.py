@@ -1,0 +1,239 @@
+"""TCC orders driven by the Raft-replicated coordinator, on real processes: the happy path and refusals, the
+leader dying at each step (a crash fault, kill -9 under load, an isolated leader), a Try held until after its
+Cancel, a Confirm that fails then succeeds, a transaction STUCK until an operator retries it, and bad input.
+Each test ends with `txlab check` holding: nothing frozen or reserved without a live transaction."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import httpx
+import psycopg
+import pytest
+
+from services.checker import run_checks
+from services.demo import Client
+from tests.polling import eventually
+
+from .conftest import PLAN, own_settings, seeded_system
+
+SKUS = [sku for sku, _, _, stock in PLAN.catalogue() if stock == PLAN.stock]  # not the scarce ones
+RICH = [cid for cid, _, balance in PLAN.customer_rows() if balance == PLAN.balance_cents]
+CHEAPEST = min(PLAN.catalogue(), key=lambda row: row[2])[0]  # 1,001 of it: more than the stock, but affordable
+
+TIMINGS = {"tcc_deadline_seconds": 2.0, "coordinator_retry_base_seconds": 0.05,
+           "coordinator_retry_cap_seconds": 0.4, "coordinator_max_attempts": 4}
+
+
+@pytest.fixture(scope="module")
+def settings(servers, tmp_path_factory):
+    with own_settings(servers, tmp_path_factory, "tcc-orders", **TIMINGS) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+async def system(settings):
+    async with seeded_system(settings) as sup:
+        yield sup
+
+
+@pytest.fixture
+async def admin(settings, system):
+    async with httpx.AsyncClient(base_url=settings.url("admin"), timeout=30.0,
+                                 headers={"Authorization": f"Bearer {settings.admin_token}"}) as http:
+        yield http
+        await http.delete("/faults")
+        await http.delete("/coordinator/isolate")
+    report = await asyncio.to_thread(run_checks, settings, 60.0)
+    assert report.exit_code == 0, [(i.name, i.violations, i.counts) for i in report.invariants if not i.holds]
+
+
+@pytest.fixture
+async def client(settings, system):
+    client = Client(settings, retry_for=60.0)
+    yield client
+    await client.aclose()
+
+
+def body(n: int, qty: int = 1, sku: str | None = None) -> dict:
+    return {"customer_id": RICH[n % len(RICH)], "pattern": "tcc",
+            "items": [{"sku": sku or SKUS[n % len(SKUS)], "qty": qty}]}
+
+
+async def place(client: Client, bodies: list[dict]) -> list[str]:
+    answers = await asyncio.gather(*(client.place(b) for b in bodies))
+    assert all(status in (200, 201) for status, _ in answers), answers
+    return [a["id"] for _, a in answers]
+
+
+def statuses(settings, ids: list[str]) -> dict[str, str]:
+    with psycopg.connect(settings.raw_dsn("order")) as conn:
+        rows = conn.execute("SELECT id::text, status FROM orders WHERE id = ANY(%s::uuid[])", (ids,)).fetchall()
+    return dict(rows)
+
+
+async def settled(settings, ids: list[str], within: float = 60.0) -> dict[str, str]:
+    def probe() -> dict[str, str] | None:
+        now = statuses(settings, ids)
+        return now if len(now) == len(ids) and "PENDING" not in now.values() else None
+
+    return await eventually(probe, within=within, interval=0.2, what="every order PAID or CANCELLED")
+
+
+async def transaction(admin: httpx.AsyncClient, gid: str) -> dict:
+    response = await admin.get(f"/transactions/{gid}")
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+async def leader(settings) -> int:
+    async def probe() -> int | None:
+        async with httpx.AsyncClient(timeout=1.0) as http:
+            for i in range(1, settings.coordinator_nodes + 1):
+                try:
+                    st = (await http.get(f"{settings.url(f'coordinator-{i}')}/raft/status")).json()
+                except httpx.HTTPError:
+                    continue
+                if st["role"] == "leader" and st.get("leading_since"):
+                    return i
+        return None
+
+    return await eventually(probe, within=30.0, what="a coordinator leader")
+
+
+async def test_orders_are_paid_or_cancelled_and_agree_with_their_transactions(settings, admin, client):
+    ids = await place(client, [body(n) for n in range(12)] + [body(12, qty=PLAN.stock + 1, sku=CHEAPEST)])
+    final = await settled(settings, ids)
+    assert list(final.values()).count("PAID") == 12 and final[ids[-1]] == "CANCELLED"
+    paid = await transaction(admin, ids[0])
+    assert paid["state"] == "CONFIRMED" and paid["decision"] == "commit"
+    assert {b["state"] for b in paid["branches"].values()} == {"CONFIRMED"}
+    cancelled = await transaction(admin, ids[-1])
+    assert cancelled["state"] == "CANCELLED" and "not enough stock" in cancelled["reason"]
+    assert cancelled["branches"]["inventory"]["outcome"] == "REJECTED"
+    assert cancelled["branches"]["payment"]["timeline"][-1][1] == "cancel: CANCELLED"  # the frozen money back
+    listing = (await admin.get("/transactions", params={"pattern": "tcc", "state": "CANCELLED"})).json()
+    assert ids[-1] in [t["gid"] for t in listing["items"]]
+
+
+@pytest.mark.parametrize("step", ["after_try", "after_decision"])
+async def test_the_leader_crashing_at_each_step_loses_nothing(settings, system, admin, client, step):
+    before = await leader(settings)
+    restarts = sum(c.restarts for c in system.children.values())
+    assert (await admin.post("/faults", json={"point": f"coordinator.tcc.{step}", "action": "crash",
+                                              "times": 1})).status_code == 201
+    ids = await place(client, [body(n) for n in range(6)])
+    await settled(settings, ids)
+    fired = {f["point"]: f["fired"] for f in await client.admin("GET", "/faults")}  # retried while one restarts
+    assert fired[f"coordinator.tcc.{step}"] == 1
+    assert sum(c.restarts for c in system.children.values()) == restarts + 1
+    assert system.children[f"coordinator-{before}"].restarts >= 1  # the leader was the one that died
+    for gid in ids:
+        assert (await transaction(admin, gid))["state"] in ("CONFIRMED", "CANCELLED")
+
+
+async def test_kill_9_of_the_leader_under_load_loses_no_transaction(settings, system, admin, client):
+    async def kill_leader_soon() -> int:
+        await asyncio.sleep(0.3)
+        victim = await leader(settings)
+        await system.kill(f"coordinator-{victim}")
+        return victim
+
+    placing = asyncio.create_task(place(client, [body(n) for n in range(30)]))
+    victim = await kill_leader_soon()
+    ids = await placing
+    await settled(settings, ids)
+    assert await leader(settings) != victim or system.children[f"coordinator-{victim}"].restarts >= 1
+    states = [(await transaction(admin, gid))["state"] for gid in ids]
+    assert set(states) <= {"CONFIRMED", "CANCELLED"} and states.count("CONFIRMED") >= 1
+
+
+async def test_a_try_held_past_the_deadline_arrives_after_its_cancel_and_holds_nothing(settings, admin, client):
+    assert (await admin.post("/faults", json={"point": "coordinator.tcc.hold_try", "action": "delay",
+                                              "delay_ms": 3_500, "times": 1})).status_code == 201
+    (gid,) = await place(client, [body(1)])
+    assert (await settled(settings, [gid]))[gid] == "CANCELLED"
+    record = await transaction(admin, gid)
+    assert "deadline passed" in record["reason"]
+    (held,) = [name for name, b in record["branches"].items() if b["outcome"] is None]
+    with psycopg.connect(settings.raw_dsn(held)) as conn:
+        def barrier() -> dict[str, str]:
+            return dict(conn.execute("SELECT op, outcome FROM tcc_barrier WHERE gid = %s", (gid,)).fetchall())
+
+        assert barrier() == {"try": "PREVENTED", "cancel": "EMPTY_ROLLBACK"}  # the Cancel came first
+        await asyncio.sleep(2.5)  # the held Try is delivered now: the barrier makes it reserve nothing
+        assert barrier() == {"try": "PREVENTED", "cancel": "EMPTY_ROLLBACK"}
+
+
+async def test_a_failing_confirm_is_retried_until_it_succeeds(settings, admin, client):
+    assert (await admin.post("/faults", json={"point": "payment.tcc.confirm", "action": "error",
+                                              "times": 2})).status_code == 201
+    (gid,) = await place(client, [body(2)])
+    assert (await settled(settings, [gid]))[gid] == "PAID"
+    record = await transaction(admin, gid)
+    assert record["retries"] == 2 and record["branches"]["payment"]["state"] == "CONFIRMED"
+    assert [t for _, t in record["branches"]["payment"]["timeline"] if t.startswith("attempt")] == [
+        "attempt 1 failed: payment answered confirm with 503: {\"detail\":\"injected error at payment.tcc.confirm\"}",
+        "attempt 2 failed: payment answered confirm with 503: {\"detail\":\"injected error at payment.tcc.confirm\"}"]
+
+
+async def test_a_transaction_failing_past_the_limit_is_stuck_until_an_operator_retries(settings, admin, client):
+    assert (await admin.post("/faults", json={"point": "inventory.tcc.confirm", "action": "error"})).status_code == 201
+    (gid,) = await place(client, [body(3)])
+
+    async def stuck() -> list[dict]:
+        return (await admin.get("/transactions", params={"state": "STUCK"})).json()["items"]
+
+    (record,) = await eventually(stuck, within=30.0, what="a STUCK transaction")
+    assert record["gid"] == gid and record["branches"]["inventory"]["attempts"] == TIMINGS["coordinator_max_attempts"]
+    assert statuses(settings, [gid])[gid] == "PENDING"
+    await admin.delete("/faults")
+    retried = await admin.post(f"/transactions/{gid}/retry")
+    assert retried.status_code == 200 and retried.json()["state"] == "CONFIRMING"
+    assert (await settled(settings, [gid]))[gid] == "PAID"
+    assert (await admin.post(f"/transactions/{gid}/retry")).status_code == 409  # final: nothing to retry
+
+
+async def test_an_isolated_leader_is_replaced_and_orders_go_on(settings, admin, client):
+    old = await leader(settings)
+    assert (await admin.post(f"/coordinator/isolate/{old}")).status_code == 200
+    new = await eventually(lambda: _other_leader(settings, old), within=30.0, what="a new leader")
+    ids = await place(client, [body(n) for n in range(5)])
+    assert set((await settled(settings, ids)).values()) == {"PAID"}
+    assert (await admin.delete("/coordinator/isolate")).status_code == 200
+    assert new != old
+
+
+async def _other_leader(settings, old: int) -> int | None:
+    async with httpx.AsyncClient(timeout=1.0) as http:
+        for i in range(1, settings.coordinator_nodes + 1):
+            if i == old:
+                continue
+            st = (await http.get(f"{settings.url(f'coordinator-{i}')}/raft/status")).json()
+            if st["role"] == "leader" and st.get("leading_since"):
+                return i
+    return None
+
+
+async def test_bad_input_changes_nothing(settings, admin):
+    unknown = str(uuid.uuid4())
+    assert (await admin.get(f"/transactions/{unknown}")).status_code == 404
+    assert (await admin.post(f"/transactions/{unknown}/retry")).status_code == 404
+    assert (await admin.get("/transactions", params={"state": "LOST"})).status_code == 422
+    assert (await admin.post("/coordinator/isolate/9")).status_code == 404
+    before = (await admin.get("/transactions")).json()["total"]
+    token = {"Authorization": f"Bearer {settings.admin_token}"}
+    lead = await leader(settings)
+    follower = next(i for i in range(1, settings.coordinator_nodes + 1) if i != lead)
+    async with httpx.AsyncClient(timeout=10.0) as http:
+        url = settings.url(f"coordinator-{lead}")
+        for bad in ({}, {"gid": "g", "pattern": "saga", "branches": [{"branch": "payment"}], "deadline_ms": 1},
+                    {"gid": "g", "pattern": "tcc", "branches": [{"branch": "bank"}], "deadline_ms": 1},
+                    {"gid": "g g", "pattern": "tcc", "branches": [{"branch": "payment"}], "deadline_ms": 1}):
+            assert (await http.post(f"{url}/transactions", json=bad, headers=token)).status_code == 422
+        assert (await http.post(f"{url}/transactions", content=b"{", headers=token)).status_code == 422
+        assert (await http.get(f"{url}/transactions")).status_code == 401
+        moved = await http.get(f"{settings.url(f'coordinator-{follower}')}/transactions", headers=token)
+        assert moved.status_code == 307 and moved.headers["location"] == f"{url}/transactions"
+    assert (await admin.get("/transactions")).json()["total"] == before
