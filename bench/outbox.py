@@ -67,20 +67,24 @@ def main(argv: list[str]) -> int:
     return run("txlab bench outbox", argv, ["outbox"])
 
 
-def run(prog: str, argv: list[str], patterns: list[str]) -> int:
-    """Each pattern at each concurrency, with pgbench -N measured just before at the same concurrency."""
+def run(prog: str, argv: list[str], patterns: list[str], reference: str = "") -> int:
+    """Each pattern at each concurrency, with pgbench -N measured just before at the same concurrency.
+    `reference` is printed under the table (a published figure to compare the ratio with)."""
     parser = argparse.ArgumentParser(prog=prog, description=__doc__)
     parser.add_argument("--orders", type=int, default=1000)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[8, 32])
     parser.add_argument("--pgbench-seconds", type=int, default=10)
-    parser.add_argument("--patterns", nargs="+", default=patterns, choices=["outbox", "halfmsg"])
+    parser.add_argument("--patterns", nargs="+", default=patterns, choices=["outbox", "halfmsg", "tcc"])
+    parser.add_argument("--store", default=None, help="the coordinator's store: raft (default) or etcd://host:port")
     args = parser.parse_args(argv)
-    console = Console(width=max(Console().width, 160))
+    console = Console(width=max(Console().width, 200))
     settings = get_settings()
+    if args.store:
+        settings = settings.model_copy(update={"coordinator_store": args.store})
     plan = SeedPlan(products=200, customers=1000, stock=100_000, scarce_share=0.02, poor_share=0.02)
     table = Table(title=f"{' and '.join(args.patterns)} vs pgbench -N ({args.orders} orders per run, same PostgreSQL)")
     for col in ("pattern", "in flight", "orders/s", "POST p50 / p99", "e2e p50 / p99", "commits/order",
-                "msgs/order", "commits/s", "pgbench -N tps", "commits/s ÷ tps", "invariants"):
+                "msgs/order", "commits/s", "pgbench -N tps", "commits/s ÷ tps", "orders/s ÷ tps", "invariants"):
         table.add_column(col, justify="right")
     before: list[tuple[int, int]] = []
     violated = False
@@ -105,9 +109,12 @@ def run(prog: str, argv: list[str], patterns: list[str]) -> int:
                           f"{ms(percentile(result.post_latencies, 50))} / {ms(percentile(result.post_latencies, 99))}",
                           f"{ms(percentile(result.e2e_latencies, 50))} / {ms(percentile(result.e2e_latencies, 99))}",
                           f"{commits:.1f}", f"{messages:.1f}", f"{commits_per_s:.0f}", f"{tps:.0f}",
-                          f"{commits_per_s / tps:.2f}", "hold" if holds else "[red]VIOLATED[/red]")
+                          f"{commits_per_s / tps:.2f}", f"{result.throughput / tps:.4f}",
+                          "hold" if holds else "[red]VIOLATED[/red]")
     console.print(table)
     console.print("commits/order counts every transaction the service databases and the broker's committed "
                   "during the run (including the convergence polls); msgs/order the messages published with "
                   "confirms (outbox rows, half messages)")
+    if reference:
+        console.print(reference)
     return 1 if violated else 0

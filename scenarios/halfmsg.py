@@ -18,26 +18,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import socket
-import tempfile
 import time
-import uuid
-from pathlib import Path
 from typing import Any
 
-import aio_pika
 import httpx
 from rich.console import Console
-from rich.table import Table
 
+from scenarios.own import own_settings, verdict
 from services.checker import run_checks
-from services.common.db import drop_database
 from services.common.faults import parse_spec
-from services.common.settings import DATABASES, Settings
-from services.demo import Client, order_bodies, render_report
-from services.messaging.parking import delete_topology
-from services.messaging.topology import topology_of
+from services.common.settings import Settings
+from services.demo import Client, order_bodies
 from services.seed import SeedPlan, reset_and_seed
 from services.supervisor import Supervisor
 
@@ -45,19 +36,8 @@ console = Console(width=120)
 PLAN = SeedPlan(products=10, customers=20, stock=1_000, seed=5)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def scenario_settings(data_dir: Path) -> Settings:
-    tag = f"scn{uuid.uuid4().hex[:6]}"
-    return Settings(db_prefix=f"txlab_{tag}", bus_prefix=f"{tag}.", cache_prefix=f"{tag}:cache:", data_dir=data_dir,
-                    admin_port=_free_port(), order_port=_free_port(), inventory_port=_free_port(),
-                    payment_port=_free_port(), broker_port=_free_port(), broker_immunity_seconds=2.0,
-                    broker_check_interval_seconds=1.0, broker_max_checks=10, broker_poll_seconds=0.2,
-                    halfmsg_local_deadline_seconds=1.0)
+TIMINGS = {"broker_immunity_seconds": 2.0, "broker_check_interval_seconds": 1.0, "broker_max_checks": 10,
+           "broker_poll_seconds": 0.2, "halfmsg_local_deadline_seconds": 1.0}
 
 
 class Story:
@@ -155,25 +135,11 @@ async def _run(settings: Settings) -> int:
             await story.broker.aclose()
             await client.aclose()
         report = await asyncio.to_thread(run_checks, settings, 60.0)
-    table = Table(title="what the check-back decided")
-    for col in ("crash", "claim", "observed"):
-        table.add_column(col)
-    for what, claim, ok in observed:
-        table.add_row(what, claim, "[green]yes[/green]" if ok else "[red]no[/red]")
-    console.print(table)
-    render_report(report, console)
-    return 0 if all(ok for *_, ok in observed) and report.exit_code == 0 else 1
+    return verdict(observed, report, console, "what the check-back decided", case="crash")
 
 
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="txlab scenario halfmsg-checkback", description=__doc__.split("\n")[0])
     p.parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="txlab-halfmsg-") as tmp:
-        settings = scenario_settings(Path(tmp))
-        try:
-            return asyncio.run(_run(settings))
-        finally:
-            for database in DATABASES:
-                drop_database(settings, database)
-            with contextlib.suppress(OSError, aio_pika.exceptions.AMQPError):
-                asyncio.run(delete_topology(settings.amqp, topology_of(settings)))  # its own queues
+    with own_settings("halfmsg", **TIMINGS) as settings:
+        return asyncio.run(_run(settings))

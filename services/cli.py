@@ -31,6 +31,8 @@ app = typer.Typer(help="txlab: distributed consistency techniques, side by side,
 BENCHES = {
     "outbox": "bench.outbox",
     "halfmsg": "bench.halfmsg",
+    "tcc": "bench.tcc",
+    "failover": "bench.failover",
     "raft": "bench.raft",
     "hashring": "bench.hashring",
 }
@@ -41,6 +43,9 @@ SCENARIOS = {
     "master-slave-blocking": "scenarios.raft:master_slave_blocking",
     "hashring": "scenarios.hashring:main",
     "halfmsg-checkback": "scenarios.halfmsg:main",
+    "tcc-empty-rollback": "scenarios.tcc:empty_rollback_main",
+    "tcc-hanging": "scenarios.tcc:hanging_main",
+    "coordinator-failover": "scenarios.tcc:failover_main",
 }
 
 

@@ -40,6 +40,12 @@ RANDOM_FAULTS = {
                "relay.after_publish=crash,times=1,p=0.02", *_DOWNSTREAM),
     "halfmsg": ("order.after_half_sent=crash,times=1,p=0.02", "order.before_half_decision=crash,times=1,p=0.02",
                 "broker.before_deliver=crash,times=1,p=0.01", "broker.check_back=error,p=0.3", *_DOWNSTREAM),
+    # no messages: the coordinator's leader dies, Tries arrive after the deadline (and after their Cancel),
+    # Confirms and Cancels fail and are retried
+    "tcc": ("coordinator.tcc.after_try=crash,times=1,p=0.02", "coordinator.tcc.after_decision=crash,times=1,p=0.02",
+            "coordinator.tcc.hold_try=delay:7000,times=2,p=0.02", "inventory.tcc.try=delay:7000,times=2,p=0.02",
+            "payment.tcc.confirm=error,p=0.1", "inventory.tcc.cancel=error,p=0.1",
+            "payment.tcc.try=crash,times=1,p=0.01"),
 }
 
 

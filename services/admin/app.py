@@ -41,6 +41,9 @@ class ArmAcross(ArmRequest):
 
 async def _fan_out(request: Request, method: str, path: str, services: tuple[str, ...] | list[str],
                    **kwargs: Any) -> list[Any]:
+    """Each service's answer to `method path`. A coordinator replica that is not running is left out (a
+    system may run without its coordinator; a replica that is down is restarted with the armings it saved,
+    and a disarming reaches it through the shared fired counts): unless every replica asked is down."""
     settings: Settings = request.app.state.settings
     client: httpx.AsyncClient = request.app.state.http
     headers = {"authorization": f"Bearer {settings.admin_token}"}
@@ -48,6 +51,11 @@ async def _fan_out(request: Request, method: str, path: str, services: tuple[str
     async def one(service: str) -> Any:
         try:
             response = await client.request(method, f"{settings.url(service)}{path}", headers=headers, **kwargs)
+        except httpx.ConnectError:
+            if service.startswith("coordinator-") and not all(s.startswith("coordinator-") for s in services):
+                return _DOWN
+            raise HTTPException(503, f"the {service} service is unreachable (ConnectError); it may be restarting, "
+                                "try again") from None
         except httpx.HTTPError as exc:
             raise HTTPException(503, f"the {service} service is unreachable ({exc.__class__.__name__}); "
                                 "it may be restarting, try again") from exc
@@ -61,7 +69,10 @@ async def _fan_out(request: Request, method: str, path: str, services: tuple[str
                                 f"the {service} service answered {response.status_code}: {detail}")
         return body
 
-    return list(await asyncio.gather(*(one(s) for s in services)))
+    return [answer for answer in await asyncio.gather(*(one(s) for s in services)) if answer is not _DOWN]
+
+
+_DOWN = object()  # a coordinator replica that is not running
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -68,6 +68,7 @@ class Settings(BaseSettings):
     coordinator_raft_port: int = 7101
     coordinator_nodes: int = Field(3, ge=1, le=7)
     coordinator_store: str = "raft"
+    coordinator_host: str | None = None  # where the replicas are reached; unset: host (set in docker-compose)
     coordinator_retry_base_seconds: float = Field(0.2, gt=0)  # Confirm/Cancel retries back off from this...
     coordinator_retry_cap_seconds: float = Field(5.0, gt=0)  # ... doubling up to this, with jitter
     coordinator_max_attempts: int = Field(12, ge=1)  # failed attempts of one step before the transaction is STUCK
@@ -100,7 +101,7 @@ class Settings(BaseSettings):
 
     def url(self, service: str) -> str:
         if service.startswith("coordinator-"):
-            return f"http://{self.host}:{self.port(service)}"
+            return f"http://{self.coordinator_host or self.host}:{self.port(service)}"
         return getattr(self, f"{service}_url") or f"http://{self.host}:{self.port(service)}"
 
     @property

@@ -31,6 +31,8 @@ from services.coordinator.store import NotLeader, OutcomeUnknown, Store
 
 log = logging.getLogger("txlab.coordinator")
 
+LATE_ANSWER_SECONDS = 10.0  # how long after the deadline a phase-1 call is still waited for (not by the decision)
+
 
 class CallFailed(Exception):
     """A participant or the order service could not be reached, or answered with an error."""
@@ -99,7 +101,8 @@ class Driver:
     # ------------------------------------------------------------------------------- one transaction
     async def _drive(self, gid: str) -> None:
         record = self.store.book.get(gid)
-        assert record is not None
+        if record is None:
+            return
         p = PATTERNS[record["pattern"]]
         if record["state"] == p.phase1:
             await self._phase1(record, p)
@@ -112,6 +115,8 @@ class Driver:
         calls = [asyncio.create_task(self._try(gid, name, branch["body"], record["deadline"], p))
                  for name, branch in record["branches"].items()
                  if branch["state"] == PENDING and time.time() < record["deadline"]]
+        for call in calls:  # they may outlive this leadership: their failures are only logged
+            call.add_done_callback(_log_failure)
         if calls:
             # not cancelled at the deadline: a held Try goes on, and the barrier makes it harmless
             await asyncio.wait(calls, timeout=max(0.0, record["deadline"] - time.time()))
@@ -126,7 +131,7 @@ class Driver:
             decision, reason = ABORT, "refused by " + "; ".join(refused)
         elif unanswered:
             decision, reason = ABORT, f"deadline passed before {', '.join(unanswered)} answered {p.ops[0]}"
-        elif time.time() > record["deadline"]:
+        elif max(b["answered_at"] for b in branches.values()) > record["deadline"]:
             decision, reason = ABORT, f"deadline passed before every {p.ops[0]} succeeded"
         else:
             decision, reason = COMMIT, None
@@ -140,8 +145,9 @@ class Driver:
         attempt = 0
         while True:
             try:
+                # waited for past the deadline too: a late answer is kept on the branch's timeline
                 answer = await self._call(name, p.ops[0], {"gid": gid, "branch": name, **body},
-                                          timeout=max(0.5, deadline - time.time()))
+                                          timeout=max(0.0, deadline - time.time()) + LATE_ANSWER_SECONDS)
             except CallFailed as exc:
                 attempt += 1
                 pause = self._backoff(attempt)
@@ -173,7 +179,8 @@ class Driver:
 
     async def _settle(self, gid: str, name: str, op: str) -> None:
         record = self.store.book.get(gid)
-        assert record is not None
+        if record is None:
+            return  # forgotten meanwhile (txlab seed)
         try:
             answer = await self._call(name, op, {"gid": gid, "branch": name})
         except CallFailed as exc:
@@ -232,6 +239,13 @@ class Driver:
 
 
 _ROUTES = {"try": "tcc/try", "confirm": "tcc/confirm", "cancel": "tcc/cancel"}
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        exc = task.exception()
+        if not isinstance(exc, (NotLeader, OutcomeUnknown)):
+            log.error("a phase-1 call failed", exc_info=exc)
 
 
 def _due(record: dict[str, Any], now: float) -> bool:

@@ -78,7 +78,7 @@ def _mark(timeline: list[list[Any]], now: float, text: str) -> None:
 def new_record(gid: str, pattern: str, bodies: dict[str, dict[str, Any]], deadline: float,
                now: float) -> dict[str, Any]:
     p = PATTERNS[pattern]
-    branches = {name: {"state": PENDING, "body": body, "outcome": None, "why": None, "attempts": 0,
+    branches = {name: {"state": PENDING, "body": body, "outcome": None, "why": None, "answered_at": None, "attempts": 0,
                        "next_at": 0.0, "last_error": None, "timeline": []} for name, body in bodies.items()}
     return {"gid": gid, "pattern": pattern, "state": p.phase1, "decision": None, "reason": None,
             "deadline": deadline, "created": now, "updated": now, "stuck": None, "retries": 0,
@@ -188,12 +188,17 @@ class TxnBook:
         """A branch's phase-1 answer: ready (`ok`) or refused, with the participant's outcome and reason."""
         p = PATTERNS[record["pattern"]]
         branch = self._branch(record, cmd)
-        if record["state"] != p.phase1 or branch["state"] != PENDING:
-            return "ignored"  # decided meanwhile, or a second answer
+        if branch["state"] != PENDING:
+            return "ignored"  # a second answer
+        if record["state"] != p.phase1:  # decided without it: the answer is kept on the timeline only
+            _mark(branch["timeline"], now, f"{p.ops[0]} answered after the decision: {_text(cmd, 'outcome', 100)}"
+                                           + (f" ({cmd['why']})" if isinstance(cmd.get("why"), str) else ""))
+            return "late"
         ok = cmd.get("ok") is True
         branch["state"] = p.ready if ok else REFUSED
         branch["outcome"] = _text(cmd, "outcome", 100)
         branch["why"] = cmd.get("why") if isinstance(cmd.get("why"), str) else None
+        branch["answered_at"] = now
         branch["attempts"], branch["next_at"], branch["last_error"] = 0, 0.0, None
         _mark(branch["timeline"], now, f"{p.ops[0]}: {branch['outcome']}" + (f" ({branch['why']})" if
                                                                            branch["why"] else ""))
@@ -285,6 +290,14 @@ class TxnBook:
     def load(self, records: list[dict[str, Any]]) -> None:
         self.records = {r["gid"]: r for r in records}
         self.active = {r["gid"]: None for r in records if not is_final(r)}
+
+    def load_one(self, record: dict[str, Any]) -> None:
+        """Put one record in (a new one, or a newer version of one), as a store read or wrote it."""
+        self.records[record["gid"]] = record
+        if is_final(record):
+            self.active.pop(record["gid"], None)
+        else:
+            self.active[record["gid"]] = None
 
 
 _HANDLERS = {"answered": TxnBook._answered, "decide": TxnBook._decide, "settled": TxnBook._settled,

@@ -113,7 +113,7 @@ class RaftStore:
 
     def leader_url(self) -> str | None:
         leader = self.node.core.leader if self.node else 0
-        return self.cfg.http_url(leader) if leader else None
+        return self.settings.url(f"coordinator-{leader}") if leader else None
 
     async def catch_up(self) -> None:
         assert self.node is not None

@@ -8,7 +8,7 @@ import pytest
 from services.common.settings import Settings
 from services.demo import Client
 from services.seed import SeedPlan, reset_and_seed
-from services.supervisor import Supervisor
+from services.supervisor import PROCESSES, Supervisor
 from tests.conftest import destroy, isolated_settings
 
 PLAN = SeedPlan(products=20, customers=40, stock=1_000, seed=11)
@@ -25,10 +25,11 @@ def own_settings(servers, tmp_path_factory, name: str, **overrides) -> Iterator[
 
 
 @contextlib.asynccontextmanager
-async def seeded_system(settings: Settings) -> AsyncIterator[Supervisor]:
-    """Every process (broker, inventory, payment, order, admin) under the supervisor, on seeded data."""
+async def seeded_system(settings: Settings, coordinator: bool = False) -> AsyncIterator[Supervisor]:
+    """The services (broker, inventory, payment, order, admin) under the supervisor, on seeded data, and the
+    coordinator's three replicas when the tests drive tcc orders (they cost three processes' start-up)."""
     await asyncio.to_thread(reset_and_seed, settings, PLAN)
-    async with Supervisor(settings) as sup:
+    async with Supervisor(settings, names=None if coordinator else PROCESSES) as sup:
         yield sup
 
 

@@ -20,7 +20,7 @@ from services.checker import run_checks
 from services.common.settings import Settings
 from services.demo import Client, order_bodies
 from services.seed import SeedPlan, reset_and_seed
-from services.supervisor import Supervisor
+from services.supervisor import PROCESSES, Supervisor
 from tests import servers
 from tests.conftest import destroy, isolated_settings
 
@@ -93,7 +93,7 @@ async def under_load(settings: Settings, outage: Callable[[], Awaitable[float | 
     """Run a system under a steady load of orders, cause `outage` five seconds in, and wait for convergence.
     `outage` may return when (wall clock) the server was reachable again; else that is when it returned."""
     await asyncio.to_thread(reset_and_seed, settings, PLAN)
-    async with Supervisor(settings):
+    async with Supervisor(settings, names=PROCESSES):
         load = Load(settings)
         await asyncio.sleep(5)
         down = time.monotonic()

@@ -62,7 +62,7 @@ async def test_a_repeated_confirm_does_nothing_the_second_time(tcc, settings, se
     assert tried.status_code == 200 and tried.json()["outcome"] in ("RESERVED", "FROZEN")
     assert await held(settings, service) > 0
     again = await tcc(service, "try", **body)
-    assert again.json() == {"outcome": tried.json()["outcome"], "repeated": True}
+    assert again.json() == {"outcome": tried.json()["outcome"], "ready": True, "repeated": True}
     first = await tcc(service, "confirm", gid=gid, branch=service)
     assert first.json() == {"outcome": "CONFIRMED"}
     second = await tcc(service, "confirm", gid=gid, branch=service)

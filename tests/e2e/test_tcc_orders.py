@@ -1,18 +1,24 @@
-"""TCC orders driven by the Raft-replicated coordinator, on real processes: the happy path and refusals, the
+"""TCC orders driven by the replicated coordinator, on real processes: the happy path and refusals, the
 leader dying at each step (a crash fault, kill -9 under load, an isolated leader), a Try held until after its
 Cancel, a Confirm that fails then succeeds, a transaction STUCK until an operator retries it, and bad input.
-Each test ends with `txlab check` holding: nothing frozen or reserved without a live transaction."""
+Each test ends with `txlab check` holding: nothing frozen or reserved without a live transaction.
+
+Every test runs twice: with the coordinator's records in its own Raft log, and in etcd (the etcd that
+scripts/local-services starts, or $TXLAB_ETCD)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import socket
 import uuid
 
 import httpx
 import psycopg
 import pytest
 
-from services.checker import run_checks
+from services.checker import check_coordinated, run_checks
 from services.demo import Client
 from tests.polling import eventually
 
@@ -26,15 +32,28 @@ TIMINGS = {"tcc_deadline_seconds": 2.0, "coordinator_retry_base_seconds": 0.05,
            "coordinator_retry_cap_seconds": 0.4, "coordinator_max_attempts": 4}
 
 
-@pytest.fixture(scope="module")
-def settings(servers, tmp_path_factory):
-    with own_settings(servers, tmp_path_factory, "tcc-orders", **TIMINGS) as s:
+ETCD = os.environ.get("TXLAB_ETCD", "127.0.0.1:2379")
+
+
+def etcd_answers() -> bool:
+    host, _, port = ETCD.rpartition(":")
+    with contextlib.suppress(OSError), socket.create_connection((host, int(port)), timeout=2):
+        return True
+    return False
+
+
+@pytest.fixture(scope="module", params=["raft", f"etcd://{ETCD}"], ids=["raft", "etcd"])
+def settings(request, servers, tmp_path_factory):
+    if request.param != "raft" and not etcd_answers():
+        pytest.fail(f"etcd is not answering on {ETCD}: run scripts/local-services (it installs and starts it)")
+    with own_settings(servers, tmp_path_factory, "tcc-orders",
+                      coordinator_store=request.param, **TIMINGS) as s:
         yield s
 
 
 @pytest.fixture(scope="module")
 async def system(settings):
-    async with seeded_system(settings) as sup:
+    async with seeded_system(settings, coordinator=True) as sup:
         yield sup
 
 
@@ -43,8 +62,12 @@ async def admin(settings, system):
     async with httpx.AsyncClient(base_url=settings.url("admin"), timeout=30.0,
                                  headers={"Authorization": f"Bearer {settings.admin_token}"}) as http:
         yield http
-        await http.delete("/faults")
-        await http.delete("/coordinator/isolate")
+        for path in ("/faults", "/coordinator/isolate"):  # retried while a replica restarts
+
+            async def cleared(path: str = path) -> bool:
+                return (await http.delete(path)).status_code == 200
+
+            await eventually(cleared, within=60.0, what=f"DELETE {path}")
     report = await asyncio.to_thread(run_checks, settings, 60.0)
     assert report.exit_code == 0, [(i.name, i.violations, i.counts) for i in report.invariants if not i.holds]
 
@@ -121,8 +144,8 @@ async def test_orders_are_paid_or_cancelled_and_agree_with_their_transactions(se
 async def test_the_leader_crashing_at_each_step_loses_nothing(settings, system, admin, client, step):
     before = await leader(settings)
     restarts = sum(c.restarts for c in system.children.values())
-    assert (await admin.post("/faults", json={"point": f"coordinator.tcc.{step}", "action": "crash",
-                                              "times": 1})).status_code == 201
+    await client.admin("POST", "/faults", json={"point": f"coordinator.tcc.{step}", "action": "crash",
+                                              "times": 1})
     ids = await place(client, [body(n) for n in range(6)])
     await settled(settings, ids)
     fired = {f["point"]: f["fired"] for f in await client.admin("GET", "/faults")}  # retried while one restarts
@@ -150,8 +173,8 @@ async def test_kill_9_of_the_leader_under_load_loses_no_transaction(settings, sy
 
 
 async def test_a_try_held_past_the_deadline_arrives_after_its_cancel_and_holds_nothing(settings, admin, client):
-    assert (await admin.post("/faults", json={"point": "coordinator.tcc.hold_try", "action": "delay",
-                                              "delay_ms": 3_500, "times": 1})).status_code == 201
+    await client.admin("POST", "/faults", json={"point": "coordinator.tcc.hold_try", "action": "delay",
+                                              "delay_ms": 3_500, "times": 1})
     (gid,) = await place(client, [body(1)])
     assert (await settled(settings, [gid]))[gid] == "CANCELLED"
     record = await transaction(admin, gid)
@@ -167,8 +190,8 @@ async def test_a_try_held_past_the_deadline_arrives_after_its_cancel_and_holds_n
 
 
 async def test_a_failing_confirm_is_retried_until_it_succeeds(settings, admin, client):
-    assert (await admin.post("/faults", json={"point": "payment.tcc.confirm", "action": "error",
-                                              "times": 2})).status_code == 201
+    await client.admin("POST", "/faults", json={"point": "payment.tcc.confirm", "action": "error",
+                                              "times": 2})
     (gid,) = await place(client, [body(2)])
     assert (await settled(settings, [gid]))[gid] == "PAID"
     record = await transaction(admin, gid)
@@ -179,7 +202,7 @@ async def test_a_failing_confirm_is_retried_until_it_succeeds(settings, admin, c
 
 
 async def test_a_transaction_failing_past_the_limit_is_stuck_until_an_operator_retries(settings, admin, client):
-    assert (await admin.post("/faults", json={"point": "inventory.tcc.confirm", "action": "error"})).status_code == 201
+    await client.admin("POST", "/faults", json={"point": "inventory.tcc.confirm", "action": "error"})
     (gid,) = await place(client, [body(3)])
 
     async def stuck() -> list[dict]:
@@ -237,3 +260,17 @@ async def test_bad_input_changes_nothing(settings, admin):
         moved = await http.get(f"{settings.url(f'coordinator-{follower}')}/transactions", headers=token)
         assert moved.status_code == 307 and moved.headers["location"] == f"{url}/transactions"
     assert (await admin.get("/transactions")).json()["total"] == before
+
+
+async def test_the_checker_names_money_frozen_without_a_live_transaction(settings, admin):
+    gid = f"ghost-{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(settings.raw_dsn("payment"), autocommit=True) as conn:
+        conn.execute("INSERT INTO tcc_barrier (gid, branch, op, outcome, held) VALUES (%s, 'payment', 'try', "
+                     "'FROZEN', true)", (gid,))
+        try:
+            inv = await asyncio.to_thread(check_coordinated, settings)
+        finally:
+            conn.execute("DELETE FROM tcc_barrier WHERE gid = %s", (gid,))
+    assert not inv.holds
+    assert inv.violations == [f"money frozen by {gid} (branch payment) without a live transaction (unknown to the "
+                              "coordinator)"]
