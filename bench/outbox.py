@@ -98,6 +98,9 @@ def run(prog: str, argv: list[str], patterns: list[str], reference: str = "") ->
             after = commits_and_messages(settings)
             holds = result.report is not None and result.report.exit_code == 0
             violated = violated or not holds
+            for inv in (result.report.invariants if result.report else []):
+                for violation in inv.violations[:5]:
+                    console.print(f"[red]✗ {pattern} at {c} in flight: {inv.name.split(':')[0]}: {violation}[/red]")
             if not result.placed:
                 console.print(f"[red]no {pattern} order was placed at {c} in flight[/red]")
                 return 1

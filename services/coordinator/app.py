@@ -20,7 +20,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-import httpx
+import aiohttp
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
@@ -72,7 +72,7 @@ def create_app(node_id: int, settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         store = open_store(settings, node_id)
         faults = FaultInjector(process, settings.data_dir / "faults")
-        http = httpx.AsyncClient(timeout=5.0, limits=httpx.Limits(max_connections=256))
+        http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256))
         await store.start()
         driver = Driver(store, settings, faults, http)
         app.state.store, app.state.faults, app.state.driver = store, faults, driver
@@ -84,7 +84,7 @@ def create_app(node_id: int, settings: Settings | None = None) -> FastAPI:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
             await store.close()
-            await http.aclose()
+            await http.close()
 
     app = FastAPI(title=f"txlab coordinator {node_id}", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.settings = settings

@@ -188,9 +188,10 @@ class TxnBook:
         """A branch's phase-1 answer: ready (`ok`) or refused, with the participant's outcome and reason."""
         p = PATTERNS[record["pattern"]]
         branch = self._branch(record, cmd)
-        if branch["state"] != PENDING:
+        if branch["answered_at"] is not None:
             return "ignored"  # a second answer
         if record["state"] != p.phase1:  # decided without it: the answer is kept on the timeline only
+            branch["answered_at"] = now
             _mark(branch["timeline"], now, f"{p.ops[0]} answered after the decision: {_text(cmd, 'outcome', 100)}"
                                            + (f" ({cmd['why']})" if isinstance(cmd.get("why"), str) else ""))
             return "late"

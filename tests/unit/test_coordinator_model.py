@@ -134,3 +134,16 @@ def test_replicas_applying_the_same_commands_hold_the_same_records_and_snapshots
     assert a.book.records == b.book.records and list(a.book.active) == list(b.book.active)
     assert all(r["state"] not in FINAL_STATES for r in (a.book.get(g) for g in a.book.active))
     assert any(r["state"] in FINAL_STATES for r in a.book.records.values())
+
+
+def test_an_answer_after_the_decision_is_kept_on_the_timeline_and_changes_nothing_else():
+    book = begun()
+    answer(book, "payment")
+    book.apply({"op": "decide", "gid": "g1", "decision": "abort", "reason": "deadline", "now": 3})
+    book.apply({"op": "settled", "gid": "g1", "branch": "inventory", "outcome": "EMPTY_ROLLBACK", "now": 4})
+    late = {"op": "answered", "gid": "g1", "branch": "inventory", "ok": False, "outcome": "SKIPPED", "now": 5}
+    assert book.apply(late) == "late"
+    branch = book.get("g1")["branches"]["inventory"]
+    assert branch["state"] == "CANCELLED" and branch["outcome"] is None
+    assert branch["timeline"][-1] == [5, "try answered after the decision: SKIPPED"]
+    assert book.apply(late) == "ignored"  # once
