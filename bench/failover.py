@@ -69,7 +69,7 @@ async def _run(settings, kills: int, concurrency: int, console: Console) -> int:
         async def load() -> None:
             while not stop.is_set():
                 status, answer = await client.place(next(bodies))
-                if status in (200, 201):
+                if status in (200, 201, 202):
                     accepted.append(answer["id"])
 
         workers = [asyncio.create_task(load()) for _ in range(concurrency)]

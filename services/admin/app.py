@@ -52,7 +52,7 @@ async def _fan_out(request: Request, method: str, path: str, services: tuple[str
         try:
             response = await client.request(method, f"{settings.url(service)}{path}", headers=headers, **kwargs)
         except httpx.ConnectError:
-            if service.startswith("coordinator-") and not all(s.startswith("coordinator-") for s in services):
+            if service.startswith("coordinator-"):
                 return _DOWN
             raise HTTPException(503, f"the {service} service is unreachable (ConnectError); it may be restarting, "
                                 "try again") from None
@@ -69,7 +69,10 @@ async def _fan_out(request: Request, method: str, path: str, services: tuple[str
                                 f"the {service} service answered {response.status_code}: {detail}")
         return body
 
-    return [answer for answer in await asyncio.gather(*(one(s) for s in services)) if answer is not _DOWN]
+    answers = await asyncio.gather(*(one(s) for s in services))
+    if answers and all(answer is _DOWN for answer in answers):
+        raise HTTPException(503, f"no coordinator replica is running ({', '.join(services)})")
+    return [answer for answer in answers if answer is not _DOWN]
 
 
 _DOWN = object()  # a coordinator replica that is not running

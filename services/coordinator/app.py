@@ -23,12 +23,12 @@ from typing import Annotated, Any
 import aiohttp
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from services.common.auth import require_token
 from services.common.faults import FaultInjector
 from services.common.settings import Settings, get_settings
-from services.coordinator.driver import Driver
+from services.coordinator.driver import MAX_DEADLINE_SECONDS, Driver
 from services.coordinator.model import ALL_STATES, BRANCHES, PATTERNS
 from services.coordinator.store import NotLeader, OutcomeUnknown, Store, open_store
 from services.runtime.http_errors import install_error_handlers
@@ -41,6 +41,12 @@ class BranchIn(BaseModel):
     model_config = ConfigDict(extra="allow")  # the work the participant's phase-1 route takes
 
     branch: str = Field(pattern=f"^({'|'.join(BRANCHES)})$")
+
+    @model_validator(mode="after")
+    def no_gid_inside(self) -> "BranchIn":
+        if "gid" in (self.model_extra or {}):
+            raise ValueError("a branch's work may not carry its own gid: the transaction's is used")
+        return self
 
 
 class Begin(BaseModel):
@@ -139,7 +145,15 @@ def create_app(node_id: int, settings: Settings | None = None) -> FastAPI:
         names = [b.branch for b in body.branches]
         if len(set(names)) != len(names):
             raise HTTPException(422, f"a branch appears twice: {', '.join(names)}")
+        if body.deadline_ms / 1000 > time.time() + MAX_DEADLINE_SECONDS:
+            raise HTTPException(422, f"deadline_ms is more than {MAX_DEADLINE_SECONDS:.0f} s ahead")
         bodies = {b.branch: b.model_dump(exclude={"branch"}) for b in body.branches}
+        known = store.book.get(body.gid)  # a begin repeated (the order service's recovery): no log entry
+        if known is not None:
+            if known["pattern"] != body.pattern or set(known["branches"]) != set(bodies):
+                raise HTTPException(409, f"transaction {body.gid} exists with pattern {known['pattern']} and "
+                                         f"branches {', '.join(known['branches'])}")
+            return JSONResponse(known, status_code=200)
         outcome = await propose(store, {"op": "begin", "gid": body.gid, "pattern": body.pattern, "branches": bodies,
                                         "deadline": body.deadline_ms / 1000, "now": time.time()})
         record = found(store, body.gid)

@@ -32,6 +32,7 @@ from services.coordinator.store import NotLeader, OutcomeUnknown, Store
 
 log = logging.getLogger("txlab.coordinator")
 
+MAX_DEADLINE_SECONDS = 3600.0  # a transaction's deadline is at most this far ahead (POST /transactions refuses more)
 LATE_ANSWER_SECONDS = 10.0  # how long after the deadline a phase-1 call is still waited for (not by the decision)
 
 
@@ -68,10 +69,13 @@ class Driver:
             log.info("leading (%d): resuming %d unfinished transactions", term, len(self.store.book.active))
             try:
                 while self.store.leading == term:
+                    await self.store.catch_up()  # a no-op while this leadership lasts; NotLeader once it ended
                     self._spawn_due()
                     self.wake.clear()
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self.wake.wait(), 0.05)
+            except NotLeader:
+                pass
             finally:
                 self.leading_since = None
                 for task in self.tasks.values():
@@ -127,6 +131,8 @@ class Driver:
         branches = record["branches"]
         refused = [f"{n}: {b['why'] or b['outcome']}" for n, b in branches.items() if b["state"] == REFUSED]
         unanswered = [n for n, b in branches.items() if b["state"] == PENDING]
+        if unanswered and not refused and time.time() < record["deadline"]:
+            return  # an answer was not recorded (the store hiccuped): driven again, still before the deadline
         await self.faults.hit(f"coordinator.{p.name}.after_try")
         if refused:
             decision, reason = ABORT, "refused by " + "; ".join(refused)
@@ -147,8 +153,9 @@ class Driver:
         while True:
             try:
                 # waited for past the deadline too: a late answer is kept on the branch's timeline
-                answer = await self._call(name, p.ops[0], {"gid": gid, "branch": name, **body},
-                                          timeout=max(0.0, deadline - time.time()) + LATE_ANSWER_SECONDS)
+                answer = await self._call(name, p.ops[0], {**body, "gid": gid, "branch": name},
+                                          timeout=min(max(0.0, deadline - time.time()), MAX_DEADLINE_SECONDS)
+                                          + LATE_ANSWER_SECONDS)
             except CallFailed as exc:
                 attempt += 1
                 pause = self._backoff(attempt)

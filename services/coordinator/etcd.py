@@ -58,7 +58,9 @@ class EtcdStore:
         self.node_id = node_id
         self.url = settings.url(f"coordinator-{node_id}")
         host, port = _endpoint(settings)
-        self.client = aetcd.Client(host=host, port=port, timeout=5)
+        # every record is read at once by a new leader: no limit on the size of a reply
+        self.client = aetcd.Client(host=host, port=port, timeout=5,
+                                   options={"grpc.max_receive_message_length": -1})
         self.prefix = key_prefix(settings)
         self.leader_key = self.prefix + b"leader"
         self.book = TxnBook()
@@ -195,6 +197,8 @@ class EtcdStore:
                 self._locks.pop(gid, None)
 
     async def _change(self, gid: str, cmd: dict[str, Any]) -> str:
+        if self._leading is None or self._caught_up != self._leading:  # stepped down while waiting for the lock
+            raise NotLeader(self.leader_url())
         scratch = TxnBook()
         current = self.book.get(gid)
         if current is not None:

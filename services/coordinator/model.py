@@ -188,17 +188,19 @@ class TxnBook:
         """A branch's phase-1 answer: ready (`ok`) or refused, with the participant's outcome and reason."""
         p = PATTERNS[record["pattern"]]
         branch = self._branch(record, cmd)
+        outcome = _text(cmd, "outcome", 100)  # validated before anything changes
+        why = cmd.get("why") if isinstance(cmd.get("why"), str) else None
         if branch["answered_at"] is not None:
             return "ignored"  # a second answer
         if record["state"] != p.phase1:  # decided without it: the answer is kept on the timeline only
             branch["answered_at"] = now
-            _mark(branch["timeline"], now, f"{p.ops[0]} answered after the decision: {_text(cmd, 'outcome', 100)}"
-                                           + (f" ({cmd['why']})" if isinstance(cmd.get("why"), str) else ""))
+            _mark(branch["timeline"], now, f"{p.ops[0]} answered after the decision: {outcome}"
+                                           + (f" ({why})" if why else ""))
             return "late"
         ok = cmd.get("ok") is True
         branch["state"] = p.ready if ok else REFUSED
-        branch["outcome"] = _text(cmd, "outcome", 100)
-        branch["why"] = cmd.get("why") if isinstance(cmd.get("why"), str) else None
+        branch["outcome"] = outcome
+        branch["why"] = why
         branch["answered_at"] = now
         branch["attempts"], branch["next_at"], branch["last_error"] = 0, 0.0, None
         _mark(branch["timeline"], now, f"{p.ops[0]}: {branch['outcome']}" + (f" ({branch['why']})" if
@@ -244,9 +246,9 @@ class TxnBook:
         if record["state"] in FINAL_STATES or record["state"] == STUCK:
             return "ignored"
         step = record["report"] if cmd.get("branch") == "report" else self._branch(record, cmd)
-        error = _text(cmd, "error", 1000)
+        error, next_at = _text(cmd, "error", 1000), _number(cmd, "next_at")  # validated before anything changes
         step["attempts"] += 1
-        step["next_at"] = _number(cmd, "next_at")
+        step["next_at"] = next_at
         step["last_error"] = error
         record["retries"] += 1
         if "timeline" in step:

@@ -160,9 +160,12 @@ async def create_order(body: OrderIn, request: Request, response: Response,
         created_at = await place_order(rt, command)
     except (BrokerRefused, TooLate) as exc:  # nothing was placed: the client may retry with the same key
         raise HTTPException(503, f"the order was not placed: {exc}") from exc
-    except NotBegun as exc:  # placed, and settled later: a retry with the same key answers the order
-        raise HTTPException(503, f"order {command.order_id} is recorded PENDING but its transaction could not "
-                                 f"be begun yet ({exc}); it will be, and the order settled") from exc
+    except NotBegun as exc:  # placed, and settled later: 202, never a 5xx that a client would retry as unplaced
+        response.status_code = 202
+        response.headers["Retry-After"] = "1"
+        return command.view(exc.created_at) | {
+            "note": f"recorded PENDING; its transaction could not be begun yet ({exc}); it will be, and the order "
+                    "settled"}
     except sa.exc.IntegrityError:
         # the key's unique constraint: this is a retry (or a concurrent twin) of an order already placed
         if idempotency_key and (replayed := await _replay(rt, idempotency_key, body, response)):

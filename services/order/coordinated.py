@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -38,6 +38,8 @@ RECOVER_AFTER_SECONDS = 3.0  # a PENDING order this old is begun again (harmless
 
 class NotBegun(RuntimeError):
     """The order is recorded, but its transaction could not be begun yet; the recovery loop will."""
+
+    created_at: datetime | None = None  # when the order was recorded
 
 
 def begin_body(settings: Settings, order_id: uuid.UUID, pattern: str, customer_id: str, total_cents: int,
@@ -109,27 +111,33 @@ async def outcome(body: Outcome, request: Request) -> dict[str, Any]:
     return {"order_id": str(order_id), "status": status}
 
 
-async def recover(rt: Runtime, every: float = 2.0) -> None:
-    """Begin again the transaction of every coordinated order left PENDING (see the module docstring)."""
+async def recover(rt: Runtime, every: float = 2.0, batch: int = 200) -> None:
+    """Begin again the transaction of every coordinated order left PENDING (see the module docstring): a batch
+    at a time, oldest first, going round all of them (orders waiting on a STUCK transaction stay PENDING and
+    must not starve the newer ones)."""
+    after = datetime.fromtimestamp(0, UTC)
     while True:
         await asyncio.sleep(every)
         try:
             async with rt.engine.connect() as conn:
                 orders = (await conn.execute(sa.text(
                     "SELECT id, pattern, customer_id, total_cents, created_at FROM orders "
-                    "WHERE status = 'PENDING' AND pattern = ANY(:patterns) "
-                    "AND created_at < now() - make_interval(secs => :age) ORDER BY created_at LIMIT 200"),
-                    {"patterns": list(COORDINATED), "age": RECOVER_AFTER_SECONDS})).all()
+                    "WHERE status = 'PENDING' AND pattern = ANY(:patterns) AND created_at > :after "
+                    "AND created_at < now() - make_interval(secs => :age) ORDER BY created_at LIMIT :n"),
+                    {"patterns": list(COORDINATED), "after": after, "age": RECOVER_AFTER_SECONDS, "n": batch})).all()
                 items: dict[uuid.UUID, list[tuple[str, int]]] = {}
                 if orders:
                     for row in await conn.execute(sa.text(
                             "SELECT order_id, sku, qty FROM order_items WHERE order_id = ANY(:ids) ORDER BY sku"),
                             {"ids": [o.id for o in orders]}):
                         items.setdefault(row.order_id, []).append((row.sku, row.qty))
-            for o in orders:
+        except (sa.exc.DBAPIError, OSError) as exc:
+            log.warning("recovering coordinated orders: %s", exc)
+            continue
+        after = orders[-1].created_at if len(orders) == batch else datetime.fromtimestamp(0, UTC)
+        for o in orders:
+            try:
                 await begin(rt, begin_body(rt.settings, o.id, o.pattern, o.customer_id, o.total_cents,
                                            items.get(o.id, []), o.created_at), deadline=3.0)
-        except asyncio.CancelledError:
-            raise
-        except (NotBegun, sa.exc.DBAPIError, OSError, httpx.HTTPError) as exc:
-            log.warning("recovering coordinated orders: %s", exc)
+            except (NotBegun, httpx.HTTPError) as exc:
+                log.warning("order %s: its transaction could not be begun yet: %s", o.id, exc)

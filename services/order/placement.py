@@ -97,9 +97,13 @@ async def place_with_coordinator(rt: Runtime, cmd: PlaceOrder) -> datetime:
     """The order, PENDING, then its global transaction on the coordinator (see services/order/coordinated.py)."""
     async with rt.engine.begin() as conn:
         created_at = await _insert_order(conn, cmd)
-    await coordinated.begin(rt, coordinated.begin_body(
-        rt.settings, cmd.order_id, cmd.pattern, cmd.customer_id, cmd.total_cents,
-        [(i.sku, i.qty) for i in sorted(cmd.items, key=lambda i: i.sku)], created_at))
+    try:
+        await coordinated.begin(rt, coordinated.begin_body(
+            rt.settings, cmd.order_id, cmd.pattern, cmd.customer_id, cmd.total_cents,
+            [(i.sku, i.qty) for i in sorted(cmd.items, key=lambda i: i.sku)], created_at))
+    except coordinated.NotBegun as exc:
+        exc.created_at = created_at
+        raise
     return created_at
 
 
