@@ -25,6 +25,7 @@ from rich.table import Table
 
 from scenarios.own import own_settings
 from services.checker import run_checks
+from services.coordinator.client import leading_replica
 from services.demo import Client, e2e_latencies, ms, order_bodies, percentile, render_report
 from services.seed import SeedPlan, reset_and_seed
 from services.supervisor import Supervisor
@@ -34,13 +35,7 @@ PLAN = SeedPlan(products=100, customers=500, stock=100_000, scarce_share=0.02, p
 
 async def _leader(settings, http: httpx.AsyncClient, not_node: int | None = None) -> tuple[int, float]:
     """(node, time) once a replica other than `not_node` leads and has caught up."""
-    while True:
-        for name in settings.coordinators:
-            with contextlib.suppress(httpx.HTTPError, ValueError):
-                st = (await http.get(f"{settings.url(name)}/raft/status", timeout=0.5)).json()
-                if st["role"] == "leader" and st.get("leading_since") and st["id"] != not_node:
-                    return st["id"], time.monotonic()
-        await asyncio.sleep(0.01)
+    return (await leading_replica(settings, http, not_node, within=120.0))["id"], time.monotonic()
 
 
 async def _progress_after(settings, http: httpx.AsyncClient, since_wall: float) -> float:

@@ -28,6 +28,7 @@ from scenarios.own import Claim, own_settings, verdict
 from services.checker import run_checks
 from services.common.faults import parse_spec
 from services.common.settings import Settings
+from services.coordinator.client import leading_replica
 from services.demo import Client
 from services.seed import SeedPlan, reset_and_seed
 from services.supervisor import Supervisor
@@ -92,16 +93,9 @@ class Story:
 
     async def leader(self, not_node: int | None = None) -> tuple[int, int]:
         """(node, term) of the coordinator replica that leads and has caught up (other than `not_node`)."""
-        async with httpx.AsyncClient(timeout=1.0) as http:
-            while True:
-                for name in self.settings.coordinators:
-                    try:
-                        st = (await http.get(f"{self.settings.url(name)}/raft/status")).json()
-                    except (httpx.HTTPError, ValueError):
-                        continue
-                    if st["role"] == "leader" and st.get("leading_since") and st["id"] != not_node:
-                        return st["id"], st["term"]
-                await asyncio.sleep(0.05)
+        async with httpx.AsyncClient() as http:
+            status = await leading_replica(self.settings, http, not_node)
+        return status["id"], status["term"]
 
 
 async def empty_rollback(story: Story) -> list[Claim]:

@@ -223,13 +223,15 @@ def check_coordinated(settings: Settings) -> Invariant:
 
 def coordinator_counts(settings: Settings, coordinated_orders: int) -> dict[str, int]:
     """Global transactions not final (in flight) and STUCK; the coordinator unreachable counts as in flight
-    when there are coordinated orders."""
+    when there are coordinated orders. Without such orders there is no transaction: nothing is asked."""
+    if not coordinated_orders:
+        return {}
     try:
         page = fetch(settings, "/transactions", {"limit": 1}, deadline=3.0)
     except CoordinatorUnavailable:
         page = None
     if page is None:
-        return {"coordinator_unreachable": 1} if coordinated_orders else {}
+        return {"coordinator_unreachable": 1}
     counts = page["counts"]
     live = sum(n for state, n in counts.items() if state not in FINAL_STATES and state != STUCK)
     return {"coordinator_txn_in_flight": live, "coordinator_stuck": counts.get(STUCK, 0)}

@@ -149,21 +149,16 @@ def create_app(node_id: int, settings: Settings | None = None) -> FastAPI:
             raise HTTPException(422, f"deadline_ms is more than {MAX_DEADLINE_SECONDS:.0f} s ahead")
         bodies = {b.branch: b.model_dump(exclude={"branch"}) for b in body.branches}
         known = store.book.get(body.gid)  # a begin repeated (the order service's recovery): no log entry
-        if known is not None:
-            if known["pattern"] != body.pattern or set(known["branches"]) != set(bodies):
-                raise HTTPException(409, f"transaction {body.gid} exists with pattern {known['pattern']} and "
-                                         f"branches {', '.join(known['branches'])}")
-            return JSONResponse(known, status_code=200)
-        outcome = await propose(store, {"op": "begin", "gid": body.gid, "pattern": body.pattern, "branches": bodies,
-                                        "deadline": body.deadline_ms / 1000, "now": time.time()})
-        record = found(store, body.gid)
-        if outcome == "exists":
-            if record["pattern"] != body.pattern or set(record["branches"]) != set(bodies):
-                raise HTTPException(409, f"transaction {body.gid} exists with pattern {record['pattern']} and "
-                                         f"branches {', '.join(record['branches'])}")
-            return JSONResponse(record, status_code=200)
-        request.app.state.driver.wake.set()
-        return record
+        if known is None and await propose(store, {
+                "op": "begin", "gid": body.gid, "pattern": body.pattern, "branches": bodies,
+                "deadline": body.deadline_ms / 1000, "now": time.time()}) == "created":
+            request.app.state.driver.wake.set()
+            return found(store, body.gid)
+        record = found(store, body.gid)  # begun before, maybe by a concurrent twin of this request
+        if record["pattern"] != body.pattern or set(record["branches"]) != set(bodies):
+            raise HTTPException(409, f"transaction {body.gid} exists with pattern {record['pattern']} and "
+                                     f"branches {', '.join(record['branches'])}")
+        return JSONResponse(record, status_code=200)
 
     @r.get("/transactions")
     async def listing(store: Leader, state: str | None = None, pattern: str | None = None,
@@ -214,10 +209,7 @@ def create_app(node_id: int, settings: Settings | None = None) -> FastAPI:
 
     @app.get("/raft/events")
     async def events(request: Request, since: Annotated[int, Query(ge=0)] = 0) -> dict[str, Any]:
-        node = getattr(store_of(request), "node", None)
-        if node is None:
-            return {"boot": None, "events": []}
-        return {"boot": node.boot_id, "events": [e for e in node.events if e["seq"] > since]}
+        return {"events": [e for e in store_of(request).events if e["seq"] > since]}
 
     @app.get("/health")
     async def health(request: Request) -> dict[str, Any]:

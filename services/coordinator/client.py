@@ -132,3 +132,20 @@ def all_transactions(settings: Settings, pattern: str | None = None) -> list[dic
         items += page["items"]
         if not page["items"] or len(items) >= page["total"]:
             return items
+
+
+async def leading_replica(settings: Settings, http: httpx.AsyncClient, not_node: int | None = None,
+                          within: float = 30.0) -> dict[str, Any]:
+    """The `/raft/status` of the replica that leads and has caught up (other than `not_node`), once there is
+    one; raises CoordinatorUnavailable after `within` seconds."""
+    end = time.monotonic() + within
+    while time.monotonic() < end:
+        for name in settings.coordinators:
+            try:
+                status = (await http.get(f"{settings.url(name)}/raft/status", timeout=1.0)).json()
+            except (httpx.HTTPError, ValueError):
+                continue
+            if status["role"] == "leader" and status.get("leading_since") and status["id"] != not_node:
+                return status
+        await asyncio.sleep(0.02)
+    raise CoordinatorUnavailable(f"no coordinator replica led within {within:g}s")

@@ -11,6 +11,7 @@ Either way the records are changed only by `TxnBook.apply`, and only by the lead
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -36,6 +37,7 @@ class OutcomeUnknown(Exception):
 
 class Store(Protocol):
     book: TxnBook  # the records as this replica knows them: complete on a leader after `catch_up`
+    events: Iterable[dict[str, Any]]  # this replica's recent role changes (`GET /raft/events`)
 
     async def start(self) -> None: ...
 
@@ -95,6 +97,10 @@ class RaftStore:
     @property
     def book(self) -> TxnBook:
         return self.machine.book
+
+    @property
+    def events(self) -> Iterable[dict[str, Any]]:
+        return self.node.events if self.node else ()
 
     async def start(self) -> None:
         self.node = RaftNode(self.cfg, self.machine)

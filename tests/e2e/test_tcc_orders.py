@@ -20,6 +20,7 @@ import psycopg
 import pytest
 
 from services.checker import check_coordinated, run_checks
+from services.coordinator.client import leading_replica
 from services.demo import Client
 from tests.polling import eventually
 
@@ -118,19 +119,9 @@ async def transaction(admin: httpx.AsyncClient, gid: str) -> dict:
     return response.json()
 
 
-async def leader(settings) -> int:
-    async def probe() -> int | None:
-        async with httpx.AsyncClient(timeout=1.0) as http:
-            for i in range(1, settings.coordinator_nodes + 1):
-                try:
-                    st = (await http.get(f"{settings.url(f'coordinator-{i}')}/raft/status")).json()
-                except httpx.HTTPError:
-                    continue
-                if st["role"] == "leader" and st.get("leading_since"):
-                    return i
-        return None
-
-    return await eventually(probe, within=30.0, what="a coordinator leader")
+async def leader(settings, not_node: int | None = None) -> int:
+    async with httpx.AsyncClient() as http:
+        return (await leading_replica(settings, http, not_node))["id"]
 
 
 @BOTH_STORES
@@ -236,22 +227,11 @@ async def test_a_transaction_failing_past_the_limit_is_stuck_until_an_operator_r
 async def test_an_isolated_leader_is_replaced_and_orders_go_on(settings, admin, client):
     old = await leader(settings)
     assert (await admin.post(f"/coordinator/isolate/{old}")).status_code == 200
-    new = await eventually(lambda: _other_leader(settings, old), within=30.0, what="a new leader")
+    new = await leader(settings, not_node=old)
     ids = await place(client, [body(n) for n in range(5)])
     assert set((await settled(settings, ids)).values()) == {"PAID"}
     assert (await admin.delete("/coordinator/isolate")).status_code == 200
     assert new != old
-
-
-async def _other_leader(settings, old: int) -> int | None:
-    async with httpx.AsyncClient(timeout=1.0) as http:
-        for i in range(1, settings.coordinator_nodes + 1):
-            if i == old:
-                continue
-            st = (await http.get(f"{settings.url(f'coordinator-{i}')}/raft/status")).json()
-            if st["role"] == "leader" and st.get("leading_since"):
-                return i
-    return None
 
 
 @BOTH_STORES
