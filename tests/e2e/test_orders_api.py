@@ -222,7 +222,9 @@ ITEM = st.fixed_dictionaries({}, optional={"sku": st.sampled_from([PLENTY, SCARC
                                            "qty": st.integers(-5, 20_000) | JSON})
 BODY = st.fixed_dictionaries({}, optional={"customer_id": st.sampled_from([RICH, POOR]) | JSON,
                                            "items": st.lists(ITEM, max_size=4) | JSON,
-                                           "pattern": st.sampled_from(["outbox", "tcc"]) | JSON}) | JSON
+                                           # the patterns this system runs without a coordinator: a tcc
+                                           # order here would wait (202 PENDING) for one that never starts
+                                           "pattern": st.sampled_from(["outbox", "halfmsg"]) | JSON}) | JSON
 
 
 @hypothesis.settings(max_examples=60, deadline=None,
