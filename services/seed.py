@@ -14,6 +14,7 @@ from services.common.settings import DATABASES, Settings
 from services.coordinator.client import reset_records
 from services.messaging.parking import queue_depths
 from services.messaging.topology import topology_of
+from services.runtime.prepared import parse_xid
 
 ADJECTIVES = ("red", "blue", "green", "swift", "quiet", "bold", "tiny", "grand", "lucky", "sharp")
 NOUNS = ("kettle", "lamp", "chair", "mug", "pen", "clock", "scarf", "drum", "kite", "bowl")
@@ -47,6 +48,17 @@ class SeedPlan:
                 for i in range(self.customers)]
 
 
+def forget_prepared(dsn: str) -> int:
+    """Roll back every prepared transaction of ours (named `txlab:...`) in one database; how many there were."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        database = conn.info.dbname
+        ours = [x for x in conn.tpc_recover() if x.database == database and x.format_id is None
+                and parse_xid(x.gtrid) is not None]
+        for xid in ours:
+            conn.tpc_rollback(xid)
+    return len(ours)
+
+
 def reset_and_seed(settings: Settings, plan: SeedPlan) -> tuple[int, int]:
     """Empty every database (the services' and the broker's) and the coordinator's records, and load the plan's
     catalogue and customers."""
@@ -58,6 +70,8 @@ def reset_and_seed(settings: Settings, plan: SeedPlan) -> tuple[int, int]:
         conn.execute("TRUNCATE half_messages, half_message_history")
     with psycopg.connect(f"{base}/{settings.database('order')}") as conn:
         conn.execute("TRUNCATE orders, order_items, outbox, inbox")
+    for service in ("inventory", "payment"):
+        forget_prepared(f"{base}/{settings.database(service)}")  # they would hold locks the TRUNCATE waits for
     with psycopg.connect(f"{base}/{settings.database('inventory')}") as conn:
         conn.execute("TRUNCATE products, reservations, outbox, inbox, tcc_barrier")
         with conn.cursor() as cur:
