@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from dataclasses import dataclass
 
 import psycopg
@@ -48,15 +49,25 @@ class SeedPlan:
                 for i in range(self.customers)]
 
 
-def forget_prepared(dsn: str) -> int:
-    """Roll back every prepared transaction of ours (named `txlab:...`) in one database; how many there were."""
+def forget_prepared(dsn: str, attempts: int = 50) -> int:
+    """Roll back every prepared transaction of ours (named `txlab:...`) in one database; how many there were.
+    A participant's sweeper may be ending one at the same moment ("busy"): it is looked at again."""
+    rolled = 0
     with psycopg.connect(dsn, autocommit=True) as conn:
         database = conn.info.dbname
-        ours = [x for x in conn.tpc_recover() if x.database == database and x.format_id is None
-                and parse_xid(x.gtrid) is not None]
-        for xid in ours:
-            conn.tpc_rollback(xid)
-    return len(ours)
+        for _ in range(attempts):
+            ours = [x for x in conn.tpc_recover() if x.database == database and x.format_id is None
+                    and parse_xid(x.gtrid) is not None]
+            if not ours:
+                return rolled
+            for xid in ours:
+                try:
+                    conn.tpc_rollback(xid)
+                    rolled += 1
+                except (psycopg.errors.UndefinedObject, psycopg.errors.ObjectInUse):
+                    pass  # ended meanwhile, or being ended
+            time.sleep(0.1)
+    raise RuntimeError(f"prepared transactions of ours are still in {database}")
 
 
 def reset_and_seed(settings: Settings, plan: SeedPlan) -> tuple[int, int]:

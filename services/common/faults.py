@@ -63,8 +63,10 @@ POINTS: dict[str, FaultPoint] = {p.name: p for p in (
     FaultPoint("broker.before_deliver", "the broker is about to publish a committed message", ("broker",)),
     FaultPoint("broker.check_back", "the broker checks a half message back (error: the producer is unreachable)",
                ("broker",)),
-    *(FaultPoint(f"{svc}.tcc.{op}", f"{svc} received a TCC {op.title()} (delay past the deadline, error or crash)",
-                 (svc,)) for svc in ("inventory", "payment") for op in ("try", "confirm", "cancel")),
+    *(FaultPoint(f"{svc}.tcc.{op}", f"{svc} received a TCC {op.title()} (delay past the deadline, error or crash"
+                 + ("; drop: it is done, and its answer lost)" if op == "try" else ")"), (svc,),
+                 _BASIC | {"drop"} if op == "try" else _BASIC)
+      for svc in ("inventory", "payment") for op in ("try", "confirm", "cancel")),
     FaultPoint("coordinator.tcc.after_try", "tcc: every Try answered (or the deadline passed), no decision logged "
                "yet (crash: the leader dies)", ("coordinator",)),
     FaultPoint("coordinator.tcc.after_decision", "tcc: the decision is in the log, no Confirm or Cancel sent yet "

@@ -31,7 +31,7 @@ from services.messaging.topology import topology_of
 from services.runtime.events import EventHandler, apply_event
 from services.runtime.http_errors import install_error_handlers
 from services.runtime.internal_routes import internal_router
-from services.runtime.prepared import make_pool
+from services.runtime.prepared import make_pools
 from services.runtime.state import Runtime, runtime
 
 log = logging.getLogger("txlab.service")
@@ -72,7 +72,7 @@ def create_service_app(service: str, router: APIRouter, handlers: dict[str, Even
                             prefetch=settings.consumer_prefetch, max_failures=settings.consumer_max_failures)
         app.state.rt = Runtime(service, settings, engine, broker, publisher, consumer, relay, faults, http, cache)
         if prepared:
-            app.state.rt.pg = make_pool(settings, service)
+            app.state.rt.pg = make_pools(settings, service)
             await app.state.rt.pg.open()
         await publisher.start()
         await consumer.start()

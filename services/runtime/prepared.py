@@ -26,6 +26,7 @@ never heard of, and leaves an undecided one to its coordinator. A prepared trans
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -42,7 +43,7 @@ from services.common.auth import require_token
 from services.common.settings import Settings
 from services.coordinator.client import CoordinatorClient, CoordinatorUnavailable
 from services.runtime.state import Runtime, runtime
-from services.runtime.tcc import Branch, Effects
+from services.runtime.tcc import Branch, Effects, lose_answer
 
 log = logging.getLogger("txlab.prepared")
 
@@ -51,7 +52,6 @@ XA, THREE_PC = "xa", "3pc"  # the barrier's op for each protocol
 PREPARED, COMMITTED, ROLLED_BACK, SKIPPED = "PREPARED", "COMMITTED", "ROLLED_BACK", "SKIPPED"
 VOTED_YES, VOTED_NO, ABORTED = "VOTED_YES", "VOTED_NO", "ABORTED"
 ABORTED_ON_TIMEOUT, COMMITTED_ON_TIMEOUT = "ABORTED_ON_TIMEOUT", "COMMITTED_ON_TIMEOUT"
-ANSWER_LOST_SECONDS = 20.0  # how long a `drop` fault holds an answer back: past any caller's patience
 LOCK_TIMEOUT = "2s"  # a rollback waiting this long on a prepare in progress asks to be retried
 
 
@@ -118,12 +118,34 @@ async def _reset(conn: psycopg.AsyncConnection[Any]) -> None:
     await conn.set_autocommit(True)
 
 
-def make_pool(settings: Settings, service: str) -> AsyncConnectionPool:
-    """Connections for the prepared transactions: autocommit between them (COMMIT PREPARED needs it)."""
+@dataclass
+class Pools:
+    """A participant's psycopg connections, autocommit between transactions (COMMIT PREPARED needs it), in two
+    pools: a prepare may wait on the row locks of another branch's prepared transaction, and the COMMIT
+    PREPARED that releases them must never queue behind it (with one pool, ten waiting prepares took every
+    connection from the commits they waited for)."""
+
+    work: AsyncConnectionPool  # prepares and votes
+    finish: AsyncConnectionPool  # commits, rollbacks, the sweep and the 3PC timeouts
+
+    async def open(self) -> None:
+        await self.work.open()
+        await self.finish.open()
+
+    async def close(self) -> None:
+        await self.work.close()
+        await self.finish.close()
+
+
+def make_pools(settings: Settings, service: str) -> Pools:
     conninfo = settings.dsn(service, "psycopg").replace("postgresql+psycopg://", "postgresql://", 1)
-    return AsyncConnectionPool(conninfo, min_size=1, max_size=10, open=False, reset=_reset, timeout=10.0,
-                               kwargs={"autocommit": True, "row_factory": namedtuple_row},
-                               name=f"{service}-prepared")
+
+    def pool(name: str, size: int) -> AsyncConnectionPool:
+        return AsyncConnectionPool(conninfo, min_size=1, max_size=size, open=False, reset=_reset, timeout=10.0,
+                                   kwargs={"autocommit": True, "row_factory": namedtuple_row},
+                                   name=f"{service}-{name}")
+
+    return Pools(work=pool("prepare", 10), finish=pool("finish", 4))
 
 
 # ------------------------------------------------------------------------------------ one participant
@@ -137,8 +159,10 @@ async def _state(conn: psycopg.AsyncConnection[Any], gid: str, branch: str, prot
     return row.outcome, row.prepared
 
 
-async def prepare(pool: AsyncConnectionPool, body: Branch, effects: Effects, protocol: str) -> dict[str, Any]:
-    """2PC prepare, 3PC pre-commit: do the work (Try's, then Confirm's) and PREPARE TRANSACTION."""
+async def prepare(pool: AsyncConnectionPool, body: Branch, effects: Effects, protocol: str,
+                  lock_wait: float) -> dict[str, Any]:
+    """2PC prepare, 3PC pre-commit: do the work (Try's, then Confirm's) and PREPARE TRANSACTION. A row lock
+    waited for longer than `lock_wait` seconds refuses the prepare."""
     name = xid_name(body.gid, body.branch)
     async with pool.connection() as conn:
         outcome, prepared = await _state(conn, body.gid, body.branch, protocol)
@@ -154,6 +178,8 @@ async def prepare(pool: AsyncConnectionPool, body: Branch, effects: Effects, pro
         await conn.set_autocommit(False)
         await conn.tpc_begin(name)
         try:
+            # past the phase-1 deadline a prepare is no use: the coordinator has aborted
+            await conn.execute(f"SET LOCAL lock_timeout = '{int(lock_wait * 1000)}ms'")
             if protocol == XA:  # the row exists once committed; a rollback's row bars this prepare
                 cursor = await conn.execute(
                     "INSERT INTO tcc_barrier (gid, branch, op, outcome) VALUES (%s, %s, 'xa', %s) "
@@ -166,7 +192,12 @@ async def prepare(pool: AsyncConnectionPool, body: Branch, effects: Effects, pro
                 await conn.tpc_rollback()
                 return {"outcome": SKIPPED, "ready": False, "why": "aborted while this call was on its way"}
             sql = Sql(conn)
-            tried = await effects.try_(sql, body)
+            try:
+                tried = await effects.try_(sql, body)
+            except errors.LockNotAvailable:
+                await conn.tpc_rollback()
+                return {"outcome": "BUSY", "ready": False,
+                        "why": f"waited {lock_wait:g}s for a row another transaction holds"}
             if not tried.held:
                 await conn.tpc_rollback()  # not prepared: nothing of it remains
                 return {"outcome": tried.outcome, "ready": False,
@@ -246,7 +277,7 @@ def prepared_router(service: str, try_body: type[Branch], effects: Effects, chec
     (This module does not postpone annotations: FastAPI reads `try_body`, a local, as the bodies' type.)"""
     r = APIRouter(prefix="/internal", dependencies=[Depends(require_token)], include_in_schema=False)
 
-    async def run(request: Request, point: str, call: Callable[[AsyncConnectionPool], Awaitable[dict[str, Any]]],
+    async def run(request: Request, point: str, call: Callable[[Pools], Awaitable[dict[str, Any]]],
                   answer_first: bool = False) -> dict[str, Any]:
         """Run `call` behind its fault point: hit before it, or, for a prepare, after it (a crash then leaves
         the branch prepared and unanswered; `drop` holds its answer back)."""
@@ -261,40 +292,44 @@ def prepared_router(service: str, try_body: type[Branch], effects: Effects, chec
         if answer_first:
             action = await rt.faults.hit(point)
         if action == "drop":
-            await asyncio.sleep(ANSWER_LOST_SECONDS)
-            raise HTTPException(504, f"{point}: the answer was dropped by a fault")
+            await lose_answer(point)
         return answer
+
+    def lock_wait(request: Request) -> float:
+        return runtime(request).settings.tcc_deadline_seconds
 
     @r.post("/xa/prepare")
     async def xa_prepare(body: try_body, request: Request) -> dict[str, Any]:  # type: ignore[valid-type]
-        return await run(request, f"{service}.xa.prepare", lambda pool: prepare(pool, body, effects, XA), True)
+        return await run(request, f"{service}.xa.prepare",
+                         lambda pg: prepare(pg.work, body, effects, XA, lock_wait(request)), answer_first=True)
 
     @r.post("/xa/commit")
     async def xa_commit(body: Branch, request: Request) -> dict[str, Any]:
-        return await run(request, f"{service}.xa.commit", lambda pool: commit(pool, body.gid, body.branch, XA))
+        return await run(request, f"{service}.xa.commit", lambda pg: commit(pg.finish, body.gid, body.branch, XA))
 
     @r.post("/xa/rollback")
     async def xa_rollback(body: Branch, request: Request) -> dict[str, Any]:
-        return await run(request, f"{service}.xa.rollback", lambda pool: rollback(pool, body.gid, body.branch, XA))
+        return await run(request, f"{service}.xa.rollback",
+                         lambda pg: rollback(pg.finish, body.gid, body.branch, XA))
 
     @r.post("/3pc/can-commit")
     async def three_can_commit(body: try_body, request: Request) -> dict[str, Any]:  # type: ignore[valid-type]
-        return await run(request, f"{service}.3pc.can_commit", lambda pool: can_commit(pool, body, check))
+        return await run(request, f"{service}.3pc.can_commit", lambda pg: can_commit(pg.work, body, check))
 
     @r.post("/3pc/pre-commit")
     async def three_pre_commit(body: try_body, request: Request) -> dict[str, Any]:  # type: ignore[valid-type]
-        return await run(request, f"{service}.3pc.pre_commit", lambda pool: prepare(pool, body, effects, THREE_PC),
-                         True)
+        return await run(request, f"{service}.3pc.pre_commit",
+                         lambda pg: prepare(pg.work, body, effects, THREE_PC, lock_wait(request)), answer_first=True)
 
     @r.post("/3pc/do-commit")
     async def three_do_commit(body: Branch, request: Request) -> dict[str, Any]:
         return await run(request, f"{service}.3pc.do_commit",
-                         lambda pool: commit(pool, body.gid, body.branch, THREE_PC))
+                         lambda pg: commit(pg.finish, body.gid, body.branch, THREE_PC))
 
     @r.post("/3pc/abort")
     async def three_abort(body: Branch, request: Request) -> dict[str, Any]:
         return await run(request, f"{service}.3pc.abort",
-                         lambda pool: rollback(pool, body.gid, body.branch, THREE_PC))
+                         lambda pg: rollback(pg.finish, body.gid, body.branch, THREE_PC))
 
     return r
 
@@ -305,8 +340,8 @@ async def resolve_prepared(rt: Runtime, every: float = 0.5) -> None:
     while True:
         await asyncio.sleep(every)
         try:
-            await threepc_timeouts(rt.pg, rt.settings.threepc_timeout_seconds)
-            await sweep_in_doubt(rt.pg, rt.settings, rt.http)
+            await threepc_timeouts(rt.pg.finish, rt.settings.threepc_timeout_seconds)
+            await sweep_in_doubt(rt.pg.finish, rt.settings, rt.http)
         except (psycopg.Error, OSError) as exc:
             log.warning("resolving prepared transactions: %s", exc)
 

@@ -32,7 +32,7 @@ class Runtime:
     http: httpx.AsyncClient  # calls to the other services
     cache: ShardedCache
     stats: Counter[str] = field(default_factory=Counter)  # events applied, duplicates skipped
-    pg: Any = None  # a participant's psycopg pool for its prepared transactions (services/runtime/prepared.py)
+    pg: Any = None  # a participant's psycopg pools for its prepared transactions (services/runtime/prepared.py)
 
 
 def runtime(request: Request) -> Runtime:
