@@ -4,7 +4,7 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: demo test unit sim bench services lint up check clean
+.PHONY: demo test unit sim soak bench services lint up check clean
 
 # system packages first: gcc and the OpenSSL headers build hashring's C extension
 $(STAMP): pyproject.toml hashring/_ketama.c scripts/system-packages
@@ -29,6 +29,10 @@ unit: $(STAMP)
 
 sim: $(STAMP)
 	TXLAB_SIM_SEEDS=$${TXLAB_SIM_SEEDS:-20000} scripts/run-pytest tests/sim
+
+# the long variants: RabbitMQ down for 90 s under load (make test: 30 s)
+soak: $(STAMP) services
+	TXLAB_OUTAGE_SECONDS=$${TXLAB_OUTAGE_SECONDS:-90} scripts/run-pytest tests/e2e/test_outages.py
 
 bench: $(STAMP) services
 	$(BIN)/txlab bench outbox

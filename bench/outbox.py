@@ -74,7 +74,7 @@ def run(prog: str, argv: list[str], patterns: list[str], reference: str = "") ->
     parser.add_argument("--orders", type=int, default=1000)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[8, 32])
     parser.add_argument("--pgbench-seconds", type=int, default=10)
-    parser.add_argument("--patterns", nargs="+", default=patterns, choices=["outbox", "halfmsg", "tcc"])
+    parser.add_argument("--patterns", nargs="+", default=patterns, choices=["outbox", "halfmsg", "tcc", "2pc", "3pc"])
     parser.add_argument("--store", default=None, help="the coordinator's store: raft (default) or etcd://host:port")
     args = parser.parse_args(argv)
     console = Console(width=max(Console().width, 200))

@@ -1,4 +1,4 @@
-"""The TCC barrier table every participant database has (see services/runtime/tcc.py), frozen revision by
+"""The barrier table every participant database has (services/runtime/tcc.py and prepared.py), frozen revision by
 revision like messaging_schema: a change is a new function, never an edit."""
 
 from __future__ import annotations
@@ -25,3 +25,15 @@ def create_barrier_v1() -> None:
 
 def drop_barrier_v1() -> None:
     op.drop_table("tcc_barrier")
+
+
+def barrier_ops_v2() -> None:
+    """The 2PC and 3PC participants keep their branches' outcomes in the barrier too (op `xa`, `3pc`)."""
+    op.drop_constraint("tcc_op", "tcc_barrier", type_="check")
+    op.create_check_constraint("tcc_op", "tcc_barrier", "op IN ('try', 'confirm', 'cancel', 'xa', '3pc')")
+
+
+def barrier_ops_v1() -> None:
+    op.execute("DELETE FROM tcc_barrier WHERE op IN ('xa', '3pc')")
+    op.drop_constraint("tcc_op", "tcc_barrier", type_="check")
+    op.create_check_constraint("tcc_op", "tcc_barrier", "op IN ('try', 'confirm', 'cancel')")

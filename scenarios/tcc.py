@@ -29,6 +29,7 @@ from services.checker import run_checks
 from services.common.faults import parse_spec
 from services.common.settings import Settings
 from services.coordinator.client import leading_replica
+from services.coordinator.model import FINAL_STATES, STUCK
 from services.demo import Client
 from services.seed import SeedPlan, reset_and_seed
 from services.supervisor import Supervisor
@@ -52,8 +53,8 @@ class Story:
         await self.client.admin("POST", "/faults", json=parse_spec(spec).request())
         self.say(f"armed [bold]{spec}[/bold]")
 
-    async def place(self, n: int, sku: str = "sku-0001", customer: str = "c00001") -> list[str]:
-        body = {"customer_id": customer, "pattern": "tcc", "items": [{"sku": sku, "qty": 1}]}
+    async def place(self, n: int, sku: str = "sku-0001", customer: str = "c00001", pattern: str = "tcc") -> list[str]:
+        body = {"customer_id": customer, "pattern": pattern, "items": [{"sku": sku, "qty": 1}]}
         answers = await asyncio.gather(*(self.client.place(body) for _ in range(n)))
         return [a["id"] for _, a in answers]
 
@@ -72,7 +73,7 @@ class Story:
                 if (t, text) not in shown:
                     shown.add((t, text))
                     self.say(f"  [cyan]{gid[:8]}[/cyan] {text}")
-            done = until(record) if until else record["state"] in ("CONFIRMED", "CANCELLED", "STUCK")
+            done = until(record) if until else record["state"] in (*FINAL_STATES, STUCK)
             if done:
                 return record
             if time.monotonic() > deadline:
@@ -166,7 +167,10 @@ def _resume_gap(record: dict[str, Any]) -> float:
     return (min(steps) - decided) if steps else 0.0
 
 
-async def _run(settings: Settings, story_of: Callable[[Story], Awaitable[list[Claim]]], title: str) -> int:
+async def _run(settings: Settings, story_of: Callable[[Story], Awaitable[list[Claim]]], title: str,
+               broken: tuple[str, ...] = ()) -> int:
+    """Tell the story on a system of its own and judge it. `broken` names the invariant the story breaks on
+    purpose: then it must be the only one broken, and the claims say how."""
     await asyncio.to_thread(reset_and_seed, settings, PLAN)
     async with Supervisor(settings) as sup:
         client = Client(settings, retry_for=60.0)
@@ -178,15 +182,16 @@ async def _run(settings: Settings, story_of: Callable[[Story], Awaitable[list[Cl
             await client.admin("DELETE", "/faults")
             await client.aclose()
         report = await asyncio.to_thread(run_checks, settings, 60.0)
-    return verdict(observed, report, console, "what was claimed, and what happened")
+    return verdict(observed, report, console, "what was claimed, and what happened", broken=broken)
 
 
-def _main(argv: list[str], name: str, story: Callable[[Story], Awaitable[list[Claim]]], title: str) -> int:
+def _main(argv: list[str], name: str, story: Callable[[Story], Awaitable[list[Claim]]], title: str,
+          broken: tuple[str, ...] = (), **timings: Any) -> int:
     p = argparse.ArgumentParser(prog=f"txlab scenario {name}", description=title)
     p.add_argument("--store", default="raft", help="the coordinator's store: raft, or etcd://host:port")
     args = p.parse_args(argv)
-    with own_settings(name, coordinator_store=args.store, **TIMINGS) as settings:
-        return asyncio.run(_run(settings, story, title))
+    with own_settings(name, coordinator_store=args.store, **(TIMINGS | timings)) as settings:
+        return asyncio.run(_run(settings, story, title, broken))
 
 
 def empty_rollback_main(argv: list[str]) -> int:

@@ -19,7 +19,7 @@ from psycopg.rows import namedtuple_row
 
 from services.common.settings import SERVICES, Settings
 from services.coordinator.client import CoordinatorUnavailable, all_transactions, fetch
-from services.coordinator.model import FINAL_STATES, STUCK
+from services.coordinator.model import FINAL_STATES, PATTERNS, STUCK
 from services.messaging.parking import queue_depths
 from services.messaging.topology import topology_of
 from services.order.coordinated import COORDINATED
@@ -183,32 +183,39 @@ def check_half_messages(settings: Settings) -> Invariant:
 
 
 def check_coordinated(settings: Settings) -> Invariant:
-    """tcc: each order agrees with its global transaction, and nothing is held (frozen money, reserved stock)
-    by a branch whose transaction is over."""
-    inv = Invariant("tcc: orders agree with their transactions; nothing held without a live transaction")
-    orders = {str(r.id): r.status for r in _query(settings, "order", "SELECT id, status FROM orders WHERE pattern "
-                                                                      f"= ANY('{{{','.join(COORDINATED)}}}')")}
+    """tcc, 2pc, 3pc: each order agrees with its global transaction; nothing is held (frozen money, reserved
+    stock) by a branch whose transaction is over; and no branch ended otherwise than its transaction decided,
+    which is the inconsistency 3PC's timeout-commit makes under a partition."""
+    inv = Invariant("coordinated: orders agree with their transactions; every branch ended as decided; nothing "
+                    "held without a live transaction")
+    patterns = ",".join(COORDINATED)
+    orders = {str(r.id): (r.status, r.pattern) for r in _query(
+        settings, "order", f"SELECT id, status, pattern FROM orders WHERE pattern = ANY('{{{patterns}}}')")}
     held = {(r.gid, r.branch) for service in ("inventory", "payment") for r in _query(
         settings, service, "SELECT t.gid, t.branch FROM tcc_barrier t WHERE t.op = 'try' AND t.held AND NOT EXISTS "
                            "(SELECT 1 FROM tcc_barrier s WHERE s.gid = t.gid AND s.branch = t.branch "
                            "AND s.op IN ('confirm', 'cancel'))")}
-    if not orders and not held:
+    # the branches a participant committed, as it knows them (a 3PC one may have committed on its own)
+    committed = {(r.gid, r.branch): r.outcome for service in ("inventory", "payment") for r in _query(
+        settings, service, "SELECT gid, branch, outcome FROM tcc_barrier WHERE op IN ('xa', '3pc') "
+                           "AND outcome LIKE 'COMMITTED%'")}
+    if not orders and not held and not committed:
         return inv
     try:
         records = all_transactions(settings)
     except CoordinatorUnavailable as exc:
         raise CannotCheck(f"the coordinator: {exc}") from exc
     if records is None:
-        raise CannotCheck("the coordinator is not running, and there are tcc orders to check")
+        raise CannotCheck("the coordinator is not running, and there are coordinated orders to check")
     by_gid = {r["gid"]: r for r in records}
-    agree = {"PAID": "CONFIRMED", "CANCELLED": "CANCELLED"}
-    for oid, status in sorted(orders.items()):
+    for oid, (status, pattern) in sorted(orders.items()):
         inv.checked += 1
         record = by_gid.get(oid)
+        p = PATTERNS[pattern]
         if record is None:
-            inv.violations.append(f"{status} tcc order {oid} has no global transaction")
-        elif status in agree and record["state"] != agree[status]:
-            inv.violations.append(f"{status} tcc order {oid}: its transaction is {record['state']}")
+            inv.violations.append(f"{status} {pattern} order {oid} has no global transaction")
+        elif status in ("PAID", "CANCELLED") and record["state"] != (p.committed if status == "PAID" else p.aborted):
+            inv.violations.append(f"{status} {pattern} order {oid}: its transaction is {record['state']}")
     for gid, branch in sorted(held):
         inv.checked += 1
         record = by_gid.get(gid)
@@ -216,7 +223,15 @@ def check_coordinated(settings: Settings) -> Invariant:
             what = "stock reserved" if branch == "inventory" else "money frozen"
             inv.violations.append(f"{what} by {gid} (branch {branch}) without a live transaction "
                                   f"({record['state'] if record else 'unknown to the coordinator'})")
-    inv.counts = {"tcc_orders": len(orders), "held_branches": len(held)} | {
+    for (gid, branch), outcome in sorted(committed.items()):
+        inv.checked += 1
+        record = by_gid.get(gid)
+        if record is None or record["decision"] == "abort":
+            why = ("on its own after the 3PC timeout" if outcome == "COMMITTED_ON_TIMEOUT" else outcome.lower())
+            inv.violations.append(
+                f"split outcome: branch {branch} of {gid} committed ({why}) while its transaction "
+                f"{'is unknown to the coordinator' if record is None else 'decided abort (' + record['state'] + ')'}")
+    inv.counts = {"coordinated_orders": len(orders), "held_branches": len(held)} | {
         f"txn_{k.lower()}": v for k, v in sorted(Counter(r["state"] for r in records).items())}
     return inv
 
@@ -285,7 +300,7 @@ def _look(settings: Settings) -> tuple[dict[str, int], dict[str, int]]:
         outbox, prepared, *orders = _snapshot(
             settings, service,
             "SELECT status, count(*) AS n FROM outbox WHERE status <> 'SENT' GROUP BY status",
-            "SELECT count(*) AS n FROM pg_prepared_xacts WHERE database = current_database()",
+            "SELECT count(*) AS n FROM pg_prepared_xacts WHERE database = current_database() AND gid LIKE 'txlab:%'",
             *(["SELECT count(*) FILTER (WHERE status = 'PENDING') AS pending, count(*) AS placed, "
                f"count(*) FILTER (WHERE pattern = ANY('{{{','.join(COORDINATED)}}}')) AS coordinated FROM orders"]
               if service == "order" else []))
@@ -295,7 +310,7 @@ def _look(settings: Settings) -> tuple[dict[str, int], dict[str, int]]:
             coordinated = orders[0][0].coordinated
         for r in outbox:
             counts[f"{service}_outbox_{r.status.lower()}"] = r.n
-        counts[f"{service}_prepared_xacts"] = prepared[0].n
+        counts[f"{service}_prepared_in_flight"] = prepared[0].n  # ours only; the sweeper ends each
     counts.update(coordinator_counts(settings, coordinated))
     (half,) = _snapshot(settings, "broker", (
         "SELECT count(*) FILTER (WHERE state = 'HALF' AND created_at > now() - make_interval(secs => "

@@ -32,6 +32,8 @@ BENCHES = {
     "outbox": "bench.outbox",
     "halfmsg": "bench.halfmsg",
     "tcc": "bench.tcc",
+    "2pc": "bench.xa:two_phase",
+    "3pc": "bench.xa:three_phase",
     "failover": "bench.failover",
     "raft": "bench.raft",
     "hashring": "bench.hashring",
@@ -46,6 +48,8 @@ SCENARIOS = {
     "tcc-empty-rollback": "scenarios.tcc:empty_rollback_main",
     "tcc-hanging": "scenarios.tcc:hanging_main",
     "coordinator-failover": "scenarios.tcc:failover_main",
+    "2pc-coordinator-crash": "scenarios.xa:coordinator_crash_main",
+    "3pc-partition": "scenarios.xa:partition_main",
 }
 
 

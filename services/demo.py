@@ -46,6 +46,19 @@ RANDOM_FAULTS = {
             "coordinator.tcc.hold_try=delay:7000,times=2,p=0.02", "inventory.tcc.try=delay:7000,times=2,p=0.02",
             "payment.tcc.confirm=error,p=0.1", "inventory.tcc.cancel=error,p=0.1",
             "payment.tcc.try=crash,times=1,p=0.01"),
+    # the coordinator's leader dies at each step; a participant dies holding a prepared branch; answers are lost
+    # (retried); commits fail (retried). The sweeper and the new leader leave nothing prepared.
+    "2pc": ("coordinator.2pc.after_prepare_one=crash,times=1,p=0.02",
+            "coordinator.2pc.after_prepare_all=crash,times=1,p=0.02",
+            "coordinator.2pc.after_decision=crash,times=1,p=0.02",
+            "coordinator.2pc.after_first_commit=crash,times=1,p=0.02",
+            "inventory.xa.prepare=crash,times=1,p=0.01", "payment.xa.commit=crash,times=1,p=0.01",
+            "payment.xa.prepare=error,p=0.05", "inventory.xa.commit=error,p=0.1"),
+    # the same, without the partition that makes 3PC inconsistent by design (txlab scenario 3pc-partition)
+    "3pc": ("coordinator.3pc.after_pre_commit_one=crash,times=1,p=0.02",
+            "coordinator.3pc.before_do_commit=crash,times=1,p=0.02",
+            "inventory.3pc.can_commit=error,p=0.05", "payment.3pc.pre_commit=error,p=0.05",
+            "payment.3pc.do_commit=error,p=0.1", "inventory.3pc.do_commit=crash,times=1,p=0.01"),
 }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from dataclasses import dataclass
 
 import psycopg
@@ -14,6 +15,7 @@ from services.common.settings import DATABASES, Settings
 from services.coordinator.client import reset_records
 from services.messaging.parking import queue_depths
 from services.messaging.topology import topology_of
+from services.runtime.prepared import parse_xid
 
 ADJECTIVES = ("red", "blue", "green", "swift", "quiet", "bold", "tiny", "grand", "lucky", "sharp")
 NOUNS = ("kettle", "lamp", "chair", "mug", "pen", "clock", "scarf", "drum", "kite", "bowl")
@@ -47,6 +49,27 @@ class SeedPlan:
                 for i in range(self.customers)]
 
 
+def forget_prepared(dsn: str, attempts: int = 50) -> int:
+    """Roll back every prepared transaction of ours (named `txlab:...`) in one database; how many there were.
+    A participant's sweeper may be ending one at the same moment ("busy"): it is looked at again."""
+    rolled = 0
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        database = conn.info.dbname
+        for _ in range(attempts):
+            ours = [x for x in conn.tpc_recover() if x.database == database and x.format_id is None
+                    and parse_xid(x.gtrid) is not None]
+            if not ours:
+                return rolled
+            for xid in ours:
+                try:
+                    conn.tpc_rollback(xid)
+                    rolled += 1
+                except (psycopg.errors.UndefinedObject, psycopg.errors.ObjectInUse):
+                    pass  # ended meanwhile, or being ended
+            time.sleep(0.1)
+    raise RuntimeError(f"prepared transactions of ours are still in {database}")
+
+
 def reset_and_seed(settings: Settings, plan: SeedPlan) -> tuple[int, int]:
     """Empty every database (the services' and the broker's) and the coordinator's records, and load the plan's
     catalogue and customers."""
@@ -58,6 +81,8 @@ def reset_and_seed(settings: Settings, plan: SeedPlan) -> tuple[int, int]:
         conn.execute("TRUNCATE half_messages, half_message_history")
     with psycopg.connect(f"{base}/{settings.database('order')}") as conn:
         conn.execute("TRUNCATE orders, order_items, outbox, inbox")
+    for service in ("inventory", "payment"):
+        forget_prepared(f"{base}/{settings.database(service)}")  # they would hold locks the TRUNCATE waits for
     with psycopg.connect(f"{base}/{settings.database('inventory')}") as conn:
         conn.execute("TRUNCATE products, reservations, outbox, inbox, tcc_barrier")
         with conn.cursor() as cur:

@@ -143,8 +143,14 @@ def isolated_settings(servers: dict[str, str], data_dir: Path) -> Settings:
 
 
 def destroy(s: Settings) -> None:
-    """Drop the databases, queues and exchanges of an isolated txlab."""
+    """Drop the databases, queues and exchanges of an isolated txlab (and the transactions prepared in them,
+    which would keep them from being dropped)."""
     for service in DATABASES:
+        with contextlib.suppress(psycopg.OperationalError), \
+                psycopg.connect(s.raw_dsn(service), autocommit=True) as conn:
+            for xid in conn.tpc_recover():
+                if xid.database == conn.info.dbname:
+                    conn.tpc_rollback(xid)
         with psycopg.connect(f"{s.pg.rstrip('/')}/postgres", autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{s.database(service)}" WITH (FORCE)')
     _delete_bus(s)

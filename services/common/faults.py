@@ -63,8 +63,10 @@ POINTS: dict[str, FaultPoint] = {p.name: p for p in (
     FaultPoint("broker.before_deliver", "the broker is about to publish a committed message", ("broker",)),
     FaultPoint("broker.check_back", "the broker checks a half message back (error: the producer is unreachable)",
                ("broker",)),
-    *(FaultPoint(f"{svc}.tcc.{op}", f"{svc} received a TCC {op.title()} (delay past the deadline, error or crash)",
-                 (svc,)) for svc in ("inventory", "payment") for op in ("try", "confirm", "cancel")),
+    *(FaultPoint(f"{svc}.tcc.{op}", f"{svc} received a TCC {op.title()} (delay past the deadline, error or crash"
+                 + ("; drop: it is done, and its answer lost)" if op == "try" else ")"), (svc,),
+                 _BASIC | {"drop"} if op == "try" else _BASIC)
+      for svc in ("inventory", "payment") for op in ("try", "confirm", "cancel")),
     FaultPoint("coordinator.tcc.after_try", "tcc: every Try answered (or the deadline passed), no decision logged "
                "yet (crash: the leader dies)", ("coordinator",)),
     FaultPoint("coordinator.tcc.after_decision", "tcc: the decision is in the log, no Confirm or Cancel sent yet "
@@ -72,6 +74,35 @@ POINTS: dict[str, FaultPoint] = {p.name: p for p in (
     FaultPoint("coordinator.tcc.hold_try", "tcc: a Try is about to leave the coordinator (delay: it reaches its "
                "participant late, after its Cancel when past the deadline)", ("coordinator",),
                frozenset({"delay"})),
+    *(FaultPoint(f"{svc}.xa.prepare", f"2pc: {svc} prepared its branch, the answer not yet sent (crash: it dies "
+                 "holding the prepared transaction; drop: the answer is lost)", (svc,), _BASIC | {"drop"})
+      for svc in ("inventory", "payment")),
+    *(FaultPoint(f"{svc}.xa.{op}", f"2pc: {svc} received a {op} (crash: it dies with its branch prepared)", (svc,))
+      for svc in ("inventory", "payment") for op in ("commit", "rollback")),
+    *(FaultPoint(f"{svc}.3pc.can_commit", f"3pc: {svc} was asked to vote", (svc,)) for svc in ("inventory", "payment")),
+    *(FaultPoint(f"{svc}.3pc.pre_commit", f"3pc: {svc} pre-committed (prepared) its branch, the acknowledgement not "
+                 "yet sent (drop: the acknowledgement is lost)", (svc,), _BASIC | {"drop"})
+      for svc in ("inventory", "payment")),
+    *(FaultPoint(f"{svc}.3pc.{op}", f"3pc: {svc} received a {op.replace('_', '-')}", (svc,))
+      for svc in ("inventory", "payment") for op in ("do_commit", "abort")),
+    FaultPoint("coordinator.2pc.after_prepare_one", "2pc: one branch answered its prepare (crash: the leader dies)",
+               ("coordinator",)),
+    FaultPoint("coordinator.2pc.after_prepare_all", "2pc: every prepare answered (or the deadline passed), no "
+               "decision logged yet (crash: the leader dies while the participants hold their locks)",
+               ("coordinator",)),
+    FaultPoint("coordinator.2pc.after_decision", "2pc: the decision is in the log, no commit or rollback sent yet "
+               "(crash: the leader dies)", ("coordinator",)),
+    FaultPoint("coordinator.2pc.after_first_commit", "2pc: one branch committed, the other not yet (crash: the "
+               "leader dies)", ("coordinator",)),
+    FaultPoint("coordinator.3pc.after_pre_commit_one", "3pc: one branch acknowledged its pre-commit (crash: the "
+               "leader dies)", ("coordinator",)),
+    FaultPoint("coordinator.3pc.before_do_commit", "3pc: the commit is decided and logged, no do-commit sent yet "
+               "(crash: the leader dies; delay: the pre-committed participants commit on their own first)",
+               ("coordinator",)),
+    *(FaultPoint(f"coordinator.{pattern}.send_{op}", f"{pattern}: a {op} is about to leave for a branch that "
+                 f"answered ready (drop: it is lost, a partition; the coordinator tries again later)",
+                 ("coordinator",), frozenset({"drop", "delay"}))
+      for pattern, op in (("tcc", "cancel"), ("2pc", "rollback"), ("3pc", "abort"))),
 )}
 
 

@@ -7,7 +7,7 @@ from functools import lru_cache
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from pydantic import Field
+from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 SERVICES = ("order", "inventory", "payment")
@@ -72,8 +72,14 @@ class Settings(BaseSettings):
     coordinator_retry_base_seconds: float = Field(0.2, gt=0)  # Confirm/Cancel retries back off from this...
     coordinator_retry_cap_seconds: float = Field(5.0, gt=0)  # ... doubling up to this, with jitter
     coordinator_max_attempts: int = Field(12, ge=1)  # failed attempts of one step before the transaction is STUCK
-    # TCC: every Try must have succeeded this long after the order was placed, or the transaction is cancelled
+    # tcc, 2pc, 3pc: phase 1 (every Try, prepare, vote and pre-commit) must have succeeded this long after the
+    # order was placed, or the transaction is aborted
     tcc_deadline_seconds: float = Field(5.0, gt=0)
+    # 2PC: a participant asks the coordinator about a prepared transaction of ours this old, and ends it
+    indoubt_seconds: float = Field(30.0, gt=0)
+    # 3PC: a participant that voted yes and heard nothing more this long aborts; one pre-committed commits
+    threepc_timeout_seconds: float = Field(15.0, gt=0, validation_alias=AliasChoices(
+        "threepc_timeout_seconds", "TXLAB_3PC_TIMEOUT_SECONDS", "TXLAB_THREEPC_TIMEOUT_SECONDS"))
 
     def model_post_init(self, _context: object) -> None:
         if not self.admin_token:

@@ -109,86 +109,110 @@ class Driver:
         if record is None:
             return
         p = PATTERNS[record["pattern"]]
-        if record["state"] == p.phase1:
+        while p.in_phase1(record["state"]):
+            where = record["state"], record.get("round", 0)
             await self._phase1(record, p)
             record = self.store.book.get(gid) or record
+            if (record["state"], record.get("round", 0)) == where:
+                return  # an answer was not recorded (the store hiccuped): driven again
         if record["state"] in (p.committing, p.aborting):
             await self._phase2(record, p)
 
     async def _phase1(self, record: dict[str, Any], p: Pattern) -> None:
-        gid = record["gid"]
-        calls = [asyncio.create_task(self._try(gid, name, branch["body"], record["deadline"], p))
+        """One round of phase 1; decides when the round is the last, or cannot go on."""
+        gid, number = record["gid"], record.get("round", 0)
+        op = p.rounds[number].op
+        calls = [asyncio.create_task(self._try(gid, name, branch["body"], record["deadline"], p, number))
                  for name, branch in record["branches"].items()
                  if branch["state"] == PENDING and time.time() < record["deadline"]]
         for call in calls:  # they may outlive this leadership: their failures are only logged
             call.add_done_callback(_log_failure)
         if calls:
-            # not cancelled at the deadline: a held Try goes on, and the barrier makes it harmless
+            # not cancelled at the deadline: a held call goes on; the participant's barrier makes it harmless
             await asyncio.wait(calls, timeout=max(0.0, record["deadline"] - time.time()))
         record = self.store.book.get(gid) or record
-        if record["state"] != p.phase1:
-            return
+        if record["state"] != p.rounds[number].state or record.get("round", 0) != number:
+            return  # the next round began
         branches = record["branches"]
         refused = [f"{n}: {b['why'] or b['outcome']}" for n, b in branches.items() if b["state"] == REFUSED]
         unanswered = [n for n, b in branches.items() if b["state"] == PENDING]
         if unanswered and not refused and time.time() < record["deadline"]:
             return  # an answer was not recorded (the store hiccuped): driven again, still before the deadline
-        await self.faults.hit(f"coordinator.{p.name}.after_try")
+        await self.faults.hit(_point(p, f"after_{op}_all"))
         if refused:
             decision, reason = ABORT, "refused by " + "; ".join(refused)
         elif unanswered:
-            decision, reason = ABORT, f"deadline passed before {', '.join(unanswered)} answered {p.ops[0]}"
-        elif max(b["answered_at"] for b in branches.values()) > record["deadline"]:
-            decision, reason = ABORT, f"deadline passed before every {p.ops[0]} succeeded"
+            decision, reason = ABORT, f"deadline passed before {', '.join(unanswered)} answered {op}"
+        elif max(b["answered_at"] for b in branches.values()) > record["deadline"] or number < len(p.rounds) - 1:
+            decision, reason = ABORT, f"deadline passed before every {op} succeeded"
         else:
             decision, reason = COMMIT, None
         await self.store.propose({"op": "decide", "gid": gid, "decision": decision, "reason": reason,
                                   "now": time.time()})
-        await self.faults.hit(f"coordinator.{p.name}.after_decision")
+        await self.faults.hit(_point(p, "after_decision"))
 
-    async def _try(self, gid: str, name: str, body: dict[str, Any], deadline: float, p: Pattern) -> None:
-        """Phase 1 on one branch, retried until it answers or the deadline passes."""
-        await self.faults.hit(f"coordinator.{p.name}.hold_try")  # delay: the Try reaches its participant late
+    async def _try(self, gid: str, name: str, body: dict[str, Any], deadline: float, p: Pattern, number: int) -> None:
+        """One branch's call in round `number` of phase 1, retried until it answers or the deadline passes."""
+        op = p.rounds[number].op
+        await self.faults.hit(_point(p, f"hold_{op}"))  # delay: the call reaches its participant late
         attempt = 0
         while True:
             try:
                 # waited for past the deadline too: a late answer is kept on the branch's timeline
-                answer = await self._call(name, p.ops[0], {**body, "gid": gid, "branch": name},
+                answer = await self._call(name, op, {**body, "gid": gid, "branch": name},
                                           timeout=min(max(0.0, deadline - time.time()), MAX_DEADLINE_SECONDS)
                                           + LATE_ANSWER_SECONDS)
             except CallFailed as exc:
+                record = self.store.book.get(gid)
+                if record is None or record["state"] != p.rounds[number].state or record.get("round", 0) != number:
+                    return  # decided meanwhile: this failure is not phase 2's
                 attempt += 1
                 pause = self._backoff(attempt)
                 await self.store.propose({"op": "failed", "gid": gid, "branch": name, "error": str(exc),
                                           "next_at": time.time() + pause, "now": time.time()})
                 await asyncio.sleep(min(pause, max(0.0, deadline - time.time())))
                 if time.time() >= deadline:
-                    return  # unanswered: the decision, at the deadline, is to cancel
+                    return  # unanswered: the decision, at the deadline, is to abort
                 continue
-            await self.store.propose({"op": "answered", "gid": gid, "branch": name,
+            await self.store.propose({"op": "answered", "gid": gid, "branch": name, "round": number,
                                       "ok": answer.get("ready") is True,
                                       "outcome": str(answer.get("outcome", "?"))[:100],
                                       "why": answer.get("why") if isinstance(answer.get("why"), str) else None,
                                       "now": time.time()})
+            record = self.store.book.get(gid)
+            if record is not None and record.get("round", 0) == number and sum(
+                    b["answered_at"] is not None for b in record["branches"].values()) == 1:
+                await self.faults.hit(_point(p, f"after_{op}_one"))
             return
 
     async def _phase2(self, record: dict[str, Any], p: Pattern) -> None:
+        """Each branch due is committed (or aborted) in turn, in the order of the record's branches."""
         gid = record["gid"]
         commit = record["decision"] == COMMIT
         done = p.branch_committed if commit else p.branch_aborted
         now = time.time()
-        due = [name for name, b in record["branches"].items() if b["state"] != done and b["next_at"] <= now]
-        await asyncio.gather(*(self._settle(gid, name, p.ops[1] if commit else p.ops[2]) for name in due))
+        if commit and all(b["attempts"] == 0 and b["state"] != done for b in record["branches"].values()):
+            await self.faults.hit(_point(p, f"before_{p.commit_op}"))
+        for name, branch in record["branches"].items():
+            if branch["state"] != done and branch["next_at"] <= now:
+                await self._settle(record, p, name, commit)
         record = self.store.book.get(gid) or record
         if record["state"] == STUCK or any(b["state"] != done for b in record["branches"].values()):
             return
         if record["report"]["next_at"] <= time.time():
             await self._report(record)
 
-    async def _settle(self, gid: str, name: str, op: str) -> None:
+    async def _settle(self, record: dict[str, Any], p: Pattern, name: str, commit: bool) -> None:
+        gid = record["gid"]
         record = self.store.book.get(gid)
         if record is None:
             return  # forgotten meanwhile (txlab seed)
+        op = p.commit_op if commit else p.abort_op
+        # an abort lost on its way to a branch that answered ready: the coordinator tries again later
+        if not commit and record["branches"][name]["state"] == p.ready and \
+                await self.faults.hit(_point(p, f"send_{op}")) == "drop":
+            await self._failed(record, name, f"{op} lost on its way to {name} (fault: a partition)")
+            return
         try:
             answer = await self._call(name, op, {"gid": gid, "branch": name})
         except CallFailed as exc:
@@ -196,6 +220,10 @@ class Driver:
             return
         await self.store.propose({"op": "settled", "gid": gid, "branch": name,
                                   "outcome": str(answer.get("outcome", ""))[:100], "now": time.time()})
+        record = self.store.book.get(gid)
+        if commit and record is not None and sum(b["state"] == p.branch_committed
+                                                 for b in record["branches"].values()) == 1:
+            await self.faults.hit(_point(p, f"after_first_{op}"))
 
     async def _report(self, record: dict[str, Any]) -> None:
         """Tell the order service the outcome, with each branch's phase-1 answer (its idempotent route)."""
@@ -251,7 +279,18 @@ class Driver:
             return response.status, await response.text()
 
 
-_ROUTES = {"try": "tcc/try", "confirm": "tcc/confirm", "cancel": "tcc/cancel"}
+# each pattern's participant routes (their names do not overlap)
+_ROUTES = {"try": "tcc/try", "confirm": "tcc/confirm", "cancel": "tcc/cancel",
+           "prepare": "xa/prepare", "commit": "xa/commit", "rollback": "xa/rollback",
+           "can-commit": "3pc/can-commit", "pre-commit": "3pc/pre-commit", "do-commit": "3pc/do-commit",
+           "abort": "3pc/abort"}
+_RENAMED = {"coordinator.tcc.after_try_all": "coordinator.tcc.after_try"}  # the name TCC's point had first
+
+
+def _point(p: Pattern, step: str) -> str:
+    """The fault point of a driver step, e.g. `coordinator.2pc.after_prepare_all` (`-` in an op becomes `_`)."""
+    name = f"coordinator.{p.name}.{step.replace('-', '_')}"
+    return _RENAMED.get(name, name)
 
 
 def _log_failure(task: asyncio.Task[None]) -> None:
@@ -265,7 +304,7 @@ def _due(record: dict[str, Any], now: float) -> bool:
     """Whether the driver has something to do for this record now."""
     p = PATTERNS[record["pattern"]]
     state = record["state"]
-    if state == p.phase1:
+    if p.in_phase1(state):
         return True
     if state not in (p.committing, p.aborting):
         return False  # STUCK waits for an operator

@@ -7,11 +7,13 @@ replica that applies the same commands holds the same records.
 
 The life of a transaction, whatever its pattern:
 
-1. **phase 1** (TCC: TRYING; 2PC: PREPARING): each branch is asked to do its work (Try, prepare); each
-   answer is recorded on its branch: READY (TRIED, PREPARED) or REFUSED;
-2. **the decision**, written before any phase-2 call: commit when every branch is ready before the deadline,
-   abort otherwise (TCC: CONFIRMING or CANCELLING; 2PC: COMMITTING or ABORTING);
-3. **phase 2**: each branch is confirmed or cancelled until it succeeds; a failed attempt is recorded with the
+1. **phase 1**, one round or more (TCC: TRYING; 2PC: PREPARING; 3PC: CAN_COMMIT then PRE_COMMITTING): each
+   branch is asked to do the round's work (Try, prepare, can-commit, pre-commit); each answer is recorded on
+   its branch: ready (TRIED, PREPARED, VOTED_YES, PRE_COMMITTED) or REFUSED. A round every branch answered
+   ready before the deadline hands over to the next one;
+2. **the decision**, written before any phase-2 call: commit when every branch is ready in the last round
+   before the deadline, abort otherwise (TCC: CONFIRMING or CANCELLING; 2PC and 3PC: COMMITTING or ABORTING);
+3. **phase 2**: each branch is committed or aborted until it succeeds; a failed attempt is recorded with the
    time of the next one (capped exponential backoff with jitter, computed by the driver);
 4. **the report**: the order service is told the outcome, until it acknowledges;
 5. then the transaction is **final** (CONFIRMED or CANCELLED; COMMITTED or ABORTED).
@@ -32,31 +34,54 @@ TIMELINE_MAX = 40  # entries kept per branch and per transaction (the oldest go 
 
 
 @dataclass(frozen=True)
+class Round:
+    """One round of phase 1: the transaction's state while it runs, the participant route it calls, and the
+    state of a branch that answered ready."""
+
+    state: str
+    op: str
+    ready: str
+
+
+@dataclass(frozen=True)
 class Pattern:
     """The names a pattern gives to the common life of a transaction (see the module docstring)."""
 
     name: str
-    phase1: str
+    rounds: tuple[Round, ...]
     committing: str
     aborting: str
     committed: str
     aborted: str
-    ready: str  # a branch whose phase-1 work succeeded
     branch_committed: str
     branch_aborted: str
-    ops: tuple[str, str, str]  # the participant routes of phase 1, commit and abort
+    commit_op: str  # the participant routes of phase 2
+    abort_op: str
 
     @property
     def final(self) -> tuple[str, str]:
         return self.committed, self.aborted
 
+    @property
+    def ready(self) -> str:
+        """A branch ready to commit: it answered ready in the last round."""
+        return self.rounds[-1].ready
+
+    def in_phase1(self, state: str) -> bool:
+        return any(r.state == state for r in self.rounds)
+
     def states(self) -> tuple[str, ...]:
-        return self.phase1, self.committing, self.aborting, self.committed, self.aborted, STUCK
+        return *(r.state for r in self.rounds), self.committing, self.aborting, self.committed, self.aborted, STUCK
 
 
 PATTERNS: dict[str, Pattern] = {p.name: p for p in (
-    Pattern("tcc", "TRYING", "CONFIRMING", "CANCELLING", "CONFIRMED", "CANCELLED",
-            "TRIED", "CONFIRMED", "CANCELLED", ("try", "confirm", "cancel")),
+    Pattern("tcc", (Round("TRYING", "try", "TRIED"),), "CONFIRMING", "CANCELLING", "CONFIRMED", "CANCELLED",
+            "CONFIRMED", "CANCELLED", "confirm", "cancel"),
+    Pattern("2pc", (Round("PREPARING", "prepare", "PREPARED"),), "COMMITTING", "ABORTING", "COMMITTED", "ABORTED",
+            "COMMITTED", "ROLLED_BACK", "commit", "rollback"),
+    Pattern("3pc", (Round("CAN_COMMIT", "can-commit", "VOTED_YES"), Round("PRE_COMMITTING", "pre-commit",
+                                                                          "PRE_COMMITTED")),
+            "COMMITTING", "ABORTING", "COMMITTED", "ABORTED", "COMMITTED", "ABORTED", "do-commit", "abort"),
 )}
 FINAL_STATES = frozenset(s for p in PATTERNS.values() for s in p.final)
 ALL_STATES = frozenset(s for p in PATTERNS.values() for s in p.states())
@@ -79,12 +104,13 @@ def new_record(gid: str, pattern: str, bodies: dict[str, dict[str, Any]], deadli
                now: float) -> dict[str, Any]:
     p = PATTERNS[pattern]
     branches = {name: {"state": PENDING, "body": body, "outcome": None, "why": None, "answered_at": None, "attempts": 0,
-                       "next_at": 0.0, "last_error": None, "timeline": []} for name, body in bodies.items()}
-    return {"gid": gid, "pattern": pattern, "state": p.phase1, "decision": None, "reason": None,
+                       "next_at": 0.0, "last_error": None, "result": None, "timeline": []}
+                for name, body in bodies.items()}
+    return {"gid": gid, "pattern": pattern, "state": p.rounds[0].state, "round": 0, "decision": None, "reason": None,
             "deadline": deadline, "created": now, "updated": now, "stuck": None, "retries": 0,
             "branches": branches,
             "report": {"done": False, "attempts": 0, "next_at": 0.0, "last_error": None},
-            "timeline": [[now, f"begun: {p.phase1}"]]}
+            "timeline": [[now, f"begun: {p.rounds[0].state}"]]}
 
 
 class Malformed(ValueError):
@@ -185,26 +211,41 @@ class TxnBook:
         return branch
 
     def _answered(self, record: dict[str, Any], cmd: dict[str, Any], now: float) -> str:
-        """A branch's phase-1 answer: ready (`ok`) or refused, with the participant's outcome and reason."""
+        """A branch's answer in a round of phase 1 (`round`, 0 when absent): ready (`ok`) or refused, with the
+        participant's outcome and reason. The last ready answer of a round, before the deadline, starts the
+        next round."""
         p = PATTERNS[record["pattern"]]
         branch = self._branch(record, cmd)
         outcome = _text(cmd, "outcome", 100)  # validated before anything changes
         why = cmd.get("why") if isinstance(cmd.get("why"), str) else None
-        if branch["answered_at"] is not None:
-            return "ignored"  # a second answer
-        if record["state"] != p.phase1:  # decided without it: the answer is kept on the timeline only
-            branch["answered_at"] = now
-            _mark(branch["timeline"], now, f"{p.ops[0]} answered after the decision: {outcome}"
+        number = cmd.get("round", 0)
+        if not isinstance(number, int) or not 0 <= number < len(p.rounds):
+            raise Malformed(f"round must be 0 to {len(p.rounds) - 1}")
+        current = record.get("round", 0)
+        op = p.rounds[number].op
+        if number < current or (number == current and branch["answered_at"] is not None):
+            return "ignored"  # a second answer, or one to a round already over
+        if number > current or not p.in_phase1(record["state"]):  # decided without it: kept on the timeline only
+            _mark(branch["timeline"], now, f"{op} answered after the decision: {outcome}"
                                            + (f" ({why})" if why else ""))
+            if number == current:
+                branch["answered_at"] = now
             return "late"
         ok = cmd.get("ok") is True
-        branch["state"] = p.ready if ok else REFUSED
+        branch["state"] = p.rounds[number].ready if ok else REFUSED
         branch["outcome"] = outcome
         branch["why"] = why
         branch["answered_at"] = now
         branch["attempts"], branch["next_at"], branch["last_error"] = 0, 0.0, None
-        _mark(branch["timeline"], now, f"{p.ops[0]}: {branch['outcome']}" + (f" ({branch['why']})" if
-                                                                           branch["why"] else ""))
+        _mark(branch["timeline"], now, f"{op}: {outcome}" + (f" ({why})" if why else ""))
+        last = number == len(p.rounds) - 1
+        everyone = all(b["state"] == p.rounds[number].ready for b in record["branches"].values())
+        if everyone and not last and now <= record["deadline"]:
+            record["round"] = number + 1
+            record["state"] = p.rounds[number + 1].state
+            for b in record["branches"].values():
+                b["state"], b["answered_at"] = PENDING, None
+            _mark(record["timeline"], now, f"every branch answered {op} ready: {record['state']}")
         return "ok"
 
     def _decide(self, record: dict[str, Any], cmd: dict[str, Any], now: float) -> str:
@@ -214,10 +255,11 @@ class TxnBook:
             raise Malformed("decision must be commit or abort")
         if record["decision"] is not None:
             return "ok" if record["decision"] == decision else "ignored"
-        if record["state"] != p.phase1:
+        if not p.in_phase1(record["state"]):
             return "ignored"
-        if decision == COMMIT and any(b["state"] != p.ready for b in record["branches"].values()):
-            return "ignored"  # commit needs every branch ready
+        if decision == COMMIT and (record.get("round", 0) != len(p.rounds) - 1
+                                   or any(b["state"] != p.ready for b in record["branches"].values())):
+            return "ignored"  # commit needs every branch ready in the last round
         record["decision"] = decision
         record["reason"] = cmd.get("reason") if isinstance(cmd.get("reason"), str) else None
         record["state"] = p.committing if decision == COMMIT else p.aborting
@@ -237,7 +279,8 @@ class TxnBook:
         branch["state"] = p.branch_committed if commit else p.branch_aborted
         branch["next_at"], branch["last_error"] = 0.0, None
         answer = cmd.get("outcome") if isinstance(cmd.get("outcome"), str) else branch["state"]
-        _mark(branch["timeline"], now, f"{p.ops[1] if commit else p.ops[2]}: {answer}")
+        branch["result"] = answer  # what the participant did (a 3PC participant may have committed on its own)
+        _mark(branch["timeline"], now, f"{p.commit_op if commit else p.abort_op}: {answer}")
         return "ok"
 
     def _failed(self, record: dict[str, Any], cmd: dict[str, Any], now: float) -> str:

@@ -54,4 +54,14 @@ async def release(conn: AsyncConnection, detail: dict) -> None:
     await _settle(conn, detail["order_id"], "RELEASED", "reserved = reserved - :q, available = available + :q")
 
 
-router = tcc_router("inventory", InventoryTry, Effects(reserve, sell, release))
+async def can_reserve(conn: AsyncConnection, body: InventoryTry) -> str | None:
+    """3PC can-commit: whether every item is in stock now, read without a lock."""
+    for item in body.items:
+        if not await conn.scalar(sa.text("SELECT available >= :q FROM products WHERE sku = :s"),
+                                 {"s": item.sku, "q": item.qty}):
+            return f"not enough stock of {item.sku}"
+    return None
+
+
+EFFECTS = Effects(reserve, sell, release)
+router = tcc_router("inventory", InventoryTry, EFFECTS)

@@ -32,7 +32,7 @@ from services.runtime.state import Runtime, runtime
 
 log = logging.getLogger("txlab.order.coordinated")
 
-COORDINATED = ("tcc",)  # the patterns a coordinator drives
+COORDINATED = ("tcc", "2pc", "3pc")  # the patterns a coordinator drives
 RECOVER_AFTER_SECONDS = 3.0  # a PENDING order this old is begun again (harmless when it was begun already)
 
 

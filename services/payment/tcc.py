@@ -45,4 +45,13 @@ async def unfreeze(conn: AsyncConnection, detail: dict) -> None:
         {"a": detail["amount_cents"], "c": detail["customer_id"]})
 
 
-router = tcc_router("payment", PaymentTry, Effects(freeze, capture, unfreeze))
+async def can_pay(conn: AsyncConnection, body: PaymentTry) -> str | None:
+    """3PC can-commit: whether the customer can pay now, read without a lock."""
+    if not await conn.scalar(sa.text("SELECT balance_cents >= :a FROM customers WHERE id = :c"),
+                             {"c": body.customer_id, "a": body.amount_cents}):
+        return f"customer {body.customer_id} is unknown or cannot pay {body.amount_cents} cents"
+    return None
+
+
+EFFECTS = Effects(freeze, capture, unfreeze)
+router = tcc_router("payment", PaymentTry, EFFECTS)

@@ -31,6 +31,7 @@ from services.messaging.topology import topology_of
 from services.runtime.events import EventHandler, apply_event
 from services.runtime.http_errors import install_error_handlers
 from services.runtime.internal_routes import internal_router
+from services.runtime.prepared import make_pools
 from services.runtime.state import Runtime, runtime
 
 log = logging.getLogger("txlab.service")
@@ -48,8 +49,10 @@ def _exit_if_failed(task: asyncio.Task[None]) -> None:
 
 def create_service_app(service: str, router: APIRouter, handlers: dict[str, EventHandler],
                        settings: Settings | None = None,
-                       background: Sequence[Callable[[Runtime], Awaitable[None]]] = ()) -> FastAPI:
-    """The service's app; `background` loops run beside the relay for the app's life."""
+                       background: Sequence[Callable[[Runtime], Awaitable[None]]] = (),
+                       prepared: bool = False) -> FastAPI:
+    """The service's app; `background` loops run beside the relay for the app's life. A participant of 2PC and
+    3PC (`prepared`) also has a psycopg pool for its prepared transactions."""
     settings = settings or get_settings()
     topology = topology_of(settings)
     topology.check_handlers(service, set(handlers))
@@ -68,6 +71,9 @@ def create_service_app(service: str, router: APIRouter, handlers: dict[str, Even
         consumer = Consumer(broker, service, lambda env: apply_event(app.state.rt, handlers, env), faults,
                             prefetch=settings.consumer_prefetch, max_failures=settings.consumer_max_failures)
         app.state.rt = Runtime(service, settings, engine, broker, publisher, consumer, relay, faults, http, cache)
+        if prepared:
+            app.state.rt.pg = make_pools(settings, service)
+            await app.state.rt.pg.open()
         await publisher.start()
         await consumer.start()
         broker.start()
@@ -85,6 +91,8 @@ def create_service_app(service: str, router: APIRouter, handlers: dict[str, Even
             await http.aclose()
             await cache.close()
             await engine.dispose()
+            if app.state.rt.pg is not None:
+                await app.state.rt.pg.close()
 
     app = FastAPI(title=f"txlab {service} service", lifespan=lifespan)
     app.state.settings = settings

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import psycopg
 import sqlalchemy as sa
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from psycopg_pool import PoolTimeout
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.common.faults import InjectedFault
@@ -31,6 +33,16 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(sa.exc.TimeoutError)
     async def pool_exhausted(_: Request, exc: sa.exc.TimeoutError) -> JSONResponse:
+        return JSONResponse({"detail": "the database is busy; try again"}, status_code=503)
+
+    @app.exception_handler(psycopg.Error)
+    async def pg_error(_: Request, exc: psycopg.Error) -> JSONResponse:
+        if isinstance(exc, psycopg.DataError):
+            return JSONResponse({"detail": "the database refused this input"}, status_code=422)
+        return JSONResponse({"detail": "the database could not serve this request"}, status_code=503)
+
+    @app.exception_handler(PoolTimeout)
+    async def pg_pool_exhausted(_: Request, exc: PoolTimeout) -> JSONResponse:
         return JSONResponse({"detail": "the database is busy; try again"}, status_code=503)
 
     @app.exception_handler(InjectedFault)

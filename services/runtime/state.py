@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 from fastapi import Request
@@ -31,6 +32,7 @@ class Runtime:
     http: httpx.AsyncClient  # calls to the other services
     cache: ShardedCache
     stats: Counter[str] = field(default_factory=Counter)  # events applied, duplicates skipped
+    pg: Any = None  # a participant's psycopg pools for its prepared transactions (services/runtime/prepared.py)
 
 
 def runtime(request: Request) -> Runtime:

@@ -17,10 +17,11 @@ empty rollback included); 409 with the reason for a Confirm whose Try never succ
 Confirm. A Try's answer also says whether it holds what Confirm needs (`"ready"`), a repeated one included.
 """
 
+import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import sqlalchemy as sa
 from fastapi import APIRouter, Depends, HTTPException, Request
@@ -58,6 +59,15 @@ class Effects:
     try_: Callable[[AsyncConnection, Any], Awaitable[Tried]]
     confirm: Callable[[AsyncConnection, dict[str, Any]], Awaitable[None]]
     cancel: Callable[[AsyncConnection, dict[str, Any]], Awaitable[None]]
+
+
+ANSWER_LOST_SECONDS = 20.0  # how long a `drop` fault holds an answer back: past any caller's patience
+
+
+async def lose_answer(point: str) -> NoReturn:
+    """A `drop` fault on a participant's step: the work is done, and its answer never reaches the caller."""
+    await asyncio.sleep(ANSWER_LOST_SECONDS)
+    raise HTTPException(504, f"{point}: the answer was dropped by a fault")
 
 
 class Refused(Exception):
@@ -141,12 +151,15 @@ def tcc_router(service: str, try_body: type[Branch], effects: Effects) -> APIRou
     async def run(request: Request, op: str, step: Callable[..., Awaitable[dict[str, Any]]],
                   body: Branch) -> dict[str, Any]:
         rt = runtime(request)
-        await rt.faults.hit(f"{service}.tcc.{op}")
+        action = await rt.faults.hit(f"{service}.tcc.{op}")
         try:
             async with rt.engine.begin() as conn:
-                return await step(conn, body, effects)
+                answer = await step(conn, body, effects)
         except Refused as exc:
             raise HTTPException(409, str(exc)) from None
+        if action == "drop":
+            await lose_answer(f"{service}.tcc.{op}")
+        return answer
 
     # (this module does not postpone annotations: FastAPI reads `try_body` here, a local, as the body's type)
     @r.post("/try")

@@ -3,6 +3,7 @@ import contextlib
 from collections.abc import AsyncIterator, Iterator
 
 import httpx
+import psycopg
 import pytest
 
 from services.common.settings import Settings
@@ -10,6 +11,7 @@ from services.demo import Client
 from services.seed import SeedPlan, reset_and_seed
 from services.supervisor import PROCESSES, Supervisor
 from tests.conftest import destroy, isolated_settings
+from tests.polling import eventually
 
 PLAN = SeedPlan(products=20, customers=40, stock=1_000, seed=11)
 
@@ -33,7 +35,7 @@ async def seeded_system(settings: Settings, coordinator: bool = False) -> AsyncI
         yield sup
 
 
-def own_system(name: str, **overrides):
+def own_system(name: str, coordinator: bool = False, **overrides):
     """Module-scoped `settings` and `system` fixtures for a system of a test module's own:
     `settings, system = own_system("name", broker_max_checks=3)`."""
 
@@ -44,7 +46,7 @@ def own_system(name: str, **overrides):
 
     @pytest.fixture(scope="module")
     async def system(settings):
-        async with seeded_system(settings) as sup:
+        async with seeded_system(settings, coordinator) as sup:
             yield sup
 
     return settings, system
@@ -74,3 +76,33 @@ async def client(settings, system):
 async def http(settings, system):
     async with httpx.AsyncClient(base_url=settings.url("order"), timeout=10.0) as client:
         yield client
+
+
+# ----------------------------------------------------------------------------- orders and transactions
+async def place(client: Client, bodies: list[dict]) -> list[str]:
+    """Place the orders at once; their ids (each accepted: 201, or 202 while its transaction is begun)."""
+    answers = await asyncio.gather(*(client.place(b) for b in bodies))
+    assert all(status in (200, 201, 202) for status, _ in answers), answers
+    return [a["id"] for _, a in answers]
+
+
+def statuses(settings: Settings, ids: list[str]) -> dict[str, str]:
+    with psycopg.connect(settings.raw_dsn("order")) as conn:
+        rows = conn.execute("SELECT id::text, status FROM orders WHERE id = ANY(%s::uuid[])", (ids,)).fetchall()
+    return dict(rows)
+
+
+async def settled(settings: Settings, ids: list[str], within: float = 60.0) -> dict[str, str]:
+    """Each order's final status, once none is PENDING."""
+    def probe() -> dict[str, str] | None:
+        now = statuses(settings, ids)
+        return now if len(now) == len(ids) and "PENDING" not in now.values() else None
+
+    return await eventually(probe, within=within, interval=0.2, what="every order PAID or CANCELLED")
+
+
+async def transaction(admin: httpx.AsyncClient, gid: str) -> dict:
+    """A global transaction's record, through the admin API."""
+    response = await admin.get(f"/transactions/{gid}")
+    assert response.status_code == 200, response.text
+    return response.json()

@@ -147,3 +147,60 @@ def test_an_answer_after_the_decision_is_kept_on_the_timeline_and_changes_nothin
     assert branch["state"] == "CANCELLED" and branch["outcome"] is None
     assert branch["timeline"][-1] == [5, "try answered after the decision: SKIPPED"]
     assert book.apply(late) == "ignored"  # once
+
+
+def three_phase(deadline: float = 100.0) -> TxnBook:
+    book = TxnBook()
+    assert book.apply({"op": "begin", "gid": "g3", "pattern": "3pc", "branches": BODIES, "deadline": deadline,
+                       "now": 1.0}) == "created"
+    return book
+
+
+def vote(book: TxnBook, branch: str, number: int, ok: bool = True, now: float = 2.0) -> str:
+    return book.apply({"op": "answered", "gid": "g3", "branch": branch, "round": number, "ok": ok,
+                       "outcome": "YES" if ok else "NO", "now": now})
+
+
+def test_3pc_goes_from_can_commit_to_pre_commit_once_every_branch_voted_yes():
+    book = three_phase()
+    vote(book, "inventory", 0)
+    assert book.get("g3")["state"] == "CAN_COMMIT"
+    assert book.apply({"op": "decide", "gid": "g3", "decision": "commit", "now": 3}) == "ignored"
+    vote(book, "payment", 0)
+    record = book.get("g3")
+    assert (record["state"], record["round"]) == ("PRE_COMMITTING", 1)
+    assert all(b["state"] == "PENDING" and b["answered_at"] is None for b in record["branches"].values())
+    # a repeated vote of the round that is over changes nothing
+    assert vote(book, "inventory", 0, ok=False) == "ignored"
+    vote(book, "inventory", 1)
+    assert book.apply({"op": "decide", "gid": "g3", "decision": "commit", "now": 3}) == "ignored"
+    vote(book, "payment", 1)
+    assert book.get("g3")["state"] == "PRE_COMMITTING"  # the last round hands over to the decision
+    assert book.apply({"op": "decide", "gid": "g3", "decision": "commit", "now": 3}) == "ok"
+    assert book.get("g3")["state"] == "COMMITTING"
+
+
+def test_3pc_does_not_start_a_round_past_the_deadline_and_a_no_vote_refuses():
+    book = three_phase(deadline=5.0)
+    vote(book, "inventory", 0)
+    vote(book, "payment", 0, now=6.0)
+    assert book.get("g3")["state"] == "CAN_COMMIT"  # too late to pre-commit anything: the driver aborts
+    book = three_phase()
+    vote(book, "inventory", 0, ok=False)
+    vote(book, "payment", 0)
+    record = book.get("g3")
+    assert record["state"] == "CAN_COMMIT" and record["branches"]["inventory"]["state"] == "REFUSED"
+    assert book.apply({"op": "decide", "gid": "g3", "decision": "abort", "now": 3}) == "ok"
+    assert book.get("g3")["state"] == "ABORTING"
+
+
+def test_a_phase_two_answer_is_kept_as_the_branch_result():
+    book = three_phase()
+    for number in (0, 1):
+        vote(book, "inventory", number)
+    vote(book, "payment", 0)
+    book.apply({"op": "decide", "gid": "g3", "decision": "abort", "now": 3})
+    book.apply({"op": "settled", "gid": "g3", "branch": "payment", "outcome": "COMMITTED_ON_TIMEOUT", "now": 4})
+    branch = book.get("g3")["branches"]["payment"]
+    assert (branch["state"], branch["result"]) == ("ABORTED", "COMMITTED_ON_TIMEOUT")
+    assert branch["timeline"][-1] == [4, "abort: COMMITTED_ON_TIMEOUT"]

@@ -1,0 +1,412 @@
+"""2PC and 3PC participants: the work of a branch held in a PostgreSQL prepared transaction.
+
+A branch's prepared transaction is named `txlab:<gid>:<branch>`; it is driven with psycopg's two-phase API
+(`tpc_begin`, `tpc_prepare`, `tpc_commit`, `tpc_rollback`, `tpc_recover`), which SQLAlchemy's asyncio layer
+and asyncpg lack. The business effects are the TCC participant's own (`Effects`): the work of Try and of
+Confirm, run in one transaction and prepared, so that COMMIT PREPARED makes it final and ROLLBACK PREPARED
+leaves no trace. The barrier table remembers what happened once the prepared transaction is gone:
+
+- **2PC** (`/internal/xa/prepare|commit|rollback`): the prepare writes the row `(gid, branch, 'xa', COMMITTED)`
+  inside the prepared transaction, so it exists exactly when the branch committed. A rollback leaves the row
+  ROLLED_BACK, which also bars a prepare arriving after it (it does nothing). Every call repeated, or late,
+  answers with the branch's outcome; a commit of a branch that never prepared is 409.
+- **3PC** (`/internal/3pc/can-commit|pre-commit|do-commit|abort`): can-commit checks the work can be done,
+  taking no lock, and records the vote; pre-commit does the work and prepares it; do-commit commits it; abort
+  rolls it back. The participant's own timeouts are 3PC's: a branch that voted yes and heard nothing more
+  for `TXLAB_3PC_TIMEOUT_SECONDS` aborts, and a pre-committed one **commits on its own**, which is how 3PC
+  stays live without its coordinator, and how a partition makes it inconsistent.
+
+Nothing of ours stays prepared: `resolve_prepared` runs in each participant. It applies the 3PC timeouts,
+and asks the coordinator about every other prepared transaction of ours older than `TXLAB_INDOUBT_SECONDS`
+(the in-doubt sweep): it commits or rolls back as the decision says, rolls back one whose gid the coordinator
+never heard of, and leaves an undecided one to its coordinator. A prepared transaction whose name lacks the
+`txlab:` prefix belongs to someone else and is never touched.
+"""
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import psycopg
+import sqlalchemy as sa
+from fastapi import APIRouter, Depends, HTTPException, Request
+from psycopg import errors
+from psycopg.rows import namedtuple_row
+from psycopg_pool import AsyncConnectionPool
+from sqlalchemy.dialects.postgresql import psycopg as pg_dialect
+
+from services.common.auth import require_token
+from services.common.settings import Settings
+from services.coordinator.client import CoordinatorClient, CoordinatorUnavailable
+from services.runtime.state import Runtime, runtime
+from services.runtime.tcc import Branch, Effects, lose_answer
+
+log = logging.getLogger("txlab.prepared")
+
+PREFIX = "txlab:"
+XA, THREE_PC = "xa", "3pc"  # the barrier's op for each protocol
+PREPARED, COMMITTED, ROLLED_BACK, SKIPPED = "PREPARED", "COMMITTED", "ROLLED_BACK", "SKIPPED"
+VOTED_YES, VOTED_NO, ABORTED = "VOTED_YES", "VOTED_NO", "ABORTED"
+ABORTED_ON_TIMEOUT, COMMITTED_ON_TIMEOUT = "ABORTED_ON_TIMEOUT", "COMMITTED_ON_TIMEOUT"
+LOCK_TIMEOUT = "2s"  # a rollback waiting this long on a prepare in progress asks to be retried
+
+
+def xid_name(gid: str, branch: str) -> str:
+    return f"{PREFIX}{gid}:{branch}"
+
+
+def parse_xid(name: str) -> tuple[str, str] | None:
+    """(gid, branch) of one of our prepared transactions; None for any other name."""
+    if not name.startswith(PREFIX):
+        return None
+    gid, _, branch = name[len(PREFIX):].rpartition(":")
+    return (gid, branch) if gid and branch in ("inventory", "payment") else None
+
+
+class Refused(Exception):
+    """A call that cannot be honoured (409), e.g. a commit of a branch that never prepared."""
+
+
+class Busy(Exception):
+    """A call that met a prepare in progress on the same branch (503: retry)."""
+
+
+# ----------------------------------------------------------------------------------------------- SQL
+_DIALECT = pg_dialect.dialect()
+
+
+class _Rows:
+    def __init__(self, rows: list[Any]) -> None:
+        self._rows = rows
+
+    def all(self) -> list[Any]:
+        return self._rows
+
+    def first(self) -> Any:
+        return self._rows[0] if self._rows else None
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._rows)
+
+
+class Sql:
+    """The SQLAlchemy statements of a participant's effects, run on a psycopg connection: the effects are
+    written once, for the TCC participant's SQLAlchemy connection, and run unchanged in a prepared one."""
+
+    def __init__(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        self.conn = conn
+
+    async def execute(self, clause: sa.TextClause, params: dict[str, Any] | None = None) -> _Rows:
+        compiled = clause.compile(dialect=_DIALECT)
+        cursor = await self.conn.execute(str(compiled), compiled.construct_params(params or {}))
+        return _Rows(await cursor.fetchall() if cursor.description else [])
+
+    async def scalar(self, clause: sa.TextClause, params: dict[str, Any] | None = None) -> Any:
+        row = (await self.execute(clause, params)).first()
+        return row[0] if row is not None else None
+
+
+# what a 3PC can-commit checks: None when the work can be done, else why not
+CanDo = Callable[[Sql, Any], Awaitable[str | None]]
+
+
+async def _reset(conn: psycopg.AsyncConnection[Any]) -> None:
+    await conn.set_autocommit(True)
+
+
+@dataclass
+class Pools:
+    """A participant's psycopg connections, autocommit between transactions (COMMIT PREPARED needs it), in two
+    pools: a prepare may wait on the row locks of another branch's prepared transaction, and the COMMIT
+    PREPARED that releases them must never queue behind it (with one pool, ten waiting prepares took every
+    connection from the commits they waited for)."""
+
+    work: AsyncConnectionPool  # prepares and votes
+    finish: AsyncConnectionPool  # commits, rollbacks, the sweep and the 3PC timeouts
+
+    async def open(self) -> None:
+        await self.work.open()
+        await self.finish.open()
+
+    async def close(self) -> None:
+        await self.work.close()
+        await self.finish.close()
+
+
+def make_pools(settings: Settings, service: str) -> Pools:
+    conninfo = settings.dsn(service, "psycopg").replace("postgresql+psycopg://", "postgresql://", 1)
+
+    def pool(name: str, size: int) -> AsyncConnectionPool:
+        return AsyncConnectionPool(conninfo, min_size=1, max_size=size, open=False, reset=_reset, timeout=10.0,
+                                   kwargs={"autocommit": True, "row_factory": namedtuple_row},
+                                   name=f"{service}-{name}")
+
+    return Pools(work=pool("prepare", 10), finish=pool("finish", 4))
+
+
+# ------------------------------------------------------------------------------------ one participant
+async def _state(conn: psycopg.AsyncConnection[Any], gid: str, branch: str, protocol: str) -> tuple[str | None, bool]:
+    """The branch's barrier outcome (None: no row) and whether its prepared transaction exists."""
+    cursor = await conn.execute(
+        "SELECT (SELECT outcome FROM tcc_barrier WHERE gid = %s AND branch = %s AND op = %s) AS outcome, "
+        "EXISTS (SELECT 1 FROM pg_prepared_xacts WHERE gid = %s AND database = current_database()) AS prepared",
+        (gid, branch, protocol, xid_name(gid, branch)))
+    row = await cursor.fetchone()
+    return row.outcome, row.prepared
+
+
+async def prepare(pool: AsyncConnectionPool, body: Branch, effects: Effects, protocol: str,
+                  lock_wait: float) -> dict[str, Any]:
+    """2PC prepare, 3PC pre-commit: do the work (Try's, then Confirm's) and PREPARE TRANSACTION. A row lock
+    waited for longer than `lock_wait` seconds refuses the prepare."""
+    name = xid_name(body.gid, body.branch)
+    async with pool.connection() as conn:
+        outcome, prepared = await _state(conn, body.gid, body.branch, protocol)
+        if prepared:
+            return {"outcome": PREPARED, "ready": True, "repeated": True}
+        if outcome is not None and outcome.startswith(COMMITTED):
+            return {"outcome": outcome, "ready": True, "repeated": True}
+        if protocol == XA and outcome is not None:
+            return {"outcome": SKIPPED, "ready": False, "why": "rolled back before this prepare arrived"}
+        if protocol == THREE_PC and outcome != VOTED_YES:
+            why = "no can-commit vote" if outcome is None else f"its vote is {outcome}"
+            return {"outcome": SKIPPED, "ready": False, "why": f"{why}: this pre-commit does nothing"}
+        await conn.set_autocommit(False)
+        await conn.tpc_begin(name)
+        try:
+            # past the phase-1 deadline a prepare is no use: the coordinator has aborted
+            await conn.execute(f"SET LOCAL lock_timeout = '{int(lock_wait * 1000)}ms'")
+            if protocol == XA:  # the row exists once committed; a rollback's row bars this prepare
+                cursor = await conn.execute(
+                    "INSERT INTO tcc_barrier (gid, branch, op, outcome) VALUES (%s, %s, 'xa', %s) "
+                    "ON CONFLICT (gid, branch, op) DO NOTHING RETURNING 1", (body.gid, body.branch, COMMITTED))
+            else:  # the vote becomes COMMITTED once committed; an abort or a timeout came first: nothing
+                cursor = await conn.execute(
+                    "UPDATE tcc_barrier SET outcome = %s, at = now() WHERE gid = %s AND branch = %s AND op = '3pc' "
+                    "AND outcome = %s RETURNING 1", (COMMITTED, body.gid, body.branch, VOTED_YES))
+            if await cursor.fetchone() is None:
+                await conn.tpc_rollback()
+                return {"outcome": SKIPPED, "ready": False, "why": "aborted while this call was on its way"}
+            sql = Sql(conn)
+            try:
+                tried = await effects.try_(sql, body)
+            except errors.LockNotAvailable:
+                await conn.tpc_rollback()
+                return {"outcome": "BUSY", "ready": False,
+                        "why": f"waited {lock_wait:g}s for a row another transaction holds"}
+            if not tried.held:
+                await conn.tpc_rollback()  # not prepared: nothing of it remains
+                return {"outcome": tried.outcome, "ready": False,
+                        **({"why": tried.detail["why"]} if "why" in tried.detail else {})}
+            await effects.confirm(sql, tried.detail)
+            await conn.tpc_prepare()
+        except BaseException:
+            await conn.close()  # an unprepared transaction dies with its connection; the pool opens another
+            raise
+        await conn.close()  # psycopg runs nothing more on a connection that prepared until it commits
+    return {"outcome": PREPARED, "ready": True}
+
+
+async def commit(pool: AsyncConnectionPool, gid: str, branch: str, protocol: str) -> dict[str, Any]:
+    """2PC commit, 3PC do-commit: COMMIT PREPARED; repeated, it answers COMMITTED."""
+    async with pool.connection() as conn:
+        try:
+            await conn.tpc_commit(xid_name(gid, branch))
+            return {"outcome": COMMITTED}
+        except errors.UndefinedObject:  # no such prepared transaction: it ended already, or never was
+            pass
+        outcome, _ = await _state(conn, gid, branch, protocol)
+    if outcome is not None and outcome.startswith(COMMITTED):
+        return {"outcome": outcome, "repeated": True}
+    raise Refused(f"cannot commit branch {branch} of {gid}: " +
+                  ("it never prepared" if outcome in (None, VOTED_YES) else f"it is {outcome}"))
+
+
+async def rollback(pool: AsyncConnectionPool, gid: str, branch: str, protocol: str) -> dict[str, Any]:
+    """2PC rollback, 3PC abort: ROLLBACK PREPARED, and a barrier row that makes a late prepare do nothing.
+    A branch that committed already (a 3PC one on its own) answers with that outcome."""
+    async with pool.connection() as conn:
+        try:
+            await conn.tpc_rollback(xid_name(gid, branch))
+            rolled = True
+        except errors.UndefinedObject:
+            rolled = False
+        outcome, _ = await _state(conn, gid, branch, protocol)
+        if outcome is not None and outcome.startswith(COMMITTED):
+            return {"outcome": outcome, "committed": True}
+        mark = ROLLED_BACK if protocol == XA else ABORTED
+        try:
+            async with conn.transaction():
+                await conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
+                await conn.execute(
+                    "INSERT INTO tcc_barrier (gid, branch, op, outcome) VALUES (%s, %s, %s, %s) "
+                    "ON CONFLICT (gid, branch, op) DO UPDATE SET outcome = EXCLUDED.outcome, at = now() "
+                    "WHERE tcc_barrier.outcome IN (%s, %s)", (gid, branch, protocol, mark, VOTED_YES, VOTED_NO))
+        except errors.LockNotAvailable:
+            raise Busy(f"a {'prepare' if protocol == XA else 'pre-commit'} of branch {branch} of {gid} is in "
+                       "progress; retry") from None
+        outcome, _ = await _state(conn, gid, branch, protocol)
+    return {"outcome": outcome or mark, **({} if rolled else {"nothing_prepared": True})}
+
+
+async def can_commit(pool: AsyncConnectionPool, body: Branch, check: CanDo) -> dict[str, Any]:
+    """3PC can-commit: whether the work can be done, read without a lock, and the vote recorded."""
+    async with pool.connection() as conn:
+        outcome, _ = await _state(conn, body.gid, body.branch, THREE_PC)
+        if outcome is None:
+            why = await check(Sql(conn), body)
+            vote = VOTED_NO if why else VOTED_YES
+            cursor = await conn.execute(
+                "INSERT INTO tcc_barrier (gid, branch, op, outcome) VALUES (%s, %s, '3pc', %s) "
+                "ON CONFLICT (gid, branch, op) DO NOTHING RETURNING 1", (body.gid, body.branch, vote))
+            if await cursor.fetchone() is not None:
+                return {"outcome": vote, "ready": not why, **({"why": why} if why else {})}
+            outcome, _ = await _state(conn, body.gid, body.branch, THREE_PC)
+    ready = outcome == VOTED_YES or (outcome or "").startswith(COMMITTED)
+    return {"outcome": outcome, "ready": ready, "repeated": True,
+            **({} if ready else {"why": f"this branch is {outcome}"})}
+
+
+# ------------------------------------------------------------------------------------------ routes
+def prepared_router(service: str, try_body: type[Branch], effects: Effects, check: CanDo) -> APIRouter:
+    """`POST /internal/xa/prepare|commit|rollback` and `/internal/3pc/can-commit|pre-commit|do-commit|abort`.
+    (This module does not postpone annotations: FastAPI reads `try_body`, a local, as the bodies' type.)"""
+    r = APIRouter(prefix="/internal", dependencies=[Depends(require_token)], include_in_schema=False)
+
+    async def run(request: Request, point: str, call: Callable[[Pools], Awaitable[dict[str, Any]]],
+                  answer_first: bool = False) -> dict[str, Any]:
+        """Run `call` behind its fault point: hit before it, or, for a prepare, after it (a crash then leaves
+        the branch prepared and unanswered; `drop` holds its answer back)."""
+        rt = runtime(request)
+        action = None if answer_first else await rt.faults.hit(point)
+        try:
+            answer = await call(rt.pg)
+        except Refused as exc:
+            raise HTTPException(409, str(exc)) from None
+        except Busy as exc:
+            raise HTTPException(503, str(exc)) from None
+        if answer_first:
+            action = await rt.faults.hit(point)
+        if action == "drop":
+            await lose_answer(point)
+        return answer
+
+    def lock_wait(request: Request) -> float:
+        return runtime(request).settings.tcc_deadline_seconds
+
+    @r.post("/xa/prepare")
+    async def xa_prepare(body: try_body, request: Request) -> dict[str, Any]:  # type: ignore[valid-type]
+        return await run(request, f"{service}.xa.prepare",
+                         lambda pg: prepare(pg.work, body, effects, XA, lock_wait(request)), answer_first=True)
+
+    @r.post("/xa/commit")
+    async def xa_commit(body: Branch, request: Request) -> dict[str, Any]:
+        return await run(request, f"{service}.xa.commit", lambda pg: commit(pg.finish, body.gid, body.branch, XA))
+
+    @r.post("/xa/rollback")
+    async def xa_rollback(body: Branch, request: Request) -> dict[str, Any]:
+        return await run(request, f"{service}.xa.rollback",
+                         lambda pg: rollback(pg.finish, body.gid, body.branch, XA))
+
+    @r.post("/3pc/can-commit")
+    async def three_can_commit(body: try_body, request: Request) -> dict[str, Any]:  # type: ignore[valid-type]
+        return await run(request, f"{service}.3pc.can_commit", lambda pg: can_commit(pg.work, body, check))
+
+    @r.post("/3pc/pre-commit")
+    async def three_pre_commit(body: try_body, request: Request) -> dict[str, Any]:  # type: ignore[valid-type]
+        return await run(request, f"{service}.3pc.pre_commit",
+                         lambda pg: prepare(pg.work, body, effects, THREE_PC, lock_wait(request)), answer_first=True)
+
+    @r.post("/3pc/do-commit")
+    async def three_do_commit(body: Branch, request: Request) -> dict[str, Any]:
+        return await run(request, f"{service}.3pc.do_commit",
+                         lambda pg: commit(pg.finish, body.gid, body.branch, THREE_PC))
+
+    @r.post("/3pc/abort")
+    async def three_abort(body: Branch, request: Request) -> dict[str, Any]:
+        return await run(request, f"{service}.3pc.abort",
+                         lambda pg: rollback(pg.finish, body.gid, body.branch, THREE_PC))
+
+    return r
+
+
+# ------------------------------------------------------------------------------- nothing left prepared
+async def resolve_prepared(rt: Runtime, every: float = 0.5) -> None:
+    """The participant's background loop: 3PC's timeouts, then the 2PC in-doubt sweep (module docstring)."""
+    while True:
+        await asyncio.sleep(every)
+        try:
+            await threepc_timeouts(rt.pg.finish, rt.settings.threepc_timeout_seconds)
+            await sweep_in_doubt(rt.pg.finish, rt.settings, rt.http)
+        except (psycopg.Error, OSError) as exc:
+            log.warning("resolving prepared transactions: %s", exc)
+
+
+async def ours(pool: AsyncConnectionPool, older_than: float) -> list[tuple[str, str]]:
+    """(gid, branch) of our prepared transactions in this database, prepared more than `older_than` s ago."""
+    async with pool.connection() as conn:
+        database = (await (await conn.execute("SELECT current_database() AS db")).fetchone()).db
+        xids = await conn.tpc_recover()
+    cutoff = datetime.now(UTC) - timedelta(seconds=older_than)
+    found = []
+    for xid in xids:
+        parsed = parse_xid(xid.gtrid) if xid.format_id is None else None
+        if parsed is not None and xid.database == database and xid.prepared is not None and xid.prepared < cutoff:
+            found.append(parsed)
+    return found
+
+
+async def threepc_timeouts(pool: AsyncConnectionPool, timeout: float) -> None:
+    async with pool.connection() as conn:
+        # voted yes and heard nothing more: abort (nothing is held; a pre-commit arriving later does nothing).
+        # A vote whose pre-commit is running, or prepared, is locked by it and skipped.
+        cursor = await conn.execute(
+            "UPDATE tcc_barrier SET outcome = %s, at = now() WHERE (gid, branch, op) IN (SELECT gid, branch, op "
+            "FROM tcc_barrier WHERE op = '3pc' AND outcome = %s AND at < now() - make_interval(secs => %s) "
+            "FOR UPDATE SKIP LOCKED) RETURNING gid, branch", (ABORTED_ON_TIMEOUT, VOTED_YES, timeout))
+        for row in await cursor.fetchall():
+            log.warning("3pc %s/%s: voted yes and heard nothing for %gs: aborted", row.gid, row.branch, timeout)
+    for gid, branch in await ours(pool, timeout):
+        async with pool.connection() as conn:
+            cursor = await conn.execute("SELECT 1 FROM tcc_barrier WHERE gid = %s AND branch = %s AND op = '3pc'",
+                                        (gid, branch))
+            if await cursor.fetchone() is None:
+                continue  # a 2PC branch: the sweep's
+            try:
+                await conn.tpc_commit(xid_name(gid, branch))
+            except errors.UndefinedObject:
+                continue  # its do-commit or abort came meanwhile
+            await conn.execute("UPDATE tcc_barrier SET outcome = %s, at = now() WHERE gid = %s AND branch = %s "
+                               "AND op = '3pc'", (COMMITTED_ON_TIMEOUT, gid, branch))
+        log.warning("3pc %s/%s: pre-committed and heard nothing for %gs: committed on its own", gid, branch, timeout)
+
+
+async def sweep_in_doubt(pool: AsyncConnectionPool, settings: Settings, http: httpx.AsyncClient) -> None:
+    found = await ours(pool, settings.indoubt_seconds)
+    if not found:
+        return
+    client = CoordinatorClient(settings, http, deadline=3.0)
+    for gid, branch in found:
+        try:
+            response = await client.request("GET", f"/transactions/{gid}")
+        except CoordinatorUnavailable as exc:
+            log.warning("in doubt %s/%s: %s", gid, branch, exc)
+            return
+        if response.status_code == 404:
+            decision = "abort"  # the coordinator never heard of it: nobody will ever commit it
+        elif response.status_code == 200:
+            record = response.json()
+            if record.get("pattern") == "3pc":
+                continue  # 3PC's own timeouts end it
+            decision = record.get("decision")
+        else:
+            continue
+        if decision not in ("commit", "abort"):
+            continue  # not decided yet: its coordinator will
+        done = await (commit if decision == "commit" else rollback)(pool, gid, branch, XA)
+        log.warning("in doubt %s/%s for over %gs: the coordinator says %s: %s", gid, branch,
+                    settings.indoubt_seconds, decision, done["outcome"])
