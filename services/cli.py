@@ -12,6 +12,7 @@ from typing import Any, NoReturn
 import httpx
 import psycopg
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
@@ -82,7 +83,10 @@ def _console() -> Console:
 
 
 def _settings() -> Settings:
-    return get_settings()
+    try:
+        return get_settings()
+    except ValidationError as exc:
+        _fail("invalid settings: " + "; ".join(e["msg"] for e in exc.errors()))
 
 
 def _fail(message: str, code: int = 2) -> NoReturn:

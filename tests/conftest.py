@@ -41,7 +41,7 @@ def containers() -> Iterator[dict[str, str]]:
     from testcontainers.redis import RedisContainer
 
     pg = PostgresContainer("postgres:15", username="postgres", password="postgres", driver=None)
-    pg.with_command("postgres -c max_prepared_transactions=64")
+    pg.with_command("postgres -c max_prepared_transactions=300 -c max_connections=300")
     with pg, RabbitMqContainer("rabbitmq:3.12") as mq, RedisContainer("redis:7") as r1, \
             RedisContainer("redis:7") as r2, RedisContainer("redis:7") as r3:
         host = pg.get_container_host_ip()

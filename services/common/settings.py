@@ -7,7 +7,7 @@ from functools import lru_cache
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 SERVICES = ("order", "inventory", "payment")
@@ -79,7 +79,17 @@ class Settings(BaseSettings):
     indoubt_seconds: float = Field(30.0, gt=0)
     # 3PC: a participant that voted yes and heard nothing more this long aborts; one pre-committed commits
     threepc_timeout_seconds: float = Field(15.0, gt=0, validation_alias=AliasChoices(
-        "threepc_timeout_seconds", "TXLAB_3PC_TIMEOUT_SECONDS", "TXLAB_THREEPC_TIMEOUT_SECONDS"))
+        "threepc_timeout_seconds", "TXLAB_THREEPC_TIMEOUT_SECONDS", "TXLAB_3PC_TIMEOUT_SECONDS"))
+
+    @model_validator(mode="after")
+    def _timeouts_in_order(self) -> Settings:
+        """3PC's participant timeout must outlast phase 1 (or a pre-committed branch commits while its
+        transaction can still abort, with no fault at all), and the in-doubt sweep must wait for it."""
+        if not self.tcc_deadline_seconds < self.threepc_timeout_seconds < self.indoubt_seconds:
+            raise ValueError(f"need TXLAB_TCC_DEADLINE_SECONDS ({self.tcc_deadline_seconds:g}) < "
+                             f"TXLAB_3PC_TIMEOUT_SECONDS ({self.threepc_timeout_seconds:g}) < "
+                             f"TXLAB_INDOUBT_SECONDS ({self.indoubt_seconds:g})")
+        return self
 
     def model_post_init(self, _context: object) -> None:
         if not self.admin_token:

@@ -159,7 +159,7 @@ class Driver:
         while True:
             try:
                 # waited for past the deadline too: a late answer is kept on the branch's timeline
-                answer = await self._call(name, op, {**body, "gid": gid, "branch": name},
+                answer = await self._call(name, op, {**body, "gid": gid, "branch": name, "deadline": deadline},
                                           timeout=min(max(0.0, deadline - time.time()), MAX_DEADLINE_SECONDS)
                                           + LATE_ANSWER_SECONDS)
             except CallFailed as exc:

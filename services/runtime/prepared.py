@@ -24,8 +24,10 @@ never heard of, and leaves an undecided one to its coordinator. A prepared trans
 """
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Iterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -36,7 +38,7 @@ import sqlalchemy as sa
 from fastapi import APIRouter, Depends, HTTPException, Request
 from psycopg import errors
 from psycopg.rows import namedtuple_row
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from sqlalchemy.dialects.postgresql import psycopg as pg_dialect
 
 from services.common.auth import require_token
@@ -52,7 +54,7 @@ XA, THREE_PC = "xa", "3pc"  # the barrier's op for each protocol
 PREPARED, COMMITTED, ROLLED_BACK, SKIPPED = "PREPARED", "COMMITTED", "ROLLED_BACK", "SKIPPED"
 VOTED_YES, VOTED_NO, ABORTED = "VOTED_YES", "VOTED_NO", "ABORTED"
 ABORTED_ON_TIMEOUT, COMMITTED_ON_TIMEOUT = "ABORTED_ON_TIMEOUT", "COMMITTED_ON_TIMEOUT"
-LOCK_TIMEOUT = "2s"  # a rollback waiting this long on a prepare in progress asks to be retried
+SHORT_LOCK_WAIT = "50ms"  # a barrier row another call of the same branch holds: answered at once, not waited for
 
 
 def xid_name(gid: str, branch: str) -> str:
@@ -120,32 +122,40 @@ async def _reset(conn: psycopg.AsyncConnection[Any]) -> None:
 
 @dataclass
 class Pools:
-    """A participant's psycopg connections, autocommit between transactions (COMMIT PREPARED needs it), in two
-    pools: a prepare may wait on the row locks of another branch's prepared transaction, and the COMMIT
-    PREPARED that releases them must never queue behind it (with one pool, ten waiting prepares took every
-    connection from the commits they waited for)."""
+    """A participant's psycopg connections, autocommit between transactions (COMMIT PREPARED needs it).
 
-    work: AsyncConnectionPool  # prepares and votes
-    finish: AsyncConnectionPool  # commits, rollbacks, the sweep and the 3PC timeouts
+    A prepare runs on a connection of its own, closed once it prepared (psycopg runs nothing more on a
+    connection that prepared until it commits, and the commit comes on another one); at most `slots` at
+    once. Everything else (votes, commits, rollbacks, the sweep) takes a pooled connection for a few short
+    statements, never waiting on a row lock for long: a prepare waiting on the locks of another branch's
+    prepared transaction never holds a connection that the COMMIT PREPARED releasing them needs."""
+
+    conninfo: str
+    pool: AsyncConnectionPool
+    slots: asyncio.Semaphore
 
     async def open(self) -> None:
-        await self.work.open()
-        await self.finish.open()
+        await self.pool.open()
 
     async def close(self) -> None:
-        await self.work.close()
-        await self.finish.close()
+        await self.pool.close()
+
+    @contextlib.asynccontextmanager
+    async def own_connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        async with self.slots:
+            conn = await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True, row_factory=namedtuple_row)
+            try:
+                yield conn
+            finally:
+                await conn.close()  # an unprepared transaction dies with it; a prepared one stays
 
 
-def make_pools(settings: Settings, service: str) -> Pools:
+def make_pools(settings: Settings, service: str, prepares: int = 10, size: int = 6) -> Pools:
     conninfo = settings.dsn(service, "psycopg").replace("postgresql+psycopg://", "postgresql://", 1)
-
-    def pool(name: str, size: int) -> AsyncConnectionPool:
-        return AsyncConnectionPool(conninfo, min_size=1, max_size=size, open=False, reset=_reset, timeout=10.0,
-                                   kwargs={"autocommit": True, "row_factory": namedtuple_row},
-                                   name=f"{service}-{name}")
-
-    return Pools(work=pool("prepare", 10), finish=pool("finish", 4))
+    return Pools(conninfo, AsyncConnectionPool(conninfo, min_size=1, max_size=size, open=False, reset=_reset,
+                                               timeout=10.0, name=f"{service}-prepared",
+                                               kwargs={"autocommit": True, "row_factory": namedtuple_row}),
+                 asyncio.Semaphore(prepares))
 
 
 # ------------------------------------------------------------------------------------ one participant
@@ -159,12 +169,11 @@ async def _state(conn: psycopg.AsyncConnection[Any], gid: str, branch: str, prot
     return row.outcome, row.prepared
 
 
-async def prepare(pool: AsyncConnectionPool, body: Branch, effects: Effects, protocol: str,
-                  lock_wait: float) -> dict[str, Any]:
-    """2PC prepare, 3PC pre-commit: do the work (Try's, then Confirm's) and PREPARE TRANSACTION. A row lock
-    waited for longer than `lock_wait` seconds refuses the prepare."""
+async def prepare(pools: Pools, body: Branch, effects: Effects, protocol: str, deadline: float) -> dict[str, Any]:
+    """2PC prepare, 3PC pre-commit: do the work (Try's, then Confirm's) and PREPARE TRANSACTION. The work waits
+    for a row lock at most until the phase-1 `deadline` (epoch seconds): after it the coordinator aborts."""
     name = xid_name(body.gid, body.branch)
-    async with pool.connection() as conn:
+    async with pools.own_connection() as conn:
         outcome, prepared = await _state(conn, body.gid, body.branch, protocol)
         if prepared:
             return {"outcome": PREPARED, "ready": True, "repeated": True}
@@ -178,37 +187,46 @@ async def prepare(pool: AsyncConnectionPool, body: Branch, effects: Effects, pro
         await conn.set_autocommit(False)
         await conn.tpc_begin(name)
         try:
-            # past the phase-1 deadline a prepare is no use: the coordinator has aborted
-            await conn.execute(f"SET LOCAL lock_timeout = '{int(lock_wait * 1000)}ms'")
-            if protocol == XA:  # the row exists once committed; a rollback's row bars this prepare
-                cursor = await conn.execute(
-                    "INSERT INTO tcc_barrier (gid, branch, op, outcome) VALUES (%s, %s, 'xa', %s) "
-                    "ON CONFLICT (gid, branch, op) DO NOTHING RETURNING 1", (body.gid, body.branch, COMMITTED))
-            else:  # the vote becomes COMMITTED once committed; an abort or a timeout came first: nothing
-                cursor = await conn.execute(
-                    "UPDATE tcc_barrier SET outcome = %s, at = now() WHERE gid = %s AND branch = %s AND op = '3pc' "
-                    "AND outcome = %s RETURNING 1", (COMMITTED, body.gid, body.branch, VOTED_YES))
-            if await cursor.fetchone() is None:
-                await conn.tpc_rollback()
-                return {"outcome": SKIPPED, "ready": False, "why": "aborted while this call was on its way"}
-            sql = Sql(conn)
-            try:
-                tried = await effects.try_(sql, body)
-            except errors.LockNotAvailable:
-                await conn.tpc_rollback()
-                return {"outcome": "BUSY", "ready": False,
-                        "why": f"waited {lock_wait:g}s for a row another transaction holds"}
-            if not tried.held:
-                await conn.tpc_rollback()  # not prepared: nothing of it remains
-                return {"outcome": tried.outcome, "ready": False,
-                        **({"why": tried.detail["why"]} if "why" in tried.detail else {})}
-            await effects.confirm(sql, tried.detail)
-            await conn.tpc_prepare()
-        except BaseException:
-            await conn.close()  # an unprepared transaction dies with its connection; the pool opens another
-            raise
-        await conn.close()  # psycopg runs nothing more on a connection that prepared until it commits
+            claimed = await _claim_branch(conn, body, protocol)
+        except errors.LockNotAvailable:  # the same branch's other call holds the row: it runs, or prepared
+            await conn.tpc_rollback()
+            await conn.set_autocommit(True)
+            if (await _state(conn, body.gid, body.branch, protocol))[1]:
+                return {"outcome": PREPARED, "ready": True, "repeated": True}
+            raise Busy(f"another call of branch {body.branch} of {body.gid} is in progress; retry") from None
+        if not claimed:
+            await conn.tpc_rollback()
+            return {"outcome": SKIPPED, "ready": False, "why": "aborted while this call was on its way"}
+        wait = max(0.05, deadline - time.time())
+        await conn.execute(f"SET LOCAL lock_timeout = '{int(wait * 1000)}ms'")
+        sql = Sql(conn)
+        try:
+            tried = await effects.try_(sql, body)
+        except errors.LockNotAvailable:
+            await conn.tpc_rollback()
+            return {"outcome": "BUSY", "ready": False,
+                    "why": f"waited {wait:.1f}s, until the deadline, for a row another transaction holds"}
+        if not tried.held:
+            await conn.tpc_rollback()  # not prepared: nothing of it remains
+            return {"outcome": tried.outcome, "ready": False,
+                    **({"why": tried.detail["why"]} if "why" in tried.detail else {})}
+        await effects.confirm(sql, tried.detail)
+        await conn.tpc_prepare()
     return {"outcome": PREPARED, "ready": True}
+
+
+async def _claim_branch(conn: psycopg.AsyncConnection[Any], body: Branch, protocol: str) -> bool:
+    """The branch's barrier row, in the prepared transaction: False when an abort or a timeout came first."""
+    await conn.execute(f"SET LOCAL lock_timeout = '{SHORT_LOCK_WAIT}'")
+    if protocol == XA:  # the row exists once committed; a rollback's row bars this prepare
+        cursor = await conn.execute(
+            "INSERT INTO tcc_barrier (gid, branch, op, outcome) VALUES (%s, %s, 'xa', %s) "
+            "ON CONFLICT (gid, branch, op) DO NOTHING RETURNING 1", (body.gid, body.branch, COMMITTED))
+    else:  # the vote becomes COMMITTED once committed
+        cursor = await conn.execute(
+            "UPDATE tcc_barrier SET outcome = %s, at = now() WHERE gid = %s AND branch = %s AND op = '3pc' "
+            "AND outcome = %s RETURNING 1", (COMMITTED, body.gid, body.branch, VOTED_YES))
+    return await cursor.fetchone() is not None
 
 
 async def commit(pool: AsyncConnectionPool, gid: str, branch: str, protocol: str) -> dict[str, Any]:
@@ -241,7 +259,7 @@ async def rollback(pool: AsyncConnectionPool, gid: str, branch: str, protocol: s
         mark = ROLLED_BACK if protocol == XA else ABORTED
         try:
             async with conn.transaction():
-                await conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
+                await conn.execute(f"SET LOCAL lock_timeout = '{SHORT_LOCK_WAIT}'")
                 await conn.execute(
                     "INSERT INTO tcc_barrier (gid, branch, op, outcome) VALUES (%s, %s, %s, %s) "
                     "ON CONFLICT (gid, branch, op) DO UPDATE SET outcome = EXCLUDED.outcome, at = now() "
@@ -295,41 +313,43 @@ def prepared_router(service: str, try_body: type[Branch], effects: Effects, chec
             await lose_answer(point)
         return answer
 
-    def lock_wait(request: Request) -> float:
-        return runtime(request).settings.tcc_deadline_seconds
+    def deadline(request: Request, body: Branch) -> float:
+        """The phase-1 deadline the coordinator sent, else the settings' phase-1 length from now."""
+        return body.deadline or time.time() + runtime(request).settings.tcc_deadline_seconds
 
     @r.post("/xa/prepare")
     async def xa_prepare(body: try_body, request: Request) -> dict[str, Any]:  # type: ignore[valid-type]
         return await run(request, f"{service}.xa.prepare",
-                         lambda pg: prepare(pg.work, body, effects, XA, lock_wait(request)), answer_first=True)
+                         lambda pg: prepare(pg, body, effects, XA, deadline(request, body)), answer_first=True)
 
     @r.post("/xa/commit")
     async def xa_commit(body: Branch, request: Request) -> dict[str, Any]:
-        return await run(request, f"{service}.xa.commit", lambda pg: commit(pg.finish, body.gid, body.branch, XA))
+        return await run(request, f"{service}.xa.commit", lambda pg: commit(pg.pool, body.gid, body.branch, XA))
 
     @r.post("/xa/rollback")
     async def xa_rollback(body: Branch, request: Request) -> dict[str, Any]:
         return await run(request, f"{service}.xa.rollback",
-                         lambda pg: rollback(pg.finish, body.gid, body.branch, XA))
+                         lambda pg: rollback(pg.pool, body.gid, body.branch, XA))
 
     @r.post("/3pc/can-commit")
     async def three_can_commit(body: try_body, request: Request) -> dict[str, Any]:  # type: ignore[valid-type]
-        return await run(request, f"{service}.3pc.can_commit", lambda pg: can_commit(pg.work, body, check))
+        return await run(request, f"{service}.3pc.can_commit", lambda pg: can_commit(pg.pool, body, check))
 
     @r.post("/3pc/pre-commit")
     async def three_pre_commit(body: try_body, request: Request) -> dict[str, Any]:  # type: ignore[valid-type]
         return await run(request, f"{service}.3pc.pre_commit",
-                         lambda pg: prepare(pg.work, body, effects, THREE_PC, lock_wait(request)), answer_first=True)
+                         lambda pg: prepare(pg, body, effects, THREE_PC, deadline(request, body)),
+                         answer_first=True)
 
     @r.post("/3pc/do-commit")
     async def three_do_commit(body: Branch, request: Request) -> dict[str, Any]:
         return await run(request, f"{service}.3pc.do_commit",
-                         lambda pg: commit(pg.finish, body.gid, body.branch, THREE_PC))
+                         lambda pg: commit(pg.pool, body.gid, body.branch, THREE_PC))
 
     @r.post("/3pc/abort")
     async def three_abort(body: Branch, request: Request) -> dict[str, Any]:
         return await run(request, f"{service}.3pc.abort",
-                         lambda pg: rollback(pg.finish, body.gid, body.branch, THREE_PC))
+                         lambda pg: rollback(pg.pool, body.gid, body.branch, THREE_PC))
 
     return r
 
@@ -340,10 +360,12 @@ async def resolve_prepared(rt: Runtime, every: float = 0.5) -> None:
     while True:
         await asyncio.sleep(every)
         try:
-            await threepc_timeouts(rt.pg.finish, rt.settings.threepc_timeout_seconds)
-            await sweep_in_doubt(rt.pg.finish, rt.settings, rt.http)
-        except (psycopg.Error, OSError) as exc:
+            await threepc_timeouts(rt.pg.pool, rt.settings.threepc_timeout_seconds)
+            await sweep_in_doubt(rt.pg.pool, rt.settings, rt.http)
+        except (psycopg.Error, OSError, PoolTimeout) as exc:
             log.warning("resolving prepared transactions: %s", exc)
+        except Exception:  # this loop must outlive any one surprise: nothing of ours may stay prepared
+            log.exception("resolving prepared transactions")
 
 
 async def ours(pool: AsyncConnectionPool, older_than: float) -> list[tuple[str, str]]:
@@ -371,15 +393,13 @@ async def threepc_timeouts(pool: AsyncConnectionPool, timeout: float) -> None:
         for row in await cursor.fetchall():
             log.warning("3pc %s/%s: voted yes and heard nothing for %gs: aborted", row.gid, row.branch, timeout)
     for gid, branch in await ours(pool, timeout):
+        if not await _is_3pc(pool, gid, branch):
+            continue  # a 2PC branch: the sweep's
         async with pool.connection() as conn:
-            cursor = await conn.execute("SELECT 1 FROM tcc_barrier WHERE gid = %s AND branch = %s AND op = '3pc'",
-                                        (gid, branch))
-            if await cursor.fetchone() is None:
-                continue  # a 2PC branch: the sweep's
             try:
                 await conn.tpc_commit(xid_name(gid, branch))
-            except errors.UndefinedObject:
-                continue  # its do-commit or abort came meanwhile
+            except (errors.UndefinedObject, errors.ObjectInUse):
+                continue  # its do-commit or abort came meanwhile, or is running
             await conn.execute("UPDATE tcc_barrier SET outcome = %s, at = now() WHERE gid = %s AND branch = %s "
                                "AND op = '3pc'", (COMMITTED_ON_TIMEOUT, gid, branch))
         log.warning("3pc %s/%s: pre-committed and heard nothing for %gs: committed on its own", gid, branch, timeout)
@@ -391,6 +411,8 @@ async def sweep_in_doubt(pool: AsyncConnectionPool, settings: Settings, http: ht
         return
     client = CoordinatorClient(settings, http, deadline=3.0)
     for gid, branch in found:
+        if await _is_3pc(pool, gid, branch):
+            continue  # 3PC's own timeouts end it
         try:
             response = await client.request("GET", f"/transactions/{gid}")
         except CoordinatorUnavailable as exc:
@@ -399,14 +421,22 @@ async def sweep_in_doubt(pool: AsyncConnectionPool, settings: Settings, http: ht
         if response.status_code == 404:
             decision = "abort"  # the coordinator never heard of it: nobody will ever commit it
         elif response.status_code == 200:
-            record = response.json()
-            if record.get("pattern") == "3pc":
-                continue  # 3PC's own timeouts end it
-            decision = record.get("decision")
+            decision = response.json().get("decision")
         else:
             continue
         if decision not in ("commit", "abort"):
             continue  # not decided yet: its coordinator will
-        done = await (commit if decision == "commit" else rollback)(pool, gid, branch, XA)
+        try:
+            done = await (commit if decision == "commit" else rollback)(pool, gid, branch, XA)
+        except (Busy, Refused, psycopg.Error) as exc:  # being ended meanwhile, or not ours to end: next round
+            log.warning("in doubt %s/%s: %s", gid, branch, exc)
+            continue
         log.warning("in doubt %s/%s for over %gs: the coordinator says %s: %s", gid, branch,
                     settings.indoubt_seconds, decision, done["outcome"])
+
+
+async def _is_3pc(pool: AsyncConnectionPool, gid: str, branch: str) -> bool:
+    async with pool.connection() as conn:
+        cursor = await conn.execute("SELECT 1 FROM tcc_barrier WHERE gid = %s AND branch = %s AND op = '3pc'",
+                                    (gid, branch))
+        return await cursor.fetchone() is not None

@@ -41,6 +41,8 @@ class Branch(BaseModel):
 
     gid: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")
     branch: str = Field(pattern=r"^(inventory|payment)$")
+    # the coordinator's phase-1 deadline (epoch seconds): a prepare waits for a row lock at most until then
+    deadline: float | None = Field(None, gt=0, allow_inf_nan=False)
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ CHEAPEST = min(PLAN.catalogue(), key=lambda row: row[2])[0]  # 1,001 of it: more
 # the 3PC timeout is shorter than the in-doubt age, as everywhere; the phase-2 retries go on long enough for a
 # partition to outlast the 3PC timeout
 TIMINGS = {"tcc_deadline_seconds": 2.0, "coordinator_retry_base_seconds": 0.05, "coordinator_retry_cap_seconds": 0.4,
-           "coordinator_max_attempts": 60, "indoubt_seconds": 3.0, "threepc_timeout_seconds": 2.0}
+           "coordinator_max_attempts": 60, "indoubt_seconds": 3.0, "threepc_timeout_seconds": 2.5}
 
 
 settings, system = own_system("xa", coordinator=True, **TIMINGS)
