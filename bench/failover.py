@@ -33,9 +33,10 @@ from services.supervisor import Supervisor
 PLAN = SeedPlan(products=100, customers=500, stock=100_000, scarce_share=0.02, poor_share=0.02)
 
 
-async def _leader(settings, http: httpx.AsyncClient, not_node: int | None = None) -> tuple[int, float]:
-    """(node, time) once a replica other than `not_node` leads and has caught up."""
-    return (await leading_replica(settings, http, not_node, within=120.0))["id"], time.monotonic()
+async def _leader(settings, http: httpx.AsyncClient, after_term: int | None = None) -> tuple[int, int, float]:
+    """(node, term, time) once a replica leads and has caught up, in a term after `after_term` when given."""
+    status = await leading_replica(settings, http, after_term, within=120.0)
+    return status["id"], status["term"], time.monotonic()
 
 
 async def _progress_after(settings, http: httpx.AsyncClient, since_wall: float) -> float:
@@ -72,12 +73,12 @@ async def _run(settings, kills: int, concurrency: int, console: Console) -> int:
             with Progress(console=console, transient=True) as progress:
                 task = progress.add_task(f"kill -9 of the leader, {kills} times", total=kills)
                 for _ in range(kills):
-                    victim, _ = await _leader(settings, http)
+                    victim, term, _ = await _leader(settings, http)
                     await asyncio.sleep(1.0)  # under load for a while
                     wall, t_kill = time.time(), time.monotonic()
                     await sup.kill(f"coordinator-{victim}")
-                    (_, t_elected), t_progress = await asyncio.gather(_leader(settings, http, not_node=victim),
-                                                                      _progress_after(settings, http, wall))
+                    (*_, t_elected), t_progress = await asyncio.gather(_leader(settings, http, after_term=term),
+                                                                       _progress_after(settings, http, wall))
                     rows.append((t_elected - t_kill, t_progress - t_kill))
                     await sup.wait_healthy(60)  # the victim is back, as a follower
                     progress.advance(task)

@@ -92,10 +92,10 @@ class Story:
             frozen = conn.execute("SELECT coalesce(sum(frozen_cents), 0) FROM customers").fetchone()[0]
         return int(reserved), int(frozen)
 
-    async def leader(self, not_node: int | None = None) -> tuple[int, int]:
-        """(node, term) of the coordinator replica that leads and has caught up (other than `not_node`)."""
+    async def leader(self, after_term: int | None = None) -> tuple[int, int]:
+        """(node, term) of the coordinator replica that leads and has caught up (in a term after `after_term`)."""
         async with httpx.AsyncClient() as http:
-            status = await leading_replica(self.settings, http, not_node)
+            status = await leading_replica(self.settings, http, after_term)
         return status["id"], status["term"]
 
 
@@ -137,20 +137,20 @@ async def failover(story: Story) -> list[Claim]:
     story.say(f"replica {node} leads the coordinator group (term {term})")
     await story.arm("coordinator.tcc.after_decision=crash,times=1")
     gids = await story.place(5)
-    new, new_term = await story.leader(not_node=node)
+    new, new_term = await story.leader(after_term=term)
     story.say(f"replica {node} died after logging a decision (the supervisor restarts it); replica {new} leads "
               f"now (term {new_term})")
     decided = [await story.follow(g) for g in gids]
     gap = max(_resume_gap(r) for r in decided)
     story.say(f"every transaction finished; the longest wait between a decision and its first phase-2 step: "
               f"{gap:.2f} s")
-    victim, _ = await story.leader()
+    victim, victim_term = await story.leader()
     story.say(f"now kill -9 the leader, replica {victim}, while 20 more orders are placed")
     placing = asyncio.create_task(story.place(20, sku="sku-0002", customer="c00002"))
     await asyncio.sleep(0.3)
     await story.sup.kill(f"coordinator-{victim}")
     t_kill = time.monotonic()
-    after, after_term = await story.leader(not_node=victim)
+    after, after_term = await story.leader(after_term=victim_term)
     story.say(f"replica {after} leads (term {after_term}), {time.monotonic() - t_kill:.2f} s after the kill")
     more = await placing
     records = [await story.follow(g) for g in more]

@@ -134,10 +134,11 @@ def all_transactions(settings: Settings, pattern: str | None = None) -> list[dic
             return items
 
 
-async def leading_replica(settings: Settings, http: httpx.AsyncClient, not_node: int | None = None,
+async def leading_replica(settings: Settings, http: httpx.AsyncClient, after_term: int | None = None,
                           within: float = 30.0) -> dict[str, Any]:
-    """The `/raft/status` of the replica that leads and has caught up (other than `not_node`), once there is
-    one; raises CoordinatorUnavailable after `within` seconds."""
+    """The `/raft/status` of the replica that leads and has caught up, in a term after `after_term` when given
+    (a new leadership: the replica that led before may win it again once restarted), once there is one;
+    raises CoordinatorUnavailable after `within` seconds."""
     end = time.monotonic() + within
     while time.monotonic() < end:
         for name in settings.coordinators:
@@ -145,7 +146,8 @@ async def leading_replica(settings: Settings, http: httpx.AsyncClient, not_node:
                 status = (await http.get(f"{settings.url(name)}/raft/status", timeout=1.0)).json()
             except (httpx.HTTPError, ValueError):
                 continue
-            if status["role"] == "leader" and status.get("leading_since") and status["id"] != not_node:
+            if (status["role"] == "leader" and status.get("leading_since")
+                    and (after_term is None or status["term"] > after_term)):
                 return status
         await asyncio.sleep(0.02)
     raise CoordinatorUnavailable(f"no coordinator replica led within {within:g}s")
