@@ -141,13 +141,18 @@ class Pools:
         await self.pool.close()
 
     @contextlib.asynccontextmanager
-    async def own_connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
-        async with self.slots:
+    async def own_connection(self, deadline: float) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        """A connection of its own, once a slot is free before `deadline` (else TimeoutError)."""
+        async with asyncio.timeout(max(0.0, deadline - time.time())):
+            await self.slots.acquire()
+        try:
             conn = await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True, row_factory=namedtuple_row)
             try:
                 yield conn
             finally:
                 await conn.close()  # an unprepared transaction dies with it; a prepared one stays
+        finally:
+            self.slots.release()
 
 
 def make_pools(settings: Settings, service: str, prepares: int = 10, size: int = 6) -> Pools:
@@ -173,45 +178,58 @@ async def prepare(pools: Pools, body: Branch, effects: Effects, protocol: str, d
     """2PC prepare, 3PC pre-commit: do the work (Try's, then Confirm's) and PREPARE TRANSACTION. The work waits
     for a row lock at most until the phase-1 `deadline` (epoch seconds): after it the coordinator aborts."""
     name = xid_name(body.gid, body.branch)
-    async with pools.own_connection() as conn:
-        outcome, prepared = await _state(conn, body.gid, body.branch, protocol)
-        if prepared:
+    # past the deadline the coordinator aborts: a prepare that arrives (or waited for a slot) until then does
+    # nothing, rather than take locks that others would queue behind (under a failover the queue never drained)
+    late = {"outcome": "LATE", "ready": False, "why": "arrived after the phase-1 deadline: nothing done"}
+    if time.time() >= deadline:
+        return late
+    try:
+        async with pools.own_connection(deadline) as conn:
+            return await _prepare(conn, name, body, effects, protocol, deadline)
+    except TimeoutError:
+        return late
+
+
+async def _prepare(conn: psycopg.AsyncConnection[Any], name: str, body: Branch, effects: Effects, protocol: str,
+                   deadline: float) -> dict[str, Any]:
+    outcome, prepared = await _state(conn, body.gid, body.branch, protocol)
+    if prepared:
+        return {"outcome": PREPARED, "ready": True, "repeated": True}
+    if outcome is not None and outcome.startswith(COMMITTED):
+        return {"outcome": outcome, "ready": True, "repeated": True}
+    if protocol == XA and outcome is not None:
+        return {"outcome": SKIPPED, "ready": False, "why": "rolled back before this prepare arrived"}
+    if protocol == THREE_PC and outcome != VOTED_YES:
+        why = "no can-commit vote" if outcome is None else f"its vote is {outcome}"
+        return {"outcome": SKIPPED, "ready": False, "why": f"{why}: this pre-commit does nothing"}
+    await conn.set_autocommit(False)
+    await conn.tpc_begin(name)
+    try:
+        claimed = await _claim_branch(conn, body, protocol)
+    except errors.LockNotAvailable:  # the same branch's other call holds the row: it runs, or prepared
+        await conn.tpc_rollback()
+        await conn.set_autocommit(True)
+        if (await _state(conn, body.gid, body.branch, protocol))[1]:
             return {"outcome": PREPARED, "ready": True, "repeated": True}
-        if outcome is not None and outcome.startswith(COMMITTED):
-            return {"outcome": outcome, "ready": True, "repeated": True}
-        if protocol == XA and outcome is not None:
-            return {"outcome": SKIPPED, "ready": False, "why": "rolled back before this prepare arrived"}
-        if protocol == THREE_PC and outcome != VOTED_YES:
-            why = "no can-commit vote" if outcome is None else f"its vote is {outcome}"
-            return {"outcome": SKIPPED, "ready": False, "why": f"{why}: this pre-commit does nothing"}
-        await conn.set_autocommit(False)
-        await conn.tpc_begin(name)
-        try:
-            claimed = await _claim_branch(conn, body, protocol)
-        except errors.LockNotAvailable:  # the same branch's other call holds the row: it runs, or prepared
-            await conn.tpc_rollback()
-            await conn.set_autocommit(True)
-            if (await _state(conn, body.gid, body.branch, protocol))[1]:
-                return {"outcome": PREPARED, "ready": True, "repeated": True}
-            raise Busy(f"another call of branch {body.branch} of {body.gid} is in progress; retry") from None
-        if not claimed:
-            await conn.tpc_rollback()
-            return {"outcome": SKIPPED, "ready": False, "why": "aborted while this call was on its way"}
-        wait = max(0.05, deadline - time.time())
-        await conn.execute(f"SET LOCAL lock_timeout = '{int(wait * 1000)}ms'")
-        sql = Sql(conn)
-        try:
-            tried = await effects.try_(sql, body)
-        except errors.LockNotAvailable:
-            await conn.tpc_rollback()
-            return {"outcome": "BUSY", "ready": False,
-                    "why": f"waited {wait:.1f}s, until the deadline, for a row another transaction holds"}
-        if not tried.held:
-            await conn.tpc_rollback()  # not prepared: nothing of it remains
-            return {"outcome": tried.outcome, "ready": False,
-                    **({"why": tried.detail["why"]} if "why" in tried.detail else {})}
-        await effects.confirm(sql, tried.detail)
-        await conn.tpc_prepare()
+        raise Busy(f"another call of branch {body.branch} of {body.gid} is in progress; retry") from None
+    if not claimed:
+        await conn.tpc_rollback()
+        return {"outcome": SKIPPED, "ready": False, "why": "aborted while this call was on its way"}
+    wait = max(0.05, deadline - time.time())
+    await conn.execute(f"SET LOCAL lock_timeout = '{int(wait * 1000)}ms'")
+    sql = Sql(conn)
+    try:
+        tried = await effects.try_(sql, body)
+    except errors.LockNotAvailable:
+        await conn.tpc_rollback()
+        return {"outcome": "BUSY", "ready": False,
+                "why": f"waited {wait:.1f}s, until the deadline, for a row another transaction holds"}
+    if not tried.held:
+        await conn.tpc_rollback()  # not prepared: nothing of it remains
+        return {"outcome": tried.outcome, "ready": False,
+                **({"why": tried.detail["why"]} if "why" in tried.detail else {})}
+    await effects.confirm(sql, tried.detail)
+    await conn.tpc_prepare()
     return {"outcome": PREPARED, "ready": True}
 
 
