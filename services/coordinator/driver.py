@@ -21,6 +21,7 @@ import json
 import logging
 import random
 import time
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -37,7 +38,12 @@ LATE_ANSWER_SECONDS = 10.0  # how long after the deadline a phase-1 call is stil
 
 
 class CallFailed(Exception):
-    """A participant or the order service could not be reached, or answered with an error."""
+    """A participant or the order service could not be reached, or answered with an error (`refused`: a 4xx,
+    which retrying at once would not change)."""
+
+    def __init__(self, message: str, refused: bool = False) -> None:
+        super().__init__(message)
+        self.refused = refused
 
 
 class Driver:
@@ -51,6 +57,11 @@ class Driver:
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.wake = asyncio.Event()
         self.leading_since: float | None = None  # when this replica last became a leader that caught up
+        # when each participant last answered, and when each branch's last phase-2 attempt failed: a branch
+        # waiting out its backoff is retried at once when its participant answers again (a 2PC branch holds
+        # its row locks while it waits, and every order behind them would miss its deadline)
+        self.answered: dict[str, float] = {}
+        self.failed_at: dict[tuple[str, str], float] = {}
         self._headers = {"authorization": f"Bearer {settings.admin_token}"}
 
     # --------------------------------------------------------------------------------------- the loop
@@ -81,6 +92,7 @@ class Driver:
                 for task in self.tasks.values():
                     task.cancel()
                 self.tasks.clear()
+                self.failed_at.clear()
 
     def _spawn_due(self) -> None:
         now = time.time()
@@ -89,7 +101,7 @@ class Driver:
             if gid in self.tasks:
                 continue
             record = book.get(gid)
-            if record is not None and _due(record, now):
+            if record is not None and _due(record, now, self._retry_now):
                 task = asyncio.create_task(self._drive(gid), name=f"drive-{gid}")
                 self.tasks[gid] = task
                 task.add_done_callback(lambda t, gid=gid: self._done(gid, t))
@@ -194,7 +206,7 @@ class Driver:
         if commit and all(b["attempts"] == 0 and b["state"] != done for b in record["branches"].values()):
             await self.faults.hit(_point(p, f"before_{p.commit_op}"))
         for name, branch in record["branches"].items():
-            if branch["state"] != done and branch["next_at"] <= now:
+            if branch["state"] != done and (branch["next_at"] <= now or self._retry_now(gid, name)):
                 await self._settle(record, p, name, commit)
         record = self.store.book.get(gid) or record
         if record["state"] == STUCK or any(b["state"] != done for b in record["branches"].values()):
@@ -211,13 +223,14 @@ class Driver:
         # an abort lost on its way to a branch that answered ready: the coordinator tries again later
         if not commit and record["branches"][name]["state"] == p.ready and \
                 await self.faults.hit(_point(p, f"send_{op}")) == "drop":
-            await self._failed(record, name, f"{op} lost on its way to {name} (fault: a partition)")
+            await self._failed(record, name, f"{op} lost on its way to {name} (fault: a partition)", unanswered=False)
             return
         try:
             answer = await self._call(name, op, {"gid": gid, "branch": name})
         except CallFailed as exc:
-            await self._failed(record, name, str(exc))
+            await self._failed(record, name, str(exc), unanswered=not exc.refused)
             return
+        self.failed_at.pop((gid, name), None)
         await self.store.propose({"op": "settled", "gid": gid, "branch": name,
                                   "outcome": str(answer.get("outcome", ""))[:100], "now": time.time()})
         record = self.store.book.get(gid)
@@ -241,7 +254,11 @@ class Driver:
             return
         await self.store.propose({"op": "reported", "gid": gid, "now": time.time()})
 
-    async def _failed(self, record: dict[str, Any], step: str, error: str) -> None:
+    async def _failed(self, record: dict[str, Any], step: str, error: str, unanswered: bool = True) -> None:
+        """Record a failed attempt; `unanswered` (the participant did not answer well) lets the branch be retried
+        as soon as its participant answers again."""
+        if unanswered:
+            self.failed_at[(record["gid"], step)] = time.monotonic()
         attempts = (record["report"] if step == "report" else record["branches"][step])["attempts"] + 1
         await self.store.propose({"op": "failed", "gid": record["gid"], "branch": step, "error": error[:1000],
                                   "next_at": time.time() + self._backoff(attempts),
@@ -254,6 +271,11 @@ class Driver:
         ceiling = min(s.coordinator_retry_cap_seconds, s.coordinator_retry_base_seconds * 2 ** min(attempts - 1, 30))
         return ceiling * self.rng.uniform(0.5, 1.0)
 
+    def _retry_now(self, gid: str, branch: str) -> bool:
+        """Whether the branch's last failed attempt came before its participant answered again."""
+        failed = self.failed_at.get((gid, branch))
+        return failed is not None and self.answered.get(branch, 0.0) > failed
+
     async def _call(self, branch: str, op: str, body: dict[str, Any], timeout: float = 5.0) -> dict[str, Any]:
         """POST a participant's route; its JSON answer (200), or CallFailed with what went wrong."""
         url = f"{self.settings.url(branch)}/internal/{_ROUTES[op]}"
@@ -261,8 +283,10 @@ class Driver:
             status, text = await self._post(url, body, timeout)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise CallFailed(f"{branch} unreachable for {op} ({exc.__class__.__name__})") from exc
+        if status < 500:
+            self.answered[branch] = time.monotonic()
         if status != 200:
-            raise CallFailed(f"{branch} answered {op} with {status}: {text[:200]}")
+            raise CallFailed(f"{branch} answered {op} with {status}: {text[:200]}", refused=status < 500)
         try:
             answer = json.loads(text)
         except ValueError as exc:
@@ -300,7 +324,7 @@ def _log_failure(task: asyncio.Task[None]) -> None:
             log.error("a phase-1 call failed", exc_info=exc)
 
 
-def _due(record: dict[str, Any], now: float) -> bool:
+def _due(record: dict[str, Any], now: float, retry_now: Callable[[str, str], bool]) -> bool:
     """Whether the driver has something to do for this record now."""
     p = PATTERNS[record["pattern"]]
     state = record["state"]
@@ -309,7 +333,7 @@ def _due(record: dict[str, Any], now: float) -> bool:
     if state not in (p.committing, p.aborting):
         return False  # STUCK waits for an operator
     done = p.branch_committed if record["decision"] == COMMIT else p.branch_aborted
-    pending = [b for b in record["branches"].values() if b["state"] != done]
+    pending = {name: b for name, b in record["branches"].items() if b["state"] != done}
     if pending:
-        return any(b["next_at"] <= now for b in pending)
+        return any(b["next_at"] <= now or retry_now(record["gid"], name) for name, b in pending.items())
     return record["report"]["next_at"] <= now
