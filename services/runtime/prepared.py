@@ -54,6 +54,7 @@ XA, THREE_PC = "xa", "3pc"  # the barrier's op for each protocol
 PREPARED, COMMITTED, ROLLED_BACK, SKIPPED = "PREPARED", "COMMITTED", "ROLLED_BACK", "SKIPPED"
 VOTED_YES, VOTED_NO, ABORTED = "VOTED_YES", "VOTED_NO", "ABORTED"
 ABORTED_ON_TIMEOUT, COMMITTED_ON_TIMEOUT = "ABORTED_ON_TIMEOUT", "COMMITTED_ON_TIMEOUT"
+MAX_LOCK_WAIT = 1.0  # seconds a prepare waits for a row lock, at most
 SHORT_LOCK_WAIT = "50ms"  # a barrier row another call of the same branch holds: answered at once, not waited for
 
 
@@ -215,7 +216,9 @@ async def _prepare(conn: psycopg.AsyncConnection[Any], name: str, body: Branch, 
     if not claimed:
         await conn.tpc_rollback()
         return {"outcome": SKIPPED, "ready": False, "why": "aborted while this call was on its way"}
-    wait = max(0.05, deadline - time.time())
+    # a row another branch holds prepared is waited for a little, not until the deadline: a queue of prepares
+    # waiting on hot rows (each holding its own) outlives an outage by many seconds
+    wait = max(0.05, min(deadline - time.time(), MAX_LOCK_WAIT))
     await conn.execute(f"SET LOCAL lock_timeout = '{int(wait * 1000)}ms'")
     sql = Sql(conn)
     try:
@@ -223,7 +226,7 @@ async def _prepare(conn: psycopg.AsyncConnection[Any], name: str, body: Branch, 
     except errors.LockNotAvailable:
         await conn.tpc_rollback()
         return {"outcome": "BUSY", "ready": False,
-                "why": f"waited {wait:.1f}s, until the deadline, for a row another transaction holds"}
+                "why": f"waited {wait:.1f}s for a row another transaction holds"}
     if not tried.held:
         await conn.tpc_rollback()  # not prepared: nothing of it remains
         return {"outcome": tried.outcome, "ready": False,
