@@ -16,6 +16,10 @@ leaves no trace. The barrier table remembers what happened once the prepared tra
   for `TXLAB_3PC_TIMEOUT_SECONDS` aborts, and a pre-committed one **commits on its own**, which is how 3PC
   stays live without its coordinator, and how a partition makes it inconsistent.
 
+A prepared branch holds its row locks until its decision, so a prepare must not queue behind them for long:
+one that arrives after its phase-1 deadline (sent by the coordinator) does nothing, and one waits at most
+`MAX_LOCK_WAIT` for a row another branch holds, then answers BUSY (the order is aborted, not the system).
+
 Nothing of ours stays prepared: `resolve_prepared` runs in each participant. It applies the 3PC timeouts,
 and asks the coordinator about every other prepared transaction of ours older than `TXLAB_INDOUBT_SECONDS`
 (the in-doubt sweep): it commits or rolls back as the decision says, rolls back one whose gid the coordinator
