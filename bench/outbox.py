@@ -10,18 +10,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import re
 import shutil
 import subprocess
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import psycopg
 from rich.console import Console
 from rich.table import Table
 
+from services import checker
 from services.common.settings import DATABASES, Settings, get_settings
-from services.demo import ms, percentile, run_demo
+from services.demo import DemoResult, ms, percentile, run_demo
 from services.seed import SeedPlan
 
 PGBENCH_DB = "txlab_pgbench"
@@ -67,57 +71,137 @@ def main(argv: list[str]) -> int:
     return run("txlab bench outbox", argv, ["outbox"])
 
 
-def run(prog: str, argv: list[str], patterns: list[str], reference: str = "") -> int:
+ALL_PATTERNS = ["outbox", "halfmsg", "tcc", "2pc", "3pc"]
+
+
+def txlab_cpu_seconds(settings: Settings) -> float:
+    """CPU time (user + system) used so far by every process of this installation: the services, the broker,
+    the coordinator's replicas and admin (each runs `-m services.run` with this installation's
+    TXLAB_DB_PREFIX). Not the load generator, not PostgreSQL or RabbitMQ."""
+    tick = os.sysconf("SC_CLK_TCK")
+    mine = f"TXLAB_DB_PREFIX={settings.db_prefix}".encode()
+    total = 0.0
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if b"services.run" not in (proc / "cmdline").read_bytes() or mine not in (
+                    proc / "environ").read_bytes().split(b"\0"):
+                continue
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime (fields 14 and 15 of stat)
+    return total
+
+
+@dataclass
+class Row:
+    """One pattern at one concurrency: what `--json` writes, one object per row."""
+
+    pattern: str
+    in_flight: int
+    orders_per_s: float
+    pgbench_tps: float
+    ratio: float  # orders/s ÷ pgbench tps
+    post_p50_ms: float
+    post_p99_ms: float
+    e2e_p50_ms: float
+    e2e_p99_ms: float
+    commits_per_order: float  # the services' and the broker's transactions, not the checker's nor the bench's
+    messages_per_order: float
+    cpu_ms_per_order: float  # summed over every txlab process
+    placed: int
+    refused: int  # POST /orders answered 4xx
+    invariants_hold: bool
+
+
+@dataclass
+class _Mark:
+    commits: int
+    messages: int
+    cpu: float
+    checker: int
+
+
+def _mark(settings: Settings) -> _Mark:
+    commits, messages = commits_and_messages(settings)
+    return _Mark(commits, messages, txlab_cpu_seconds(settings), sum(checker.OWN_TRANSACTIONS.values()))
+
+
+def _row(pattern: str, c: int, tps: float, result: DemoResult, before: _Mark, after: _Mark) -> Row:
+    # taken out: the checker's own transactions (the convergence polls) and the bench's reading of the counters
+    # (one per database)
+    commits = after.commits - before.commits - (after.checker - before.checker) - len(DATABASES)
+    n = max(result.placed, 1)
+    return Row(pattern, c, result.throughput, tps, result.throughput / tps,
+               percentile(result.post_latencies, 50) * 1000, percentile(result.post_latencies, 99) * 1000,
+               percentile(result.e2e_latencies, 50) * 1000, percentile(result.e2e_latencies, 99) * 1000,
+               commits / n, (after.messages - before.messages) / n, (after.cpu - before.cpu) * 1000 / n,
+               result.placed, result.rejected, result.report is not None and result.report.exit_code == 0)
+
+
+def run(prog: str, argv: list[str], patterns: list[str], reference: str = "", levels: tuple[int, ...] = (8, 32),
+        doc: str | None = None) -> int:
     """Each pattern at each concurrency, with pgbench -N measured just before at the same concurrency.
     `reference` is printed under the table (a published figure to compare the ratio with)."""
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__)
+    parser = argparse.ArgumentParser(prog=prog, description=doc or __doc__)
     parser.add_argument("--orders", type=int, default=1000)
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[8, 32])
+    parser.add_argument("--concurrency", type=int, nargs="+", default=list(levels))
     parser.add_argument("--pgbench-seconds", type=int, default=10)
-    parser.add_argument("--patterns", nargs="+", default=patterns, choices=["outbox", "halfmsg", "tcc", "2pc", "3pc"])
+    parser.add_argument("--patterns", nargs="+", default=patterns, choices=ALL_PATTERNS)
     parser.add_argument("--store", default=None, help="the coordinator's store: raft (default) or etcd://host:port")
+    parser.add_argument("--json", type=Path, default=None, help="also write the rows to this file, as JSON")
+    parser.add_argument("--plot", type=Path, default=None, help="also draw orders/s and e2e p99 to this PNG")
     args = parser.parse_args(argv)
     console = Console(width=max(Console().width, 200))
     settings = get_settings()
     if args.store:
         settings = settings.model_copy(update={"coordinator_store": args.store})
     plan = SeedPlan(products=200, customers=1000, stock=100_000, scarce_share=0.02, poor_share=0.02)
-    table = Table(title=f"{' and '.join(args.patterns)} vs pgbench -N ({args.orders} orders per run, same PostgreSQL)")
-    for col in ("pattern", "in flight", "orders/s", "POST p50 / p99", "e2e p50 / p99", "commits/order",
-                "msgs/order", "commits/s", "pgbench -N tps", "commits/s ÷ tps", "orders/s ÷ tps", "invariants"):
-        table.add_column(col, justify="right")
-    before: list[tuple[int, int]] = []
-    violated = False
+    title = f"{' and '.join(args.patterns)} vs pgbench -N ({args.orders} orders per run, same PostgreSQL)"
+    rows: list[Row] = []
+    marks: list[_Mark] = []  # taken once each run's data is seeded
     for c in args.concurrency:
         console.print(f"[dim]pgbench -N -c {c} for {args.pgbench_seconds}s…[/dim]")
         tps = pgbench_tps(settings.pg, c, args.pgbench_seconds)
         for pattern in args.patterns:
             result = asyncio.run(run_demo(settings, orders=args.orders, concurrency=c, pattern=pattern, plan=plan,
-                                          console=console,
-                                          on_seeded=lambda: before.append(commits_and_messages(settings))))
-            after = commits_and_messages(settings)
-            holds = result.report is not None and result.report.exit_code == 0
-            violated = violated or not holds
+                                          console=console, on_seeded=lambda: marks.append(_mark(settings)),
+                                          on_converged=lambda: marks.append(_mark(settings))))
             for inv in (result.report.invariants if result.report else []):
                 for violation in inv.violations[:5]:
                     console.print(f"[red]✗ {pattern} at {c} in flight: {inv.name.split(':')[0]}: {violation}[/red]")
             if not result.placed:
                 console.print(f"[red]no {pattern} order was placed at {c} in flight[/red]")
                 return 1
-            # the checker and the convergence polls commit read-only transactions too: counted in
-            commits = (after[0] - before[-1][0]) / result.placed
-            messages = (after[1] - before[-1][1]) / result.placed
-            commits_per_s = commits * result.throughput
-            table.add_row(pattern, str(c), f"{result.throughput:.1f}",
-                          f"{ms(percentile(result.post_latencies, 50))} / {ms(percentile(result.post_latencies, 99))}",
-                          f"{ms(percentile(result.e2e_latencies, 50))} / {ms(percentile(result.e2e_latencies, 99))}",
-                          f"{commits:.1f}", f"{messages:.1f}", f"{commits_per_s:.0f}", f"{tps:.0f}",
-                          f"{commits_per_s / tps:.2f}", f"{result.throughput / tps:.4f}",
-                          "hold" if holds else "[red]VIOLATED[/red]")
-    console.print(table)
-    console.print("commits/order counts every transaction the service databases and the broker's committed "
-                  "during the run (including the convergence polls); msgs/order the messages published with "
-                  "confirms (outbox rows, half messages)")
+            rows.append(_row(pattern, c, tps, result, marks[-2], marks[-1]))
+    console.print(render_rows(rows, title))
+    console.print("commits/order counts the transactions the service databases and the broker's committed during "
+                  "the run (not the checker's); msgs/order the messages published with confirms (outbox rows, "
+                  "half messages); CPU ms/order the user + system time of every txlab process")
     if reference:
         console.print(reference)
-    return 1 if violated else 0
+    if args.json:
+        args.json.write_text(json.dumps([asdict(r) for r in rows], indent=2) + "\n")
+        console.print(f"rows written to {args.json}")
+    if args.plot:
+        from bench.plot import plot_rows  # matplotlib is loaded only when a chart is asked for
+
+        plot_rows(rows, args.plot, title)
+        console.print(f"chart written to {args.plot}")
+    return 0 if all(r.invariants_hold for r in rows) else 1
+
+
+def render_rows(rows: list[Row], title: str) -> Table:
+    table = Table(title=title)
+    for col in ("pattern", "in flight", "orders/s", "POST p50 / p99", "e2e p50 / p99", "commits/order",
+                "msgs/order", "CPU ms/order", "refused", "pgbench -N tps", "orders/s ÷ tps", "invariants"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        table.add_row(r.pattern, str(r.in_flight), f"{r.orders_per_s:.1f}",
+                      f"{ms(r.post_p50_ms / 1000)} / {ms(r.post_p99_ms / 1000)}",
+                      f"{ms(r.e2e_p50_ms / 1000)} / {ms(r.e2e_p99_ms / 1000)}", f"{r.commits_per_order:.1f}",
+                      f"{r.messages_per_order:.1f}", f"{r.cpu_ms_per_order:.1f}", str(r.refused),
+                      f"{r.pgbench_tps:.0f}", f"{r.ratio:.4f}", "hold" if r.invariants_hold else "[red]VIOLATED[/red]")
+    return table

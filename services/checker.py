@@ -59,8 +59,13 @@ class Report:
         return {"holds": self.exit_code == OK, "invariants": [i.to_dict() for i in self.invariants]}
 
 
+# transactions the checker committed, per database: a bench counting the services' commits takes them out
+OWN_TRANSACTIONS: Counter[str] = Counter()
+
+
 def _snapshot(settings: Settings, service: str, *statements: str) -> list[list[Any]]:
     """The rows of each statement, all read from one snapshot of the service's database."""
+    OWN_TRANSACTIONS[service] += 1
     try:
         with psycopg.connect(settings.raw_dsn(service), connect_timeout=5, row_factory=namedtuple_row) as conn:
             conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ

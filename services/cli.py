@@ -35,6 +35,7 @@ BENCHES = {
     "tcc": "bench.tcc",
     "2pc": "bench.xa:two_phase",
     "3pc": "bench.xa:three_phase",
+    "patterns": "bench.patterns",
     "failover": "bench.failover",
     "raft": "bench.raft",
     "hashring": "bench.hashring",

@@ -202,7 +202,11 @@ async def wait_converged(settings: Settings, timeout: float, progress: Progress 
 async def run_demo(settings: Settings, *, orders: int = 200, concurrency: int = 16, pattern: str = "outbox",
                    faults: list[Arming] | None = None, plan: SeedPlan | None = None,
                    converge_timeout: float = 300.0, console: Console | None = None,
-                   on_seeded: Callable[[], object] | None = None) -> DemoResult:
+                   on_seeded: Callable[[], object] | None = None,
+                   on_converged: Callable[[], object] | None = None) -> DemoResult:
+    """Place `orders` orders of `pattern` on freshly seeded data (starting the system when it is not running),
+    wait until the system is quiet, and check. `on_seeded` and `on_converged` are called once the data is
+    seeded and once the system is quiet after the last order, while the system still runs."""
     console = console or Console()
     plan = plan or SeedPlan()
     result = DemoResult(pattern=pattern)
@@ -242,6 +246,8 @@ async def run_demo(settings: Settings, *, orders: int = 200, concurrency: int = 
                     result.faults_fired[armed["point"]] = result.faults_fired.get(armed["point"], 0) + armed["fired"]
                 await client.admin("DELETE", "/faults")
                 result.convergence_seconds = await wait_converged(settings, converge_timeout, progress)
+                if on_converged is not None:
+                    on_converged()
         finally:
             result.client_retries = client.retries
             await client.aclose()

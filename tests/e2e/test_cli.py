@@ -1,5 +1,6 @@
 """The operator's commands against a running system: `txlab fault ...` and `txlab bench outbox`."""
 
+import json
 import os
 import subprocess
 import sys
@@ -32,12 +33,19 @@ def test_fault_command_says_when_the_admin_api_is_down(settings):
     assert result.returncode == 2 and "unreachable" in result.stderr
 
 
-def test_bench_outbox_prints_its_table_next_to_pgbench(servers, tmp_path):
+def test_bench_outbox_prints_its_table_next_to_pgbench_and_writes_json_and_a_chart(servers, tmp_path):
     own = isolated_settings(servers, tmp_path)
+    rows, chart = tmp_path / "rows.json", tmp_path / "chart.png"
     try:
         result = txlab(own, "bench", "outbox", "--orders", "30", "--concurrency", "4", "--pgbench-seconds", "1",
-                       timeout=300)
+                       "--json", str(rows), "--plot", str(chart), timeout=300)
     finally:
         destroy(own)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "pgbench -N tps" in result.stdout and "hold" in result.stdout
+    (row,) = json.loads(rows.read_text())
+    assert (row["pattern"], row["in_flight"], row["placed"], row["refused"], row["invariants_hold"]) == \
+        ("outbox", 4, 30, 0, True)
+    assert row["orders_per_s"] > 0 and row["pgbench_tps"] > 0 and row["cpu_ms_per_order"] > 0
+    assert 0 < row["commits_per_order"] < 40  # the services' own, not the checker's polls
+    assert chart.read_bytes()[:4] == b"\x89PNG"

@@ -1,0 +1,44 @@
+"""The bench's rows as JSON and as a chart, and its CPU count of txlab processes, without any server."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+
+from bench.outbox import Row, txlab_cpu_seconds
+from bench.plot import plot_rows
+from services.common.settings import Settings
+
+ROWS = [Row(p, c, 40.0 + c, 7000.0, (40.0 + c) / 7000.0, 100.0, 300.0, 200.0, 900.0 + c, 11.0, 0.0, 25.0, 500, 0, True)
+        for p in ("outbox", "2pc") for c in (8, 32, 128)]
+FIELDS = {"pattern", "in_flight", "orders_per_s", "pgbench_tps", "ratio", "e2e_p99_ms", "cpu_ms_per_order",
+          "refused", "invariants_hold"}
+
+
+def test_a_row_carries_every_field_the_json_promises():
+    assert FIELDS <= set(json.loads(json.dumps([asdict(r) for r in ROWS]))[0])
+
+
+def test_the_chart_is_a_png_drawn_without_a_display(tmp_path):
+    out = tmp_path / "patterns.png"
+    plot_rows(ROWS, out, "outbox and 2pc")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
+
+
+def test_cpu_is_counted_for_this_installations_processes_only(tmp_path):
+    mine, other = Settings(db_prefix="txlab_cpu_test"), Settings(db_prefix="txlab_someone_else")
+    burn = "import time\nend = time.process_time() + 0.3\nwhile time.process_time() < end: pass\ntime.sleep(30)"
+    script = tmp_path / "services.run.py"  # its command line names services.run, as the services' does
+    script.write_text(burn)
+    proc = subprocess.Popen([sys.executable, str(script)], env=os.environ | {"TXLAB_DB_PREFIX": mine.db_prefix})
+    try:
+        deadline = time.monotonic() + 20
+        while txlab_cpu_seconds(mine) < 0.25 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert txlab_cpu_seconds(mine) >= 0.25
+        assert txlab_cpu_seconds(other) == 0.0
+    finally:
+        proc.kill()
+        proc.wait()
