@@ -116,7 +116,7 @@ def payment_state(story: Story, gid: str) -> tuple[int, int, bool]:
 async def partitioned(story: Story, pattern: str, customer: str) -> tuple[dict, list[tuple[float, tuple]]]:
     """One order under the partition; payment's state sampled until the partition is healed, past the 3PC
     timeout. Returns the final record and the samples (seconds since the order, payment's state)."""
-    console_rule(story, pattern)
+    announce(story, pattern)
     ack, send = PARTITION[pattern]
     await story.arm(ack)
     await story.arm(send)
@@ -135,7 +135,7 @@ async def partitioned(story: Story, pattern: str, customer: str) -> tuple[dict, 
     return record, samples
 
 
-def console_rule(story: Story, pattern: str) -> None:
+def announce(story: Story, pattern: str) -> None:
     story.say(f"[bold]--- {pattern}: inventory's answer to phase 1 is lost; every abort to payment is lost until "
               f"the partition heals ---[/bold]")
 

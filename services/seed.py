@@ -15,7 +15,7 @@ from services.common.settings import DATABASES, Settings
 from services.coordinator.client import reset_records
 from services.messaging.parking import queue_depths
 from services.messaging.topology import topology_of
-from services.runtime.prepared import parse_xid
+from services.runtime.prepared import ours
 
 ADJECTIVES = ("red", "blue", "green", "swift", "quiet", "bold", "tiny", "grand", "lucky", "sharp")
 NOUNS = ("kettle", "lamp", "chair", "mug", "pen", "clock", "scarf", "drum", "kite", "bowl")
@@ -56,11 +56,10 @@ def forget_prepared(dsn: str, attempts: int = 50) -> int:
     with psycopg.connect(dsn, autocommit=True) as conn:
         database = conn.info.dbname
         for _ in range(attempts):
-            ours = [x for x in conn.tpc_recover() if x.database == database and x.format_id is None
-                    and parse_xid(x.gtrid) is not None]
-            if not ours:
+            found = [xid for xid in conn.tpc_recover() if ours(xid, database) is not None]
+            if not found:
                 return rolled
-            for xid in ours:
+            for xid in found:
                 try:
                     conn.tpc_rollback(xid)
                     rolled += 1

@@ -33,14 +33,14 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 import psycopg
 import sqlalchemy as sa
 from fastapi import APIRouter, Depends, HTTPException, Request
-from psycopg import errors
+from psycopg import Xid, errors
 from psycopg.rows import namedtuple_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from sqlalchemy.dialects.postgresql import psycopg as pg_dialect
@@ -48,6 +48,7 @@ from sqlalchemy.dialects.postgresql import psycopg as pg_dialect
 from services.common.auth import require_token
 from services.common.settings import Settings
 from services.coordinator.client import CoordinatorClient, CoordinatorUnavailable
+from services.coordinator.model import BRANCHES
 from services.runtime.state import Runtime, runtime
 from services.runtime.tcc import Branch, Effects, lose_answer
 
@@ -71,7 +72,12 @@ def parse_xid(name: str) -> tuple[str, str] | None:
     if not name.startswith(PREFIX):
         return None
     gid, _, branch = name[len(PREFIX):].rpartition(":")
-    return (gid, branch) if gid and branch in ("inventory", "payment") else None
+    return (gid, branch) if gid and branch in BRANCHES else None
+
+
+def ours(xid: Xid, database: str) -> tuple[str, str] | None:
+    """(gid, branch) when a prepared transaction (from `tpc_recover`) is one of ours in `database`."""
+    return parse_xid(xid.gtrid) if xid.format_id is None and xid.database == database else None
 
 
 class Refused(Exception):
@@ -121,10 +127,6 @@ class Sql:
 CanDo = Callable[[Sql, Any], Awaitable[str | None]]
 
 
-async def _reset(conn: psycopg.AsyncConnection[Any]) -> None:
-    await conn.set_autocommit(True)
-
-
 @dataclass
 class Pools:
     """A participant's psycopg connections, autocommit between transactions (COMMIT PREPARED needs it).
@@ -161,11 +163,10 @@ class Pools:
 
 
 def make_pools(settings: Settings, service: str, prepares: int = 10, size: int = 6) -> Pools:
-    conninfo = settings.dsn(service, "psycopg").replace("postgresql+psycopg://", "postgresql://", 1)
-    return Pools(conninfo, AsyncConnectionPool(conninfo, min_size=1, max_size=size, open=False, reset=_reset,
-                                               timeout=10.0, name=f"{service}-prepared",
-                                               kwargs={"autocommit": True, "row_factory": namedtuple_row}),
-                 asyncio.Semaphore(prepares))
+    conninfo = settings.raw_dsn(service)
+    pool = AsyncConnectionPool(conninfo, min_size=1, max_size=size, open=False, timeout=10.0,
+                               name=f"{service}-prepared", kwargs={"autocommit": True, "row_factory": namedtuple_row})
+    return Pools(conninfo, pool, asyncio.Semaphore(prepares))
 
 
 # ------------------------------------------------------------------------------------ one participant
@@ -385,29 +386,29 @@ async def resolve_prepared(rt: Runtime, every: float = 0.5) -> None:
     while True:
         await asyncio.sleep(every)
         try:
-            await threepc_timeouts(rt.pg.pool, rt.settings.threepc_timeout_seconds)
-            await sweep_in_doubt(rt.pg.pool, rt.settings, rt.http)
+            found = await prepared_ours(rt.pg.pool)
+            await threepc_timeouts(rt.pg.pool, found, rt.settings.threepc_timeout_seconds)
+            await sweep_in_doubt(rt.pg.pool, found, rt.settings, rt.http)
         except (psycopg.Error, OSError, PoolTimeout) as exc:
             log.warning("resolving prepared transactions: %s", exc)
         except Exception:  # this loop must outlive any one surprise: nothing of ours may stay prepared
             log.exception("resolving prepared transactions")
 
 
-async def ours(pool: AsyncConnectionPool, older_than: float) -> list[tuple[str, str]]:
-    """(gid, branch) of our prepared transactions in this database, prepared more than `older_than` s ago."""
+Found = list[tuple[str, str, float]]  # (gid, branch, seconds since it was prepared)
+
+
+async def prepared_ours(pool: AsyncConnectionPool) -> Found:
+    """Our prepared transactions in this database, with their ages."""
     async with pool.connection() as conn:
         database = (await (await conn.execute("SELECT current_database() AS db")).fetchone()).db
         xids = await conn.tpc_recover()
-    cutoff = datetime.now(UTC) - timedelta(seconds=older_than)
-    found = []
-    for xid in xids:
-        parsed = parse_xid(xid.gtrid) if xid.format_id is None else None
-        if parsed is not None and xid.database == database and xid.prepared is not None and xid.prepared < cutoff:
-            found.append(parsed)
-    return found
+    now = datetime.now(UTC)
+    return [(*found, (now - xid.prepared).total_seconds()) for xid in xids
+            if xid.prepared is not None and (found := ours(xid, database)) is not None]
 
 
-async def threepc_timeouts(pool: AsyncConnectionPool, timeout: float) -> None:
+async def threepc_timeouts(pool: AsyncConnectionPool, found: Found, timeout: float) -> None:
     async with pool.connection() as conn:
         # voted yes and heard nothing more: abort (nothing is held; a pre-commit arriving later does nothing).
         # A vote whose pre-commit is running, or prepared, is locked by it and skipped.
@@ -417,8 +418,8 @@ async def threepc_timeouts(pool: AsyncConnectionPool, timeout: float) -> None:
             "FOR UPDATE SKIP LOCKED) RETURNING gid, branch", (ABORTED_ON_TIMEOUT, VOTED_YES, timeout))
         for row in await cursor.fetchall():
             log.warning("3pc %s/%s: voted yes and heard nothing for %gs: aborted", row.gid, row.branch, timeout)
-    for gid, branch in await ours(pool, timeout):
-        if not await _is_3pc(pool, gid, branch):
+    for gid, branch, age in found:
+        if age < timeout or not await _is_3pc(pool, gid, branch):
             continue  # a 2PC branch: the sweep's
         async with pool.connection() as conn:
             try:
@@ -430,13 +431,11 @@ async def threepc_timeouts(pool: AsyncConnectionPool, timeout: float) -> None:
         log.warning("3pc %s/%s: pre-committed and heard nothing for %gs: committed on its own", gid, branch, timeout)
 
 
-async def sweep_in_doubt(pool: AsyncConnectionPool, settings: Settings, http: httpx.AsyncClient) -> None:
-    found = await ours(pool, settings.indoubt_seconds)
-    if not found:
-        return
+async def sweep_in_doubt(pool: AsyncConnectionPool, found: Found, settings: Settings,
+                         http: httpx.AsyncClient) -> None:
     client = CoordinatorClient(settings, http, deadline=3.0)
-    for gid, branch in found:
-        if await _is_3pc(pool, gid, branch):
+    for gid, branch, age in found:
+        if age < settings.indoubt_seconds or await _is_3pc(pool, gid, branch):
             continue  # 3PC's own timeouts end it
         try:
             response = await client.request("GET", f"/transactions/{gid}")
