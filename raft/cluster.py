@@ -15,16 +15,29 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpx
 
 from services.common.settings import Settings
 
 
+def _ephemeral_floor() -> int:
+    """The lowest port the kernel gives to outgoing connections (Linux's ip_local_port_range)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32_768
+
+
 def free_base_port(nodes: int = 3) -> int:
-    """A base port such that base..base+n-1 (HTTP) and base+100..base+100+n-1 (Raft) are free right now."""
+    """A base port such that base..base+n-1 (HTTP) and base+100..base+100+n-1 (Raft) are free right now.
+
+    Chosen below the ephemeral range: a port free now but in that range can become the local end of any
+    outgoing connection (a database pool's, say) before the node binds it, and stay taken while it lives."""
+    top = max(11_000, min(_ephemeral_floor(), 40_000) - 100 - nodes)
     for _ in range(200):
-        base = random.randrange(20_000, 40_000)
+        base = random.randrange(10_000, top)
         socks = []
         try:
             for port in [*range(base, base + nodes), *range(base + 100, base + 100 + nodes)]:

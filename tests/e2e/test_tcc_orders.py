@@ -220,6 +220,12 @@ async def test_an_isolated_leader_is_replaced_and_orders_go_on(settings, admin, 
     old, term = await leader(settings)
     assert (await admin.post(f"/coordinator/isolate/{old}")).status_code == 200
     new, _ = await leader(settings, after_term=term)
+
+    async def stepped_down() -> bool:  # until then it takes begins it can never commit (they miss a 2 s deadline)
+        async with httpx.AsyncClient(timeout=2.0) as http:
+            return (await http.get(f"{settings.url(f'coordinator-{old}')}/raft/status")).json()["role"] != "leader"
+
+    await eventually(stepped_down, within=30, what=f"replica {old}, cut off, stepping down")
     ids = await place(client, [body(n) for n in range(5)])
     assert set((await settled(settings, ids)).values()) == {"PAID"}
     assert (await admin.delete("/coordinator/isolate")).status_code == 200
