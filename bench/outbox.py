@@ -113,7 +113,8 @@ class Row:
     messages_per_order: float
     cpu_ms_per_order: float  # summed over every txlab process
     placed: int
-    refused: int  # POST /orders answered 4xx
+    refused: int  # POST /orders answered 429 (admission control), each retried after its Retry-After
+    rejected: int  # POST /orders answered another 4xx
     invariants_hold: bool
 
 
@@ -139,7 +140,7 @@ def _row(pattern: str, c: int, tps: float, result: DemoResult, before: _Mark, af
                percentile(result.post_latencies, 50) * 1000, percentile(result.post_latencies, 99) * 1000,
                percentile(result.e2e_latencies, 50) * 1000, percentile(result.e2e_latencies, 99) * 1000,
                commits / n, (after.messages - before.messages) / n, (after.cpu - before.cpu) * 1000 / n,
-               result.placed, result.rejected, result.report is not None and result.report.exit_code == 0)
+               result.placed, result.refused, result.rejected, result.report is not None and result.report.exit_code == 0)
 
 
 def run(prog: str, argv: list[str], patterns: list[str], reference: str = "", levels: tuple[int, ...] = (8, 32),

@@ -75,7 +75,8 @@ def fault_plan(specs: list[str], pattern: str = "outbox") -> list[Arming]:
 class DemoResult:
     pattern: str
     placed: int = 0
-    rejected: int = 0  # POST answered 4xx: not an order
+    rejected: int = 0  # POST answered 4xx (not 429): not an order
+    refused: int = 0  # POST answered 429 (admission control): retried after its Retry-After
     place_seconds: float = 0.0
     convergence_seconds: float = 0.0
     statuses: dict[str, int] = field(default_factory=dict)
@@ -106,6 +107,16 @@ def percentile(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
 
 
+def retry_after(response: httpx.Response, default: float = 1.0) -> float:
+    """The seconds a 429 or 503 asks to wait (Retry-After in seconds), with up to 20 % jitter so that the
+    refused clients do not all come back at once."""
+    try:
+        seconds = float(response.headers.get("retry-after", default))
+    except ValueError:
+        seconds = default
+    return max(seconds, 0.0) * random.uniform(0.8, 1.0)
+
+
 class Client:
     """Places orders like a careful shop front: retries with the same Idempotency-Key until answered."""
 
@@ -114,22 +125,28 @@ class Client:
         self.retry_for = retry_for
         self.http = httpx.AsyncClient(timeout=10.0, limits=httpx.Limits(max_connections=512))
         self.retries = 0
+        self.refused = 0  # 429s: the order service was full and said when to come back
 
     async def place(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         key = str(uuid.uuid4())
         deadline = time.monotonic() + self.retry_for
         while True:
+            pause = 0.2
             try:
                 r = await self.http.post(f"{self.settings.url('order')}/orders", json=body,
                                          headers={"Idempotency-Key": key})
-                if r.status_code < 500:
+                if r.status_code == 429:
+                    self.refused += 1
+                    pause = retry_after(r)
+                elif r.status_code < 500:
                     return r.status_code, r.json()
+                else:
+                    self.retries += 1
             except httpx.HTTPError:
-                pass
+                self.retries += 1
             if time.monotonic() > deadline:
-                raise TimeoutError(f"order service did not answer for {self.retry_for:.0f}s")
-            self.retries += 1
-            await asyncio.sleep(0.2)
+                raise TimeoutError(f"order service did not take the order for {self.retry_for:.0f}s")
+            await asyncio.sleep(pause)
 
     async def admin(self, method: str, path: str, **kwargs: Any) -> Any:
         """Call the admin API; while a service restarts (503), try again for up to `retry_for` seconds."""
@@ -265,6 +282,7 @@ async def run_demo(settings: Settings, *, orders: int = 200, concurrency: int = 
                     on_converged()
         finally:
             result.client_retries = client.retries
+            result.refused = client.refused
             await client.aclose()
         # Quiet by now, or it never will be; but a server may go down right after convergence: the check
         # waits it out within what is left of the convergence budget (at least 10 s)
@@ -288,6 +306,7 @@ def render(result: DemoResult, console: Console) -> None:
     table.add_row("  cancelled", str(result.statuses.get("CANCELLED", 0)))
     table.add_row("  still pending", str(result.statuses.get("PENDING", 0)))
     table.add_row("requests refused (4xx)", str(result.rejected))
+    table.add_row("refused while full (429, retried after Retry-After)", str(result.refused))
     table.add_row("throughput (orders placed/s)", f"{result.throughput:.1f}")
     table.add_row("throughput (orders decided/s, first placed → last decided)", f"{result.settled_per_s:.1f}")
     table.add_row("POST /orders p50 / p99", f"{ms(percentile(result.post_latencies, 50))} / "

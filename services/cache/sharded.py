@@ -38,7 +38,7 @@ import asyncio
 import itertools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -252,7 +252,7 @@ class ShardedCache:
         if not flight.stale:
             await self.set(key, value, ttl)
             if flight.stale:  # invalidated while the SET was on the wire: its DEL may have run first
-                await self._delete_everywhere(key)
+                await self._delete_everywhere([key])
         return value
 
     def _owners(self, key: str) -> set[str]:
@@ -271,19 +271,31 @@ class ShardedCache:
         """Delete the key on its owner and on its owners before a change still in progress.
 
         Returns how many nodes it was deleted on. A load in flight for the key is not stored."""
-        flight = self._flights.pop(key, None)
-        if flight is not None:  # its value may predate the change; new callers start a fresh load
-            flight.stale = True
-        return await self._delete_everywhere(key)
+        return await self.invalidate_many((key,))
 
-    async def _delete_everywhere(self, key: str) -> int:
+    async def invalidate_many(self, keys: Iterable[str]) -> int:
+        """`invalidate` for several keys, with one DEL per node that owns any of them; returns how many entries
+        were deleted."""
+        keys = list(keys)
+        for key in keys:
+            flight = self._flights.pop(key, None)
+            if flight is not None:  # its value may predate the change; new callers start a fresh load
+                flight.stale = True
+        return await self._delete_everywhere(keys)
+
+    async def _delete_everywhere(self, keys: list[str]) -> int:
+        by_node: dict[str, list[str]] = {}
+        for key in keys:
+            for name in self._owners(key):
+                by_node.setdefault(name, []).append(key)
         deleted = 0
-        for name in self._owners(key):
-            ok, count = await self._call(name, lambda client: client.delete(self._key(key)))
+        for name, owned in by_node.items():
+            ok, count = await self._call(name, lambda client, owned=owned: client.delete(*map(self._key, owned)))
             if ok:
                 deleted += count or 0
             else:
-                self._remember_missed(name, key)
+                for key in owned:
+                    self._remember_missed(name, key)
         return deleted
 
     # --- ring changes ------------------------------------------------------------------------------

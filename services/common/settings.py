@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     relay_lease_seconds: float = Field(15.0, gt=0)  # a dead relay's rows go to another relay after this
     publish_confirm_timeout: float = Field(5.0, gt=0)
     consumer_prefetch: int = 64
+    consumer_batch: int = 64  # most messages a consumer applies in one transaction
+    # POST /orders answers 429 (Retry-After) while this many orders are undecided; 0: never
+    admission_max_pending: int = Field(200, ge=0)
     consumer_max_failures: int = 5  # a message failing this often by its own fault is parked
     # SENT outbox rows and inbox rows are kept this long: longer than any message can wait to be redelivered
     message_retention_hours: float = Field(168.0, ge=1.0)

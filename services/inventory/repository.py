@@ -41,20 +41,34 @@ class SqlStock:
         return Held(ReservationStatus(rows[0].status), tuple(Line(r.sku, r.qty) for r in rows))
 
     async def reserve(self, order_id: uuid.UUID, lines: tuple[Line, ...]) -> None:
-        for line in sorted(lines, key=lambda line: line.sku):
-            await self.conn.execute(sa.text(
-                "UPDATE products SET available = available - :q, reserved = reserved + :q WHERE sku = :s"),
-                {"q": line.qty, "s": line.sku})
-        await self.conn.execute(sa.text(
-            "INSERT INTO reservations (order_id, sku, qty, status) VALUES (:o, :s, :q, 'RESERVED')"),
-            [{"o": order_id, "s": line.sku, "q": line.qty} for line in lines])
+        # one statement: the stock moves and the reservation rows are written together
+        await self.conn.execute(_RESERVE, {"o": order_id} | _arrays(lines))
 
     async def settle(self, order_id: uuid.UUID, lines: tuple[Line, ...], to: ReservationStatus) -> None:
-        moved = "sold" if to is ReservationStatus.SOLD else "available"
-        for line in sorted(lines, key=lambda line: line.sku):
-            await self.conn.execute(sa.text(
-                f"UPDATE products SET reserved = reserved - :q, {moved} = {moved} + :q WHERE sku = :s"),
-                {"q": line.qty, "s": line.sku})
-        await self.conn.execute(sa.text(
-            "UPDATE reservations SET status = :to, updated_at = now() WHERE order_id = :o AND status = 'RESERVED'"),
-            {"to": to, "o": order_id})
+        await self.conn.execute(_SOLD if to is ReservationStatus.SOLD else _RELEASED,
+                                {"to": to, "o": order_id} | _arrays(lines))
+
+
+def _arrays(lines: tuple[Line, ...]) -> dict[str, list[object]]:
+    ordered = sorted(lines, key=lambda line: line.sku)  # rows taken in one order, as lock_available takes them
+    return {"skus": [line.sku for line in ordered], "qtys": [line.qty for line in ordered]}
+
+
+_LINES = "unnest(CAST(:skus AS text[]), CAST(:qtys AS integer[])) AS line(sku, qty)"
+_RESERVE = sa.text(
+    "WITH moved AS (UPDATE products SET available = available - line.qty, reserved = reserved + line.qty "
+    f"FROM {_LINES} WHERE products.sku = line.sku) "
+    f"INSERT INTO reservations (order_id, sku, qty, status) SELECT :o, sku, qty, 'RESERVED' FROM {_LINES}")
+
+
+def _settle(moved: str) -> sa.TextClause:
+    """The reservation settled and its stock moved from reserved to `moved`, in one statement."""
+    return sa.text(
+        "WITH settled AS (UPDATE reservations SET status = :to, updated_at = now() "
+        "WHERE order_id = :o AND status = 'RESERVED') "
+        f"UPDATE products SET reserved = reserved - line.qty, {moved} = {moved} + line.qty "
+        f"FROM {_LINES} WHERE products.sku = line.sku")
+
+
+_SOLD = _settle("sold")
+_RELEASED = _settle("available")

@@ -1,6 +1,11 @@
-"""The consumer: delivers each message of a service's queue to its handler and acks after the handler's
-transaction committed.
+"""The consumer: delivers the messages of a service's queue to its handler in batches, and acks each message
+after the transaction that applied it committed.
 
+* Whatever has arrived when the handler is free goes in one batch (at most `batch` messages): the handler
+  applies it in one transaction. Under load batches grow by themselves; when the queue is quiet a batch is a
+  single message, so nothing waits for a batch to fill.
+* A batch that fails is applied again message by message, so one bad message cannot sink the others: each
+  then fails or succeeds on its own, as below.
 * A message that is not an envelope (poison) is parked at once, through the dead-letter exchange.
 * An error that is the world's (`failures.is_transient`: the database restarting, a pool timeout, an injected
   error) puts the message back after a capped backoff, as often as it takes; it never counts against it.
@@ -14,7 +19,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 
 from aio_pika.abc import AbstractConnection, AbstractIncomingMessage
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS
@@ -26,87 +32,159 @@ from services.messaging.failures import is_transient
 
 log = logging.getLogger("txlab.consumer")
 
-Handler = Callable[[Envelope], Awaitable[None]]
+Handler = Callable[[Sequence[Envelope]], Awaitable[None]]  # applies a batch in one transaction, or raises
 IsTransient = Callable[[BaseException], bool]
+
+
+@dataclass(frozen=True)
+class Delivery:
+    message: AbstractIncomingMessage
+    envelope: Envelope
+    twice: bool = False  # the bus.deliver fault's "duplicate": hand it to the handler twice
 
 
 class Consumer:
     def __init__(self, connection: BrokerConnection, service: str, handler: Handler, faults: FaultInjector, *,
-                 prefetch: int = 64, max_failures: int = 5, transient: IsTransient = is_transient) -> None:
+                 prefetch: int = 64, batch: int = 64, max_failures: int = 5,
+                 transient: IsTransient = is_transient) -> None:
         self.connection = connection
         self.service = service
         self.handler = handler
         self.faults = faults
         self.prefetch = prefetch
+        self.batch = batch
         self.max_failures = max_failures
         self.transient = transient
         self.in_flight = 0  # delivered and not yet acked, nacked or rejected
         self.settled = 0  # deliveries finished (acked, put back or parked): grows while anything moves
         self.parked = 0
+        self.batches = 0  # batches applied in one transaction
+        self._arrived: list[AbstractIncomingMessage] = []
+        self._wake = asyncio.Event()
+        self._worker: asyncio.Task[None] | None = None
         self._failures: dict[str, int] = {}  # the message's own failures, by message id
         self._waits = 0  # consecutive transient errors: the backoff while a server is away
+        self._later: set[asyncio.Task[None]] = set()  # messages put back once their backoff is over
 
     async def start(self) -> None:
+        self._worker = asyncio.create_task(self._work(), name=f"{self.service}-consumer")
         await self.connection.subscribe(self._open)
+
+    async def stop(self) -> None:
+        for task in (self._worker, *self._later):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     async def _open(self, connection: AbstractConnection) -> None:
         channel = await connection.channel()
         channel.close_callbacks.add(self.connection.channel_lost)
         await channel.set_qos(prefetch_count=self.prefetch)
         queue = await channel.get_queue(self.connection.topology.queue(self.service), ensure=False)
-        await queue.consume(self._deliver)
+        await queue.consume(self._arrive)
 
-    async def _deliver(self, message: AbstractIncomingMessage) -> None:
+    async def _arrive(self, message: AbstractIncomingMessage) -> None:
         self.in_flight += 1
+        self._arrived.append(message)
+        self._wake.set()
+
+    async def _work(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._arrived:
+                taken, self._arrived = self._arrived[:self.batch], self._arrived[self.batch:]
+                try:
+                    await self._apply(taken)
+                except Exception:  # never leave a delivery unsettled: it would hold a prefetch slot for good
+                    log.exception("delivering %d messages failed; putting them back", len(taken))
+                    for message in taken:
+                        if not message.processed:
+                            await self._settle(message.nack(requeue=True))
+
+    async def _apply(self, messages: list[AbstractIncomingMessage]) -> None:
+        deliveries: list[Delivery] = []
+        for message in messages:
+            try:
+                envelope = Envelope.from_bytes(message.body)
+            except InvalidEnvelope as exc:
+                log.error("poison message %s parked: %s", message.message_id, exc)
+                await self._park(message)
+                continue
+            try:
+                action = await self.faults.hit("bus.deliver")
+            except Exception as exc:
+                self._failed(Delivery(message, envelope), exc)
+                continue
+            deliveries.append(Delivery(message, envelope, twice=action == "duplicate"))
+        if not deliveries:
+            return
         try:
-            await self._handle(message)
+            await self.handler([e for d in deliveries for e in (d.envelope,) * (2 if d.twice else 1)])
+        except Exception as exc:
+            if len(deliveries) == 1:
+                self._failed(deliveries[0], exc)
+                return
+            for delivery in deliveries:  # one at a time: only the message at fault fails
+                try:
+                    await self.handler([delivery.envelope] * (2 if delivery.twice else 1))
+                except Exception as single:
+                    self._failed(delivery, single)
+                else:
+                    await self._applied(delivery)
+            return
+        self.batches += 1
+        for delivery in deliveries:
+            await self._applied(delivery)
+
+    async def _applied(self, delivery: Delivery) -> None:
+        self._waits = 0
+        self._failures.pop(str(delivery.envelope.message_id), None)
+        await self._settle(delivery.message.ack())
+
+    def _failed(self, delivery: Delivery, exc: Exception) -> None:
+        """Count the failure if it is the message's own, then park the message or put it back after a backoff
+        (without holding up the messages behind it)."""
+        key, envelope = str(delivery.envelope.message_id), delivery.envelope
+        if self.transient(exc):
+            self._waits += 1
+            if self._waits == 1 or self._waits % 100 == 0:
+                log.warning("message %s (%s) waits for a server (%r); retrying", key, envelope.type, exc)
+            self._later_back(delivery.message, capped_backoff(self._waits, 0.05))
+            return
+        failures = self._failures.get(key, 0) + 1
+        if failures >= self.max_failures:
+            self._failures.pop(key, None)
+            log.error("message %s (%s) failed %d times, parked: %r", key, envelope.type, failures, exc)
+            self._later_back(delivery.message, 0.0, park=True)
+            return
+        self._failures[key] = failures
+        log.warning("message %s (%s) failed (%d of %d), requeued: %r", key, envelope.type, failures,
+                    self.max_failures, exc)
+        self._later_back(delivery.message, capped_backoff(failures, 0.05))
+
+    def _later_back(self, message: AbstractIncomingMessage, delay: float, park: bool = False) -> None:
+        async def back() -> None:
+            await asyncio.sleep(delay)
+            if park:
+                await self._park(message)
+            else:
+                await self._settle(message.nack(requeue=True))
+
+        task = asyncio.create_task(back())
+        self._later.add(task)
+        task.add_done_callback(self._later.discard)
+
+    async def _settle(self, outcome: Awaitable[None]) -> None:
+        try:
+            await outcome
         except CONNECTION_EXCEPTIONS as exc:  # the channel went away under the ack: the message comes back
-            log.info("message %s will be redelivered (%r)", message.message_id, exc)
-        except Exception:  # never leave a delivery unsettled: it would hold a prefetch slot for good
-            log.exception("delivering message %s failed; putting it back", message.message_id)
-            with contextlib.suppress(*CONNECTION_EXCEPTIONS):
-                await message.nack(requeue=True)
+            log.info("a message will be redelivered (%r)", exc)
         finally:
             self.in_flight -= 1
             self.settled += 1
 
-    async def _handle(self, message: AbstractIncomingMessage) -> None:
-        try:
-            envelope = Envelope.from_bytes(message.body)
-        except InvalidEnvelope as exc:
-            log.error("poison message %s parked: %s", message.message_id, exc)
-            await self._park(message)
-            return
-        key = str(envelope.message_id)
-        try:
-            action = await self.faults.hit("bus.deliver")
-            await self.handler(envelope)
-            if action == "duplicate":
-                await self.handler(envelope)
-        except Exception as exc:
-            if self.transient(exc):
-                self._waits += 1
-                if self._waits == 1 or self._waits % 100 == 0:
-                    log.warning("message %s (%s) waits for a server (%r); retrying", key, envelope.type, exc)
-                await asyncio.sleep(capped_backoff(self._waits, 0.05))
-                await message.nack(requeue=True)
-                return
-            failures = self._failures.get(key, 0) + 1
-            if failures >= self.max_failures:
-                self._failures.pop(key, None)
-                log.error("message %s (%s) failed %d times, parked: %r", key, envelope.type, failures, exc)
-                await self._park(message)
-                return
-            self._failures[key] = failures
-            log.warning("message %s (%s) failed (%d of %d), requeued: %r", key, envelope.type, failures,
-                        self.max_failures, exc)
-            await asyncio.sleep(capped_backoff(failures, 0.05))
-            await message.nack(requeue=True)
-            return
-        self._waits = 0
-        self._failures.pop(key, None)
-        await message.ack()
-
     async def _park(self, message: AbstractIncomingMessage) -> None:
-        await message.reject(requeue=False)  # dead-lettered to <service>.parking
+        await self._settle(message.reject(requeue=False))  # dead-lettered to <service>.parking
         self.parked += 1

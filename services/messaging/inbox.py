@@ -1,14 +1,18 @@
 """The inbox table and the unit of work: a consumed message is claimed in the inbox, applied, and the events
-it causes are written to the outbox, all in one local transaction, so a duplicate is applied once."""
+it causes are written to the outbox, all in one local transaction, so a duplicate is applied once.
+
+The statements are built once (a statement built per call costs SQLAlchemy a cache key each time), and a
+unit of work writes its outbox rows in one statement just before it commits, however many it emitted."""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import UUID, insert
+from sqlalchemy.dialects.postgresql import UUID
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.common.envelope import Envelope
@@ -22,27 +26,46 @@ INBOX = sa.Table(
 )
 
 
+# One statement claims a whole batch: the ids that come back are the messages not seen before
+_CLAIM = sa.text(
+    "INSERT INTO inbox (message_id, type) SELECT * FROM unnest(CAST(:ids AS uuid[]), CAST(:types AS text[])) "
+    "ON CONFLICT DO NOTHING RETURNING message_id")
+_EMIT = OUTBOX.insert()
+
+
 @dataclass
 class UnitOfWork:
-    """One local transaction: the business effect, the inbox claim and the outbox rows commit together."""
+    """One local transaction: the business effect, the inbox claims and the outbox rows commit together."""
 
     conn: AsyncConnection
     stale_keys: set[str] = field(default_factory=set)  # cached views to invalidate once committed
+    emitted: list[dict[str, object]] = field(default_factory=list)  # outbox rows, written before the commit
 
     async def claim(self, envelope: Envelope) -> bool:
         """Record `envelope` in the inbox; False when it was already processed (a duplicate)."""
-        stmt = insert(INBOX).values(message_id=envelope.message_id, type=envelope.type)
-        result = await self.conn.execute(stmt.on_conflict_do_nothing().returning(INBOX.c.message_id))
-        return result.first() is not None
+        return bool(await self.claim_all([envelope]))
+
+    async def claim_all(self, envelopes: Sequence[Envelope]) -> set[uuid.UUID]:
+        """Record `envelopes` in the inbox; return the ids of those not processed before (each once)."""
+        rows = await self.conn.execute(_CLAIM, {"ids": [e.message_id for e in envelopes],
+                                                "types": [e.type for e in envelopes]})
+        return {r.message_id for r in rows}
 
     async def emit(self, envelope: Envelope) -> None:
         """Add `envelope` to the outbox; the relay publishes it after this transaction commits."""
-        await self.conn.execute(OUTBOX.insert().values(
-            id=envelope.message_id, order_id=envelope.order_id, routing_key=envelope.type,
-            envelope=envelope.to_dict()))
+        self.emitted.append({"id": envelope.message_id, "order_id": envelope.order_id,
+                             "routing_key": envelope.type, "envelope": envelope.to_dict()})
+
+    async def flush(self) -> None:
+        """Write the emitted outbox rows (one statement, one NOTIFY for the relay)."""
+        if self.emitted:
+            rows, self.emitted = self.emitted, []
+            await self.conn.execute(_EMIT, rows)
 
 
 @contextlib.asynccontextmanager
 async def unit_of_work(engine: AsyncEngine) -> AsyncIterator[UnitOfWork]:
     async with engine.begin() as conn:
-        yield UnitOfWork(conn)
+        uow = UnitOfWork(conn)
+        yield uow
+        await uow.flush()

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 import uuid
@@ -47,7 +46,9 @@ def backoff_seconds(attempts: int) -> float:
 class Claimed:
     id: uuid.UUID
     routing_key: str
-    envelope: dict[str, Any]
+    body: str  # the envelope as PostgreSQL prints the JSONB: published as it is, never decoded here
+    type: str
+    occurred_at: str
     attempts: int
 
 
@@ -129,10 +130,12 @@ class OutboxRelay:
             .order_by(OUTBOX.c.created_at).limit(self.settings.relay_batch).with_for_update(skip_locked=True))
         stmt = (sa.update(OUTBOX).where(OUTBOX.c.id.in_(due.scalar_subquery()))
                 .values(claimed_by=self.relay_id, claimed_until=sa.func.now() + lease)
-                .returning(OUTBOX.c.id, OUTBOX.c.routing_key, OUTBOX.c.envelope, OUTBOX.c.attempts))
+                .returning(OUTBOX.c.id, OUTBOX.c.routing_key, sa.cast(OUTBOX.c.envelope, sa.Text),
+                           OUTBOX.c.envelope["type"].astext, OUTBOX.c.envelope["occurred_at"].astext,
+                           OUTBOX.c.attempts))
         async with self.engine.begin() as conn:
             rows = (await conn.execute(stmt)).all()
-        return sorted((Claimed(*r) for r in rows), key=lambda c: c.envelope.get("occurred_at", ""))
+        return sorted((Claimed(*r) for r in rows), key=lambda c: c.occurred_at or "")
 
     async def publish_batch(self) -> int:
         """Publish one batch of due rows; return how many were settled (sent or refused), not given back."""
@@ -151,8 +154,7 @@ class OutboxRelay:
     async def _publish(self, row: Claimed) -> None:
         if await self.faults.hit("relay.before_publish") == "drop":
             raise PublishRefused("injected drop: RabbitMQ refused the message")
-        body = json.dumps(row.envelope, separators=(",", ":")).encode()
-        await self.publisher.publish_raw(body, str(row.id), row.envelope["type"], row.routing_key)
+        await self.publisher.publish_raw(row.body.encode(), str(row.id), row.type, row.routing_key)
 
     async def _settle(self, conn: AsyncConnection, rows: list[Claimed], results: list[Any]) -> None:
         mine = OUTBOX.c.claimed_by == self.relay_id

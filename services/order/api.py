@@ -17,6 +17,7 @@ from pydantic import AfterValidator, BaseModel, Field, field_validator
 
 from services.cache.keys import CATALOGUE_TTL, ORDER_TTL, customer_key, order_key, product_key
 from services.common.identifiers import Identifier
+from services.order.admission import RETRY_AFTER_SECONDS, Overloaded
 from services.order.coordinated import NotBegun
 from services.order.domain import OrderStatus
 from services.order.halfmsg import BrokerRefused, TooLate
@@ -151,8 +152,13 @@ async def create_order(body: OrderIn, request: Request, response: Response,
     """Place an order. A retry with the same Idempotency-Key returns the first order (200), never a second.
 
     An Idempotency-Key is 1 to 200 printable ASCII characters (`!` to `~`, spaces only between them); an
-    empty, blank, longer or non-ASCII one is a 422 and places nothing."""
+    empty, blank, longer or non-ASCII one is a 422 and places nothing. While too many orders are undecided
+    (`TXLAB_ADMISSION_MAX_PENDING`) the answer is 429 with Retry-After, and nothing is placed."""
     rt = runtime(request)
+    try:
+        request.app.state.admission.admit()
+    except Overloaded as exc:
+        raise HTTPException(429, str(exc), headers={"Retry-After": str(RETRY_AFTER_SECONDS)}) from exc
     command = PlaceOrder(order_id=uuid.uuid4(), customer_id=body.customer_id, pattern=body.pattern,
                          items=await _price_items(rt, body), idempotency_key=idempotency_key,
                          request_hash=body.fingerprint())

@@ -28,7 +28,7 @@ from services.messaging.consumer import Consumer
 from services.messaging.publisher import Publisher
 from services.messaging.relay import OutboxRelay
 from services.messaging.topology import topology_of
-from services.runtime.events import EventHandler, apply_event
+from services.runtime.events import EventHandler, apply_events
 from services.runtime.http_errors import install_error_handlers
 from services.runtime.internal_routes import internal_router
 from services.runtime.prepared import make_pools
@@ -68,8 +68,9 @@ def create_service_app(service: str, router: APIRouter, handlers: dict[str, Even
         http = httpx.AsyncClient(timeout=5.0)
         cache = ShardedCache.from_env(settings, current_nodes(settings))
         await cache.start()
-        consumer = Consumer(broker, service, lambda env: apply_event(app.state.rt, handlers, env), faults,
-                            prefetch=settings.consumer_prefetch, max_failures=settings.consumer_max_failures)
+        consumer = Consumer(broker, service, lambda batch: apply_events(app.state.rt, handlers, batch), faults,
+                            prefetch=settings.consumer_prefetch, batch=settings.consumer_batch,
+                            max_failures=settings.consumer_max_failures)
         app.state.rt = Runtime(service, settings, engine, broker, publisher, consumer, relay, faults, http, cache)
         if prepared:
             app.state.rt.pg = make_pools(settings, service)
@@ -87,6 +88,7 @@ def create_service_app(service: str, router: APIRouter, handlers: dict[str, Even
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            await consumer.stop()
             await broker.close()
             await http.aclose()
             await cache.close()

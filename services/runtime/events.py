@@ -1,9 +1,9 @@
-"""Applying one consumed event: inbox claim, effect and emitted events in one transaction, then the cached
-views it changed are invalidated."""
+"""Applying consumed events: a batch's inbox claims, effects and emitted events in one transaction, then the
+cached views they changed are invalidated."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
 from services.common.envelope import Envelope
@@ -21,23 +21,29 @@ class Outbox(Protocol):
     async def emit(self, envelope: Envelope) -> None: ...
 
 
-async def apply_event(rt: Runtime, handlers: dict[str, EventHandler], envelope: Envelope) -> None:
-    """Apply `envelope` exactly once; an event this service has no handler for is acknowledged unread."""
-    handler = handlers.get(envelope.type)
-    if handler is None:
+async def apply_events(rt: Runtime, handlers: dict[str, EventHandler], envelopes: Sequence[Envelope]) -> None:
+    """Apply each of `envelopes` exactly once, all in one transaction, in their order; an event this service
+    has no handler for is acknowledged unread. If any fails, none is applied."""
+    handled = [e for e in envelopes if e.type in handlers]
+    if not handled:
         return
+    applied = 0
     async with unit_of_work(rt.engine) as uow:
-        if not await uow.claim(envelope):
-            rt.stats["duplicates_skipped"] += 1
-            return
-        await handler(uow, envelope)
-        await rt.faults.hit(f"{rt.service}.before_commit")
-    rt.stats["events_applied"] += 1
+        fresh = await uow.claim_all(handled)
+        for envelope in handled:
+            if envelope.message_id not in fresh:
+                rt.stats["duplicates_skipped"] += 1
+                continue
+            fresh.discard(envelope.message_id)  # a second copy in the same batch is a duplicate too
+            await handlers[envelope.type](uow, envelope)
+            await rt.faults.hit(f"{rt.service}.before_commit")
+            applied += 1
+    rt.stats["events_applied"] += applied
     await invalidate_after_commit(rt, uow)
 
 
 async def invalidate_after_commit(rt: Runtime, uow: UnitOfWork) -> None:
     """Delete the cached views the committed transaction changed (after commit: a reader cannot reload the
     old value between the delete and the commit)."""
-    for key in uow.stale_keys:
-        await rt.cache.invalidate(key)
+    if uow.stale_keys:
+        await rt.cache.invalidate_many(uow.stale_keys)

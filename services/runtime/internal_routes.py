@@ -70,7 +70,7 @@ def internal_router(service: str) -> APIRouter:
     async def stats(request: Request) -> dict[str, int]:
         rt = runtime(request)
         return dict(rt.stats) | {"relay_published": rt.relay.published, "relay_refused": rt.relay.refused,
-                                 "consumer_parked": rt.consumer.parked}
+                                 "consumer_parked": rt.consumer.parked, "consumer_batches": rt.consumer.batches}
 
     @r.get("/messaging")
     async def messaging(request: Request) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from bench.plot import plot_rows
 from services.common.settings import Settings
 
 ROWS = [Row(p, c, 40.0 + c, 45.0 + c, 7000.0, (40.0 + c) / 7000.0, 100.0, 300.0, 200.0, 900.0 + c, 11.0, 0.0, 25.0,
-            500, 0, True)
+            500, 0, 0, True)
         for p in ("outbox", "2pc") for c in (8, 32, 128)]
 FIELDS = {"pattern", "in_flight", "orders_per_s", "pgbench_tps", "ratio", "e2e_p99_ms", "cpu_ms_per_order",
           "refused", "invariants_hold"}

@@ -12,9 +12,18 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from services.common.db import make_engine, migrate
 from services.common.envelope import Envelope
 from services.messaging.consumer import Consumer
+from services.messaging.inbox import unit_of_work
 from services.messaging.parking import queue_depths, replay_parked
 from services.messaging.publisher import Publisher, PublishRefused
 from tests.polling import eventually
+
+
+def each(handler):
+    """A batch handler applying one envelope at a time (these tests run batches of one)."""
+    async def apply(batch):
+        for envelope in batch:
+            await handler(envelope)
+    return apply
 
 
 async def depth(settings, topology, key: str) -> int:
@@ -39,7 +48,7 @@ async def test_an_event_published_before_its_consumer_started_still_reaches_it(
     async def handler(envelope: Envelope) -> None:
         got.append(envelope)
 
-    await Consumer(await connect(shop, "payment"), "payment", handler, faults).start()
+    await Consumer(await connect(shop, "payment"), "payment", each(handler), faults, batch=1).start()
     await eventually(lambda: got, within=10, what="the early event at payment")
     assert [e.message_id for e in got] == [event.message_id]
 
@@ -60,7 +69,7 @@ async def test_poison_and_repeatedly_failing_messages_are_parked(settings, topol
         if envelope.payload.get("explode"):
             raise RuntimeError("handler bug")
 
-    await Consumer(await connect(t), "payment", handler, faults, max_failures=3).start()
+    await Consumer(await connect(t), "payment", each(handler), faults, batch=1, max_failures=3).start()
     await publish_raw(settings, t, b"definitely not json", "test.garbage")
     await publish_raw(settings, t, Envelope(type="test.bad", payload={"explode": True}).to_bytes(), "test.bad")
     await publish_raw(settings, t, Envelope(type="test.good").to_bytes(), "test.good")
@@ -84,7 +93,7 @@ async def test_the_worlds_errors_never_count_toward_parking(settings, topology, 
         if len(calls) == 7:
             raise RuntimeError("one failure of its own")
 
-    await Consumer(await connect(t), "order", flaky, faults, max_failures=2).start()
+    await Consumer(await connect(t), "order", each(flaky), faults, batch=1, max_failures=2).start()
     await publish_raw(settings, t, Envelope(type="transient.x").to_bytes(), "transient.x")
     await eventually(lambda: len(calls) == 8, within=30, what="the message applied")
     assert await depth(settings, t, "order_parked") == 0
@@ -111,7 +120,7 @@ async def test_a_slow_database_delays_a_message_and_never_parks_it(settings, top
             await conn.execute(sa.text("SELECT 1"))
         applied.append(envelope.type)
 
-    await Consumer(await connect(t), "payment", handler, faults, max_failures=2).start()
+    await Consumer(await connect(t), "payment", each(handler), faults, batch=1, max_failures=2).start()
     await publish_raw(settings, t, Envelope(type="slow.x").to_bytes(), "slow.x")
     await asyncio.sleep(3)  # far more than max_failures pool timeouts
     assert await depth(settings, t, "payment_parked") == 0 and applied == []
@@ -131,7 +140,7 @@ async def test_input_the_driver_cannot_encode_parks_the_message(settings, topolo
             await conn.execute(sa.text("SELECT count(*) FROM customers WHERE balance_cents = :n"),
                                {"n": envelope.payload["n"]})
 
-    await Consumer(await connect(t), "payment", handler, faults, max_failures=3).start()
+    await Consumer(await connect(t), "payment", each(handler), faults, batch=1, max_failures=3).start()
     await publish_raw(settings, t, Envelope(type="bad.n", payload={"n": "three"}).to_bytes(), "bad.n")
 
     async def parked() -> bool:
@@ -151,7 +160,7 @@ async def test_a_replay_moves_only_what_was_parked_when_it_began(settings, topol
             raise KeyError("a bug in the handler")
         applied.append(envelope.type)
 
-    await Consumer(await connect(t), "inventory", handler, faults, max_failures=1).start()
+    await Consumer(await connect(t), "inventory", each(handler), faults, batch=1, max_failures=1).start()
     for i in range(3):
         await publish_raw(settings, t, Envelope(type=f"replay.{i}").to_bytes(), f"replay.{i}")
 
@@ -194,3 +203,45 @@ async def test_a_channel_the_broker_closes_is_replaced_by_a_fresh_connection(set
     await eventually(published_again, within=20, what="publishing after the channel was replaced")
     assert broker.opened >= 2
     assert await depth(settings, t, "payment_queued") == 2
+
+
+async def test_what_arrives_meanwhile_is_applied_as_one_batch_and_a_bad_message_does_not_sink_it(
+        settings, topology, connect, faults):
+    t = topology({"inventory": ("batch.#",)})
+    gate = asyncio.Event()
+    committed: list[str] = []
+    sizes: list[int] = []
+
+    async def handler(batch) -> None:  # all of the batch commits, or none of it
+        sizes.append(len(batch))
+        await gate.wait()
+        if any(e.payload.get("explode") for e in batch):
+            raise RuntimeError("handler bug")
+        committed.extend(e.type for e in batch)
+
+    consumer = Consumer(await connect(t), "inventory", handler, faults, max_failures=2)
+    await consumer.start()
+    await publish_raw(settings, t, Envelope(type="batch.first").to_bytes(), "batch.first")
+    await eventually(lambda: sizes == [1], within=10, what="the first message held in its handler")
+    for i in range(10):
+        await publish_raw(settings, t, Envelope(type=f"batch.{i}", payload={"explode": i == 5}).to_bytes(),
+                          f"batch.{i}")
+    await eventually(lambda: consumer.in_flight == 11, within=10, what="ten more messages waiting")
+    gate.set()
+
+    async def parked() -> bool:
+        return await depth(settings, t, "inventory_parked") == 1
+
+    await eventually(parked, within=20, what="the bad message parked")
+    assert sizes[:2] == [1, 10], "the ten that arrived meanwhile went to the handler together"
+    assert sorted(committed) == sorted(["batch.first"] + [f"batch.{i}" for i in range(10) if i != 5])
+    assert consumer.in_flight == 0
+
+
+async def test_one_claim_tells_new_messages_from_duplicates_even_within_a_batch(engine):
+    a, b = Envelope(type="claim.a"), Envelope(type="claim.b")
+    async with unit_of_work(engine) as uow:
+        assert await uow.claim_all([a, a]) == {a.message_id}
+    async with unit_of_work(engine) as uow:
+        assert await uow.claim_all([b, a]) == {b.message_id}
+        assert not await uow.claim(b)
