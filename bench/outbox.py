@@ -140,7 +140,8 @@ def _row(pattern: str, c: int, tps: float, result: DemoResult, before: _Mark, af
                percentile(result.post_latencies, 50) * 1000, percentile(result.post_latencies, 99) * 1000,
                percentile(result.e2e_latencies, 50) * 1000, percentile(result.e2e_latencies, 99) * 1000,
                commits / n, (after.messages - before.messages) / n, (after.cpu - before.cpu) * 1000 / n,
-               result.placed, result.refused, result.rejected, result.report is not None and result.report.exit_code == 0)
+               result.placed, result.refused, result.rejected,
+               result.report is not None and result.report.exit_code == 0)
 
 
 def run(prog: str, argv: list[str], patterns: list[str], reference: str = "", levels: tuple[int, ...] = (8, 32),

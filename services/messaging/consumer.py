@@ -135,8 +135,18 @@ class Consumer:
                     await self._applied(delivery)
             return
         self.batches += 1
+        self._waits = 0
         for delivery in deliveries:
-            await self._applied(delivery)
+            self._failures.pop(str(delivery.envelope.message_id), None)
+        messages = [d.message for d in deliveries]
+        last = messages[-1]
+        if len(messages) > 1 and not self._later and all(m.channel is last.channel for m in messages):
+            # every earlier delivery of this channel is settled (none waits out a backoff): one ack, with
+            # `multiple`, settles exactly this batch
+            await self._settle(last.ack(multiple=True), len(messages))
+        else:
+            for message in messages:
+                await self._settle(message.ack())
 
     async def _applied(self, delivery: Delivery) -> None:
         self._waits = 0
@@ -176,14 +186,14 @@ class Consumer:
         self._later.add(task)
         task.add_done_callback(self._later.discard)
 
-    async def _settle(self, outcome: Awaitable[None]) -> None:
+    async def _settle(self, outcome: Awaitable[None], messages: int = 1) -> None:
         try:
             await outcome
-        except CONNECTION_EXCEPTIONS as exc:  # the channel went away under the ack: the message comes back
-            log.info("a message will be redelivered (%r)", exc)
+        except CONNECTION_EXCEPTIONS as exc:  # the channel went away under the ack: the messages come back
+            log.info("%d message(s) will be redelivered (%r)", messages, exc)
         finally:
-            self.in_flight -= 1
-            self.settled += 1
+            self.in_flight -= messages
+            self.settled += messages
 
     async def _park(self, message: AbstractIncomingMessage) -> None:
         await self._settle(message.reject(requeue=False))  # dead-lettered to <service>.parking

@@ -49,6 +49,10 @@ class Admission:
     async def watch(self, engine: AsyncEngine) -> None:
         """Count the undecided orders until cancelled; while the database is away, keep the last count."""
         while self.max_pending > 0:
+            if self.pending == 0 and self.accepted == 0:  # idle: nothing to count until an order comes
+                await asyncio.sleep(SAMPLE_SECONDS)
+                if self.accepted == 0:
+                    continue
             try:
                 async with engine.connect() as conn:
                     accepted = self.accepted
