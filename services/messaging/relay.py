@@ -3,7 +3,8 @@
 Guarantees:
 * Every row is published at least once; the consumers' inbox makes that exactly-once in effect.
 * Several relays may share one table: a relay claims a batch under a lease (`claimed_by`, `claimed_until`)
-  in one short transaction, publishes with no transaction open, and settles the batch in another. A relay
+  in one statement, publishes with no transaction open, and settles the batch in another (one statement when
+  every row was sent: a single statement needs no BEGIN and COMMIT). A relay
   that dies holding a lease is replaced when the lease runs out, or at once when it restarts (it takes back
   its own leases by its stable id).
 * RabbitMQ or PostgreSQL being unreachable is waited out with capped backoff and never counts against a row;
@@ -24,6 +25,7 @@ import asyncpg
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from services.common.db import execute_alone
 from services.common.faults import FaultInjector
 from services.common.settings import Settings
 from services.messaging.connection import capped_backoff
@@ -133,8 +135,7 @@ class OutboxRelay:
                 .returning(OUTBOX.c.id, OUTBOX.c.routing_key, sa.cast(OUTBOX.c.envelope, sa.Text),
                            OUTBOX.c.envelope["type"].astext, OUTBOX.c.envelope["occurred_at"].astext,
                            OUTBOX.c.attempts))
-        async with self.engine.begin() as conn:
-            rows = (await conn.execute(stmt)).all()
+        rows = (await execute_alone(self.engine, stmt)).all()
         return sorted((Claimed(*r) for r in rows), key=lambda c: c.occurred_at or "")
 
     async def publish_batch(self) -> int:
@@ -144,8 +145,12 @@ class OutboxRelay:
             return 0
         results = await asyncio.gather(*(self._publish(r) for r in rows), return_exceptions=True)
         await self.faults.hit("relay.after_publish")
-        async with self.engine.begin() as conn:
-            await self._settle(conn, rows, results)
+        if all(r is None for r in results):  # all sent, the usual case: one statement settles the batch
+            await execute_alone(self.engine, self._sent([r.id for r in rows]))
+            self.published += len(rows)
+        else:
+            async with self.engine.begin() as conn:
+                await self._settle(conn, rows, results)
         unavailable = next((r for r in results if isinstance(r, BrokerUnavailable)), None)
         if unavailable is not None:
             raise unavailable
@@ -156,13 +161,17 @@ class OutboxRelay:
             raise PublishRefused("injected drop: RabbitMQ refused the message")
         await self.publisher.publish_raw(row.body.encode(), str(row.id), row.type, row.routing_key)
 
+    def _sent(self, ids: list[uuid.UUID]) -> sa.Update:
+        return sa.update(OUTBOX).where(OUTBOX.c.id.in_(ids), OUTBOX.c.claimed_by == self.relay_id).values(
+            status=OutboxStatus.SENT, sent_at=sa.func.now(), attempts=OUTBOX.c.attempts + 1, claimed_by=None,
+            claimed_until=None)
+
     async def _settle(self, conn: AsyncConnection, rows: list[Claimed], results: list[Any]) -> None:
         mine = OUTBOX.c.claimed_by == self.relay_id
         released = dict(claimed_by=None, claimed_until=None)
         sent = [r.id for r, res in zip(rows, results, strict=True) if res is None]
         if sent:
-            await conn.execute(sa.update(OUTBOX).where(OUTBOX.c.id.in_(sent), mine).values(
-                status=OutboxStatus.SENT, sent_at=sa.func.now(), attempts=OUTBOX.c.attempts + 1, **released))
+            await conn.execute(self._sent(sent))
             self.published += len(sent)
         waiting = [r.id for r, res in zip(rows, results, strict=True) if res is not None and _worlds_fault(res)]
         if waiting:  # the world's failure: give the rows back untouched

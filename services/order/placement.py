@@ -15,8 +15,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from services.common.db import execute_alone
 from services.common.envelope import Envelope
-from services.messaging.inbox import unit_of_work
 from services.order import coordinated, halfmsg
 from services.order.domain import OrderStatus, PaymentAnswer, StockAnswer
 from services.runtime.state import Runtime
@@ -70,11 +70,25 @@ def _created(cmd: PlaceOrder) -> Envelope:
         "items": [vars(i) for i in cmd.items]})
 
 
+# The order, its items and its order.created outbox row in one statement: atomic without BEGIN and COMMIT.
+# The outbox row's created_at is the order's (now() is the statement's transaction time).
+_PLACE_WITH_OUTBOX = sa.text(
+    "WITH placed AS (INSERT INTO orders (id, customer_id, pattern, status, total_cents, stock_status, "
+    "payment_status, idempotency_key, request_hash) VALUES (:id, :c, :p, 'PENDING', :t, 'PENDING', 'PENDING', "
+    ":k, :h) RETURNING id), "
+    "items AS (INSERT INTO order_items (order_id, sku, qty, unit_price_cents) SELECT placed.id, item.* FROM placed, "
+    "unnest(CAST(:skus AS text[]), CAST(:qtys AS integer[]), CAST(:prices AS bigint[])) AS item) "
+    "INSERT INTO outbox (id, order_id, routing_key, envelope) SELECT :mid, id, :rk, CAST(:envelope AS jsonb) "
+    "FROM placed RETURNING created_at")
+
+
 async def place_with_outbox(rt: Runtime, cmd: PlaceOrder) -> datetime:
-    async with unit_of_work(rt.engine) as uow:
-        created_at = await _insert_order(uow.conn, cmd)
-        await uow.emit(_created(cmd))
-    return created_at
+    event = _created(cmd)
+    return (await execute_alone(rt.engine, _PLACE_WITH_OUTBOX, {
+        "id": cmd.order_id, "c": cmd.customer_id, "p": cmd.pattern, "t": cmd.total_cents,
+        "k": cmd.idempotency_key, "h": cmd.request_hash, "skus": [i.sku for i in cmd.items],
+        "qtys": [i.qty for i in cmd.items], "prices": [i.unit_price_cents for i in cmd.items],
+        "mid": event.message_id, "rk": event.type, "envelope": event.to_bytes().decode()})).scalar_one()
 
 
 async def place_with_half_message(rt: Runtime, cmd: PlaceOrder) -> datetime:
