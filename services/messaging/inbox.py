@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import UUID
@@ -26,6 +27,8 @@ INBOX = sa.Table(
 )
 
 
+R = TypeVar("R")
+
 # One statement claims a whole batch: the ids that come back are the messages not seen before
 _CLAIM = sa.text(
     "INSERT INTO inbox (message_id, type) SELECT * FROM unnest(CAST(:ids AS uuid[]), CAST(:types AS text[])) "
@@ -40,6 +43,14 @@ class UnitOfWork:
     conn: AsyncConnection
     stale_keys: set[str] = field(default_factory=set)  # cached views to invalidate once committed
     emitted: list[dict[str, object]] = field(default_factory=list)  # outbox rows, written before the commit
+    repositories: dict[type, Any] = field(default_factory=dict)
+
+    def repository(self, kind: Callable[[AsyncConnection], R]) -> R:
+        """The unit of work's one repository of `kind`: what it loaded and changed is shared by every message
+        of a batch, and what it holds back is written by `flush`."""
+        if kind not in self.repositories:
+            self.repositories[kind] = kind(self.conn)
+        return self.repositories[kind]
 
     async def claim(self, envelope: Envelope) -> bool:
         """Record `envelope` in the inbox; False when it was already processed (a duplicate)."""
@@ -57,7 +68,11 @@ class UnitOfWork:
                              "routing_key": envelope.type, "envelope": envelope.to_dict()})
 
     async def flush(self) -> None:
-        """Write the emitted outbox rows (one statement, one NOTIFY for the relay)."""
+        """Write what the repositories hold back, then the emitted outbox rows (one statement, one NOTIFY for the
+        relay)."""
+        for repository in self.repositories.values():
+            if hasattr(repository, "flush"):
+                await repository.flush()
         if self.emitted:
             rows, self.emitted = self.emitted, []
             await self.conn.execute(_EMIT, rows)

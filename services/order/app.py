@@ -4,7 +4,7 @@ from services.common.settings import get_settings
 from services.order import coordinated, halfmsg
 from services.order.admission import Admission
 from services.order.api import router
-from services.order.handlers import HANDLERS
+from services.order.handlers import HANDLERS, lock_orders
 from services.runtime.app import create_service_app
 from services.runtime.state import Runtime
 
@@ -17,7 +17,7 @@ def create_app() -> FastAPI:
         await admission.watch(rt.engine)
 
     app = create_service_app("order", router, HANDLERS, settings,
-                             background=[coordinated.recover, admit_while_running])
+                             background=[coordinated.recover, admit_while_running], prepare=lock_orders)
     app.state.admission = admission
     app.include_router(halfmsg.router)  # the half-message broker's check-back
     app.include_router(coordinated.router)  # the coordinator's reports

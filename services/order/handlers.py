@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from services.cache.keys import order_key
 from services.common.envelope import Envelope
 from services.messaging.inbox import UnitOfWork
@@ -26,7 +28,12 @@ async def record_answer(orders: Orders, outbox: Outbox, event: Envelope) -> None
 
 
 async def _record(uow: UnitOfWork, event: Envelope) -> None:
-    await record_answer(SqlOrders(uow.conn), uow, event)
+    await record_answer(uow.repository(SqlOrders), uow, event)
+
+
+async def lock_orders(uow: UnitOfWork, events: Sequence[Envelope]) -> None:
+    """Lock every order a batch of answers names, in one statement."""
+    await uow.repository(SqlOrders).lock_all(e.order_id for e in events if e.order_id is not None)
 
 
 HANDLERS = {event_type: _record for event_type in ANSWERS}

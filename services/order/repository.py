@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from typing import Protocol
 
 import sqlalchemy as sa
@@ -18,20 +19,45 @@ class Orders(Protocol):
 
 
 class SqlOrders:
+    """Orders locked once per unit of work (a whole batch with `lock_all`) and written back together by
+    `flush`: a batch of answers costs two statements, however many orders it touches."""
+
     def __init__(self, conn: AsyncConnection) -> None:
         self.conn = conn
+        self._locked: dict[uuid.UUID, Order | None] = {}
+        self._changed: dict[uuid.UUID, Order] = {}
+
+    async def lock_all(self, order_ids: Iterable[uuid.UUID]) -> None:
+        wanted = sorted(set(order_ids) - self._locked.keys())
+        if not wanted:
+            return
+        rows = await self.conn.execute(_LOCK, {"ids": wanted})  # locked in id order: no deadlock between batches
+        self._locked.update(dict.fromkeys(wanted))
+        self._locked.update({r.id: Order(OrderStatus(r.status), StockAnswer(r.stock_status),
+                                         PaymentAnswer(r.payment_status), r.reason) for r in rows})
 
     async def lock(self, order_id: uuid.UUID) -> Order | None:
-        row = (await self.conn.execute(sa.text(
-            "SELECT status, stock_status, payment_status, reason FROM orders WHERE id = :o FOR UPDATE"),
-            {"o": order_id})).first()
-        if row is None:
-            return None
-        return Order(OrderStatus(row.status), StockAnswer(row.stock_status), PaymentAnswer(row.payment_status),
-                     row.reason)
+        await self.lock_all((order_id,))
+        return self._locked[order_id]
 
     async def save(self, order_id: uuid.UUID, order: Order) -> None:
-        await self.conn.execute(sa.text(
-            "UPDATE orders SET status = :s, stock_status = :st, payment_status = :p, reason = :r, "
-            "decided_at = CASE WHEN :s <> 'PENDING' THEN coalesce(decided_at, now()) END WHERE id = :o"),
-            {"s": order.status, "st": order.stock, "p": order.payment, "r": order.reason, "o": order_id})
+        self._locked[order_id] = self._changed[order_id] = order
+
+    async def flush(self) -> None:
+        if not self._changed:
+            return
+        changed, self._changed = self._changed, {}
+        await self.conn.execute(_SAVE, {
+            "ids": list(changed), "statuses": [o.status for o in changed.values()],
+            "stocks": [o.stock for o in changed.values()], "payments": [o.payment for o in changed.values()],
+            "reasons": [o.reason for o in changed.values()]})
+
+
+_LOCK = sa.text("SELECT id, status, stock_status, payment_status, reason FROM orders WHERE id = ANY(:ids) "
+                "ORDER BY id FOR UPDATE")
+_SAVE = sa.text(
+    "UPDATE orders SET status = o.status, stock_status = o.stock, payment_status = o.payment, reason = o.reason, "
+    "decided_at = CASE WHEN o.status <> 'PENDING' THEN coalesce(orders.decided_at, now()) END "
+    "FROM unnest(CAST(:ids AS uuid[]), CAST(:statuses AS text[]), CAST(:stocks AS text[]), "
+    "CAST(:payments AS text[]), CAST(:reasons AS text[])) AS o(id, status, stock, payment, reason) "
+    "WHERE orders.id = o.id")

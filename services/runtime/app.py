@@ -28,7 +28,7 @@ from services.messaging.consumer import Consumer
 from services.messaging.publisher import Publisher
 from services.messaging.relay import OutboxRelay
 from services.messaging.topology import topology_of
-from services.runtime.events import EventHandler, apply_events
+from services.runtime.events import EventHandler, Prepare, apply_events
 from services.runtime.http_errors import install_error_handlers
 from services.runtime.internal_routes import internal_router
 from services.runtime.prepared import make_pools
@@ -50,9 +50,10 @@ def _exit_if_failed(task: asyncio.Task[None]) -> None:
 def create_service_app(service: str, router: APIRouter, handlers: dict[str, EventHandler],
                        settings: Settings | None = None,
                        background: Sequence[Callable[[Runtime], Awaitable[None]]] = (),
-                       prepared: bool = False) -> FastAPI:
+                       prepared: bool = False, prepare: Prepare | None = None) -> FastAPI:
     """The service's app; `background` loops run beside the relay for the app's life. A participant of 2PC and
-    3PC (`prepared`) also has a psycopg pool for its prepared transactions."""
+    3PC (`prepared`) also has a psycopg pool for its prepared transactions. `prepare` loads, once per batch of
+    events, what their handlers will ask for."""
     settings = settings or get_settings()
     topology = topology_of(settings)
     topology.check_handlers(service, set(handlers))
@@ -68,7 +69,7 @@ def create_service_app(service: str, router: APIRouter, handlers: dict[str, Even
         http = httpx.AsyncClient(timeout=5.0)
         cache = ShardedCache.from_env(settings, current_nodes(settings))
         await cache.start()
-        consumer = Consumer(broker, service, lambda batch: apply_events(app.state.rt, handlers, batch), faults,
+        consumer = Consumer(broker, service, lambda batch: apply_events(app.state.rt, handlers, batch, prepare), faults,
                             prefetch=settings.consumer_prefetch, batch=settings.consumer_batch,
                             max_failures=settings.consumer_max_failures)
         app.state.rt = Runtime(service, settings, engine, broker, publisher, consumer, relay, faults, http, cache)

@@ -11,6 +11,9 @@ from services.messaging.inbox import UnitOfWork, unit_of_work
 from services.runtime.state import Runtime
 
 EventHandler = Callable[[UnitOfWork, Envelope], Awaitable[None]]
+# Called once per batch, before its handlers, with the batch's new events: loads (and locks) in one statement
+# what the handlers will each ask for
+Prepare = Callable[[UnitOfWork, Sequence[Envelope]], Awaitable[None]]
 
 
 class Outbox(Protocol):
@@ -21,7 +24,8 @@ class Outbox(Protocol):
     async def emit(self, envelope: Envelope) -> None: ...
 
 
-async def apply_events(rt: Runtime, handlers: dict[str, EventHandler], envelopes: Sequence[Envelope]) -> None:
+async def apply_events(rt: Runtime, handlers: dict[str, EventHandler], envelopes: Sequence[Envelope],
+                       prepare: Prepare | None = None) -> None:
     """Apply each of `envelopes` exactly once, all in one transaction, in their order; an event this service
     has no handler for is acknowledged unread. If any fails, none is applied."""
     handled = [e for e in envelopes if e.type in handlers]
@@ -30,6 +34,8 @@ async def apply_events(rt: Runtime, handlers: dict[str, EventHandler], envelopes
     applied = 0
     async with unit_of_work(rt.engine) as uow:
         fresh = await uow.claim_all(handled)
+        if prepare is not None and fresh:
+            await prepare(uow, [e for e in handled if e.message_id in fresh])
         for envelope in handled:
             if envelope.message_id not in fresh:
                 rt.stats["duplicates_skipped"] += 1
