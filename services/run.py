@@ -29,6 +29,7 @@ def serve(name: str) -> None:
     logging.getLogger("aio_pika").setLevel(logging.WARNING)
     logging.getLogger("aiormq").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per call between services is noise, and costs
     uvicorn.run(app, factory=isinstance(app, str), host=settings.host, port=settings.port(name), log_level="warning",
                 access_log=False, timeout_graceful_shutdown=3)
 
