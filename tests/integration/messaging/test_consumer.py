@@ -245,3 +245,31 @@ async def test_one_claim_tells_new_messages_from_duplicates_even_within_a_batch(
     async with unit_of_work(engine) as uow:
         assert await uow.claim_all([b, a]) == {b.message_id}
         assert not await uow.claim(b)
+
+
+async def test_a_batch_applied_whole_is_acked_whole_and_nothing_comes_back(settings, topology, connect, faults):
+    """One ack with `multiple` settles the batch: once the connection closes, no message of it returns."""
+    t = topology({"payment": ("whole.#",)})
+    gate = asyncio.Event()
+    applied: list[str] = []
+    sizes: list[int] = []
+
+    async def handler(batch) -> None:
+        sizes.append(len(batch))
+        await gate.wait()
+        applied.extend(e.type for e in batch)
+
+    broker = await connect(t)
+    consumer = Consumer(broker, "payment", handler, faults)
+    await consumer.start()
+    for i in range(12):
+        await publish_raw(settings, t, Envelope(type=f"whole.{i}").to_bytes(), f"whole.{i}")
+    await eventually(lambda: consumer.in_flight == 12, within=10, what="twelve messages delivered")
+    gate.set()
+    await eventually(lambda: len(applied) == 12 and consumer.in_flight == 0, within=10, what="all applied")
+    assert sum(sizes) == 12 and max(sizes) > 1, sizes
+    await consumer.stop()
+    await broker.close()  # an unacked message would go back to the queue now
+    await asyncio.sleep(0.5)
+    assert await depth(settings, t, "payment_queued") == 0
+    assert sorted(applied) == sorted(f"whole.{i}" for i in range(12))
