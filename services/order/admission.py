@@ -2,15 +2,22 @@
 
 An accepted order waits behind every order accepted before it (in the outbox, the queues, the coordinator),
 so a backlog without a bound is a latency without a bound. The backlog counted is the orders still PENDING,
-whatever their pattern: it is what the customer waits for, and a few orders held up by a fault do not close
-the door while the rest flow. Counted every `SAMPLE_SECONDS`, plus the orders accepted since the count, so a
-burst cannot slip in between two counts. `TXLAB_ADMISSION_MAX_PENDING=0` turns it off.
+whatever their pattern: it is what the customer waits for. Its bound follows Little's law: as many orders as
+the system decides in `TXLAB_ADMISSION_TARGET_SECONDS` (1 s) at the rate it decides them now, never fewer
+than `FLOOR` (a few orders held up by a fault do not close the door) nor more than
+`TXLAB_ADMISSION_MAX_PENDING` (200). So a fast pattern may hold a larger backlog than a slow one, and an
+accepted order waits about the target for the orders ahead of it, whichever pattern it uses.
+
+The backlog is counted every `SAMPLE_SECONDS`, plus the orders accepted since, so a burst cannot slip in
+between two counts; the rate of decisions comes from the same counts. `TXLAB_ADMISSION_MAX_PENDING=0` turns
+admission control off.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -20,6 +27,8 @@ from services.messaging.failures import is_transient
 log = logging.getLogger("txlab.admission")
 
 SAMPLE_SECONDS = 0.1
+SMOOTHING_SECONDS = 2.0  # the decision rate is an exponential average over about this long
+FLOOR = 32  # never refuse while fewer orders than this are undecided
 RETRY_AFTER_SECONDS = 1  # Retry-After takes whole seconds
 
 _PENDING = sa.text("SELECT count(*) FROM orders WHERE status = 'PENDING'")
@@ -30,36 +39,59 @@ class Overloaded(Exception):
 
 
 class Admission:
-    def __init__(self, max_pending: int) -> None:
+    def __init__(self, max_pending: int, target_seconds: float = 1.0, floor: int = FLOOR) -> None:
         self.max_pending = max_pending
+        self.target_seconds = target_seconds
+        self.floor = floor
         self.pending = 0  # at the last count
         self.accepted = 0  # since the last count
+        self.rate = 0.0  # orders decided per second, averaged
         self.refused = 0
+
+    @property
+    def bound(self) -> int:
+        """How many undecided orders are allowed now."""
+        if self.target_seconds <= 0:
+            return self.max_pending
+        return min(self.max_pending, max(self.floor, int(self.rate * self.target_seconds)))
 
     def admit(self) -> None:
         """Raise `Overloaded` when the backlog is at its bound; otherwise count the order as accepted."""
         if self.max_pending <= 0:
             return
-        if self.pending + self.accepted >= self.max_pending:
+        backlog, bound = self.pending + self.accepted, self.bound
+        if backlog >= bound:
             self.refused += 1
-            raise Overloaded(f"{self.pending + self.accepted} orders are still being settled (at most "
-                             f"{self.max_pending} may be); retry after {RETRY_AFTER_SECONDS} s")
+            raise Overloaded(f"{backlog} orders are still being settled (at most {bound} may be now, "
+                             f"{self.rate:.0f} decided/s); retry after {RETRY_AFTER_SECONDS} s")
         self.accepted += 1
+
+    def counted(self, pending: int, accepted: int, seconds: float) -> None:
+        """Take a new count: `pending` orders undecided, `accepted` of them admitted since the count before,
+        which was `seconds` ago."""
+        decided = max(0, self.pending + accepted - pending)
+        weight = min(1.0, seconds / SMOOTHING_SECONDS)
+        self.rate += weight * (decided / max(seconds, 1e-3) - self.rate)
+        self.pending = pending
+        self.accepted -= accepted  # those were committed before the count, or are in it
 
     async def watch(self, engine: AsyncEngine) -> None:
         """Count the undecided orders until cancelled; while the database is away, keep the last count."""
+        last = time.monotonic()
         while self.max_pending > 0:
+            await asyncio.sleep(SAMPLE_SECONDS)
             if self.pending == 0 and self.accepted == 0:  # idle: nothing to count until an order comes
-                await asyncio.sleep(SAMPLE_SECONDS)
-                if self.accepted == 0:
-                    continue
+                last = time.monotonic()
+                continue
             try:
                 async with engine.connect() as conn:
                     accepted = self.accepted
-                    self.pending = await conn.scalar(_PENDING) or 0
-                    self.accepted -= accepted  # those were committed before the count, or are in it
+                    pending = await conn.scalar(_PENDING) or 0
             except Exception as exc:
                 if not is_transient(exc):
                     raise
                 log.debug("cannot count undecided orders (%r)", exc)
-            await asyncio.sleep(SAMPLE_SECONDS)
+                continue
+            now = time.monotonic()
+            self.counted(pending, accepted, now - last)
+            last = now

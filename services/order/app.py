@@ -11,7 +11,7 @@ from services.runtime.state import Runtime
 
 def create_app() -> FastAPI:
     settings = get_settings()
-    admission = Admission(settings.admission_max_pending)
+    admission = Admission(settings.admission_max_pending, settings.admission_target_seconds)
 
     async def admit_while_running(rt: Runtime) -> None:
         await admission.watch(rt.engine)

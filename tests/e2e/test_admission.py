@@ -35,7 +35,7 @@ async def test_a_full_backlog_refuses_with_retry_after_and_places_nothing(settin
         refused = await http.post("/orders", json=BODY, headers={"Idempotency-Key": "refused-once"})
         assert refused.status_code == 429, refused.text
         assert refused.headers["retry-after"] == "1"
-        assert "3 orders are still being settled (at most 3 may be)" in refused.json()["detail"]
+        assert "3 orders are still being settled (at most 3 may be now" in refused.json()["detail"]
         assert _count(settings) == before, "a refused order is not placed"
         await settled(settings, [r.json()["id"] for r in first], within=30)
         await asyncio.sleep(0.5)  # the next count of undecided orders finds none

@@ -1,4 +1,5 @@
-"""Admission control's arithmetic: the orders counted undecided plus those accepted since the count."""
+"""Admission control's arithmetic: the orders counted undecided plus those accepted since the count, against a
+bound of as many orders as are decided in the target time (Little's law), between a floor and a cap."""
 
 import pytest
 
@@ -10,9 +11,33 @@ def test_orders_are_refused_once_the_undecided_ones_reach_the_bound():
     admission.pending = 3
     admission.admit()
     admission.admit()  # 3 counted + 2 accepted since: at the bound now
-    with pytest.raises(Overloaded, match=r"5 orders are still being settled \(at most 5 may be\); retry after 1 s"):
+    with pytest.raises(Overloaded, match=r"5 orders are still being settled \(at most 5 may be now, 0 decided/s\); "
+                                         r"retry after 1 s"):
         admission.admit()
     assert admission.refused == 1
+
+
+def test_the_bound_is_what_the_system_decides_in_the_target_time():
+    admission = Admission(max_pending=1000, target_seconds=1.0, floor=10)
+    assert admission.bound == 10, "no rate measured yet: the floor"
+    for _ in range(100):  # 10 s of counts: 40 undecided each time, 8 admitted and 8 decided per 0.1 s
+        admission.accepted += 8
+        admission.counted(pending=40, accepted=8, seconds=0.1)
+        admission.pending = 40
+    assert admission.rate == pytest.approx(80, rel=0.01)
+    assert admission.bound == 79 or admission.bound == 80
+    for _ in range(100):  # the pipeline slows to 20 decided/s
+        admission.accepted += 2
+        admission.counted(pending=40, accepted=2, seconds=0.1)
+    assert admission.bound == 20
+    admission.target_seconds = 0.0  # no target: the cap alone
+    assert admission.bound == 1000
+
+
+def test_the_cap_holds_however_fast_orders_are_decided():
+    admission = Admission(max_pending=50, target_seconds=1.0, floor=10)
+    admission.rate = 10_000.0
+    assert admission.bound == 50
 
 
 def test_a_new_count_opens_the_door_again():
@@ -21,11 +46,12 @@ def test_a_new_count_opens_the_door_again():
     admission.admit()
     with pytest.raises(Overloaded):
         admission.admit()
-    admission.pending, admission.accepted = 0, 0  # what the next count finds once the backlog drained
+    admission.counted(pending=0, accepted=2, seconds=0.1)  # both decided already
+    assert admission.accepted == 0 and admission.rate > 0
     admission.admit()
 
 
-def test_a_bound_of_zero_never_refuses():
+def test_a_cap_of_zero_never_refuses():
     admission = Admission(max_pending=0)
     admission.pending = 10_000
     for _ in range(100):
