@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import random
 import statistics
 import time
@@ -108,33 +109,42 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def retry_after(response: httpx.Response, default: float = 1.0) -> float:
-    """The seconds a 429 or 503 asks to wait (Retry-After in seconds), with up to 20 % jitter so that the
-    refused clients do not all come back at once."""
+    """The seconds a 429 or 503 asks to wait (Retry-After in seconds), between half of it and all of it, so
+    that the refused clients come back spread out rather than all at once."""
     try:
         seconds = float(response.headers.get("retry-after", default))
     except ValueError:
         seconds = default
-    return max(seconds, 0.0) * random.uniform(0.8, 1.0)
+    return max(seconds, 0.0) * random.uniform(0.5, 1.0)
+
+
+LANE = 16
 
 
 class Client:
     """Places orders like a careful shop front: retries with the same Idempotency-Key until answered."""
 
-    def __init__(self, settings: Settings, retry_for: float = 60.0) -> None:
+    def __init__(self, settings: Settings, retry_for: float = 60.0, concurrency: int = 16) -> None:
         self.settings = settings
         self.retry_for = retry_for
-        self.http = httpx.AsyncClient(timeout=10.0, limits=httpx.Limits(max_connections=512))
+        # one connection pool per LANE orders in flight: httpx's pool costs CPU per request in proportion to its
+        # connections, and at 128 in flight one pool made the load generator, not txlab, the bottleneck
+        self._lanes = [httpx.AsyncClient(timeout=10.0, limits=httpx.Limits(max_connections=LANE))
+                       for _ in range(max(1, -(-concurrency // LANE)))]
+        self._next = itertools.cycle(self._lanes)
+        self.http = self._lanes[0]
         self.retries = 0
         self.refused = 0  # 429s: the order service was full and said when to come back
 
     async def place(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         key = str(uuid.uuid4())
+        lane = next(self._next)
         deadline = time.monotonic() + self.retry_for
         while True:
             pause = 0.2
             try:
-                r = await self.http.post(f"{self.settings.url('order')}/orders", json=body,
-                                         headers={"Idempotency-Key": key})
+                r = await lane.post(f"{self.settings.url('order')}/orders", json=body,
+                                    headers={"Idempotency-Key": key})
                 if r.status_code == 429:
                     self.refused += 1
                     pause = retry_after(r)
@@ -164,7 +174,8 @@ class Client:
             await asyncio.sleep(0.2)
 
     async def aclose(self) -> None:
-        await self.http.aclose()
+        for lane in self._lanes:
+            await lane.aclose()
 
 
 def order_bodies(plan: SeedPlan, count: int, pattern: str, seed: int) -> list[dict[str, Any]]:
@@ -246,7 +257,7 @@ async def run_demo(settings: Settings, *, orders: int = 200, concurrency: int = 
         await asyncio.to_thread(reset_and_seed, settings, plan)
         if on_seeded is not None:
             on_seeded()
-        client = Client(settings, retry_for=converge_timeout)
+        client = Client(settings, retry_for=converge_timeout, concurrency=concurrency)
         try:
             await client.admin("DELETE", "/faults")
             for arming in faults or []:

@@ -48,7 +48,7 @@ class Settings(BaseSettings):
     # POST /orders answers 429 (Retry-After) while more orders are undecided than are decided in the target
     # time at the present rate (never fewer than 32), and at most this many; 0: never (services/order/admission.py)
     admission_max_pending: int = Field(200, ge=0)
-    admission_target_seconds: float = Field(1.0, ge=0)
+    admission_target_seconds: float = Field(0.5, ge=0)
     consumer_max_failures: int = 5  # a message failing this often by its own fault is parked
     # SENT outbox rows and inbox rows are kept this long: longer than any message can wait to be redelivered
     message_retention_hours: float = Field(168.0, ge=1.0)

@@ -3,7 +3,8 @@
 An accepted order waits behind every order accepted before it (in the outbox, the queues, the coordinator),
 so a backlog without a bound is a latency without a bound. The backlog counted is the orders still PENDING,
 whatever their pattern: it is what the customer waits for. Its bound follows Little's law: as many orders as
-the system decides in `TXLAB_ADMISSION_TARGET_SECONDS` (1 s) at the rate it decides them now, never fewer
+the system decides in `TXLAB_ADMISSION_TARGET_SECONDS` (0.5 s) at the highest rate it decided them lately
+(the rate alone falls while refused clients wait, and would close the door further), never fewer
 than `FLOOR` (a few orders held up by a fault do not close the door) nor more than
 `TXLAB_ADMISSION_MAX_PENDING` (200). So a fast pattern may hold a larger backlog than a slow one, and an
 accepted order waits about the target for the orders ahead of it, whichever pattern it uses.
@@ -17,21 +18,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 
-import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncEngine
-
-from services.messaging.failures import is_transient
+import asyncpg
 
 log = logging.getLogger("txlab.admission")
 
 SAMPLE_SECONDS = 0.1
 SMOOTHING_SECONDS = 2.0  # the decision rate is an exponential average over about this long
+PEAK_SECONDS = 10.0  # the highest rate seen fades with this time constant
 FLOOR = 32  # never refuse while fewer orders than this are undecided
 RETRY_AFTER_SECONDS = 1  # Retry-After takes whole seconds
 
-_PENDING = sa.text("SELECT count(*) FROM orders WHERE status = 'PENDING'")
+_PENDING = "SELECT count(*) FROM orders WHERE status = 'PENDING'"
 
 
 class Overloaded(Exception):
@@ -39,13 +39,14 @@ class Overloaded(Exception):
 
 
 class Admission:
-    def __init__(self, max_pending: int, target_seconds: float = 1.0, floor: int = FLOOR) -> None:
+    def __init__(self, max_pending: int, target_seconds: float = 0.5, floor: int = FLOOR) -> None:
         self.max_pending = max_pending
         self.target_seconds = target_seconds
         self.floor = floor
         self.pending = 0  # at the last count
         self.accepted = 0  # since the last count
         self.rate = 0.0  # orders decided per second, averaged
+        self.peak = 0.0  # the highest rate lately: what the system can decide, not only what it was given
         self.refused = 0
 
     @property
@@ -53,7 +54,7 @@ class Admission:
         """How many undecided orders are allowed now."""
         if self.target_seconds <= 0:
             return self.max_pending
-        return min(self.max_pending, max(self.floor, int(self.rate * self.target_seconds)))
+        return min(self.max_pending, max(self.floor, int(self.peak * self.target_seconds)))
 
     def admit(self) -> None:
         """Raise `Overloaded` when the backlog is at its bound; otherwise count the order as accepted."""
@@ -63,7 +64,7 @@ class Admission:
         if backlog >= bound:
             self.refused += 1
             raise Overloaded(f"{backlog} orders are still being settled (at most {bound} may be now, "
-                             f"{self.rate:.0f} decided/s); retry after {RETRY_AFTER_SECONDS} s")
+                             f"up to {self.peak:.0f} decided/s); retry after {RETRY_AFTER_SECONDS} s")
         self.accepted += 1
 
     def counted(self, pending: int, accepted: int, seconds: float) -> None:
@@ -72,26 +73,38 @@ class Admission:
         decided = max(0, self.pending + accepted - pending)
         weight = min(1.0, seconds / SMOOTHING_SECONDS)
         self.rate += weight * (decided / max(seconds, 1e-3) - self.rate)
+        # while refused clients wait out their Retry-After, fewer orders come in and the rate falls below what
+        # the system can do; a bound following it would starve the system, so it follows the recent peak
+        self.peak = max(self.rate, self.peak * math.exp(-seconds / PEAK_SECONDS))
         self.pending = pending
         self.accepted -= accepted  # those were committed before the count, or are in it
 
-    async def watch(self, engine: AsyncEngine) -> None:
-        """Count the undecided orders until cancelled; while the database is away, keep the last count."""
+    async def watch(self, dsn: str) -> None:
+        """Count the undecided orders until cancelled, on a connection of its own (a count waiting behind busy
+        requests for a pooled connection would let the orders accepted meanwhile pile up as if undecided);
+        while the database is away, keep the last count."""
         last = time.monotonic()
-        while self.max_pending > 0:
-            await asyncio.sleep(SAMPLE_SECONDS)
-            if self.pending == 0 and self.accepted == 0:  # idle: nothing to count until an order comes
-                last = time.monotonic()
-                continue
-            try:
-                async with engine.connect() as conn:
+        conn: asyncpg.Connection | None = None
+        try:
+            while self.max_pending > 0:
+                await asyncio.sleep(SAMPLE_SECONDS)
+                if self.pending == 0 and self.accepted == 0:  # idle: nothing to count until an order comes
+                    last = time.monotonic()
+                    continue
+                try:
+                    if conn is None or conn.is_closed():
+                        conn = await asyncpg.connect(dsn, timeout=5)
                     accepted = self.accepted
-                    pending = await conn.scalar(_PENDING) or 0
-            except Exception as exc:
-                if not is_transient(exc):
-                    raise
-                log.debug("cannot count undecided orders (%r)", exc)
-                continue
-            now = time.monotonic()
-            self.counted(pending, accepted, now - last)
-            last = now
+                    pending = await conn.fetchval(_PENDING, timeout=5) or 0
+                except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                    log.debug("cannot count undecided orders (%r)", exc)
+                    if conn is not None:
+                        conn.terminate()
+                        conn = None
+                    continue
+                now = time.monotonic()
+                self.counted(pending, accepted, now - last)
+                last = now
+        finally:
+            if conn is not None:
+                conn.terminate()

@@ -14,7 +14,7 @@ def create_app() -> FastAPI:
     admission = Admission(settings.admission_max_pending, settings.admission_target_seconds)
 
     async def admit_while_running(rt: Runtime) -> None:
-        await admission.watch(rt.engine)
+        await admission.watch(rt.settings.raw_dsn("order"))
 
     app = create_service_app("order", router, HANDLERS, settings,
                              background=[coordinated.recover, admit_while_running], prepare=lock_orders)
