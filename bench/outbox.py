@@ -156,6 +156,8 @@ def run(prog: str, argv: list[str], patterns: list[str], reference: str = "", le
     parser.add_argument("--store", default=None, help="the coordinator's store: raft (default) or etcd://host:port")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows to this file, as JSON")
     parser.add_argument("--plot", type=Path, default=None, help="also draw orders/s and e2e p99 to this PNG")
+    parser.add_argument("--compare", type=Path, default=None,
+                        help="rows an earlier run wrote with --json: print each figure before → now")
     args = parser.parse_args(argv)
     console = Console(width=max(Console().width, 200))
     settings = get_settings()
@@ -187,6 +189,8 @@ def run(prog: str, argv: list[str], patterns: list[str], reference: str = "", le
                   "half messages); CPU ms/order the user + system time of every txlab process")
     if reference:
         console.print(reference)
+    if args.compare:
+        console.print(render_comparison(load_rows(args.compare), rows))
     if args.json:
         args.json.write_text(json.dumps([asdict(r) for r in rows], indent=2) + "\n")
         console.print(f"rows written to {args.json}")
@@ -209,4 +213,30 @@ def render_rows(rows: list[Row], title: str) -> Table:
                       f"{ms(r.e2e_p50_ms / 1000)} / {ms(r.e2e_p99_ms / 1000)}", f"{r.commits_per_order:.1f}",
                       f"{r.messages_per_order:.1f}", f"{r.cpu_ms_per_order:.1f}", str(r.refused),
                       f"{r.pgbench_tps:.0f}", f"{r.ratio:.4f}", "hold" if r.invariants_hold else "[red]VIOLATED[/red]")
+    return table
+
+
+def load_rows(path: Path) -> list[Row]:
+    """The rows a run wrote with --json (fields added since are left at zero)."""
+    names = set(Row.__dataclass_fields__)
+    return [Row(**({n: 0 for n in names} | {k: v for k, v in r.items() if k in names}))
+            for r in json.loads(path.read_text())]
+
+
+def render_comparison(before: list[Row], now: list[Row]) -> Table:
+    """Each pattern and concurrency both runs measured: its figures before → now, and now ÷ before."""
+    earlier = {(r.pattern, r.in_flight): r for r in before}
+    table = Table(title="before → now (rows of the same pattern and concurrency)")
+    for col in ("pattern", "in flight", "orders/s", "e2e p99", "CPU ms/order", "CPU now ÷ before",
+                "orders/s ÷ tps"):
+        table.add_column(col, justify="right")
+    for r in now:
+        b = earlier.get((r.pattern, r.in_flight))
+        if b is None:
+            continue
+        cpu = r.cpu_ms_per_order / b.cpu_ms_per_order if b.cpu_ms_per_order else float("nan")
+        table.add_row(r.pattern, str(r.in_flight), f"{b.orders_per_s:.1f} → {r.orders_per_s:.1f}",
+                      f"{ms(b.e2e_p99_ms / 1000)} → {ms(r.e2e_p99_ms / 1000)}",
+                      f"{b.cpu_ms_per_order:.1f} → {r.cpu_ms_per_order:.1f}", f"{cpu:.2f}",
+                      f"{b.ratio:.4f} → {r.ratio:.4f}")
     return table

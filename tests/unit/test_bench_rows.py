@@ -7,7 +7,9 @@ import sys
 import time
 from dataclasses import asdict
 
-from bench.outbox import Row, txlab_cpu_seconds
+from rich.console import Console
+
+from bench.outbox import Row, load_rows, render_comparison, txlab_cpu_seconds
 from bench.plot import plot_rows
 from services.common.settings import Settings
 
@@ -43,3 +45,16 @@ def test_cpu_is_counted_for_this_installations_processes_only(tmp_path):
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_a_comparison_reads_an_earlier_runs_json_and_gives_each_figure_before_and_now(tmp_path):
+    earlier = tmp_path / "before.json"
+    older = [asdict(r) | {"cpu_ms_per_order": 75.0} for r in ROWS[:3]]
+    for row in older:
+        del row["rejected"]  # a field an older bench did not write
+    earlier.write_text(json.dumps(older))
+    console = Console(width=200, record=True)
+    console.print(render_comparison(load_rows(earlier), ROWS))
+    text = console.export_text()
+    assert "75.0 → 25.0" in text and "0.33" in text, text
+    assert text.count("outbox") == 3 and "2pc" not in text, "only rows both runs measured"
