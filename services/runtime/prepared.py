@@ -310,9 +310,10 @@ async def can_commit(pool: AsyncConnectionPool, body: Branch, check: CanDo) -> d
             if await cursor.fetchone() is not None:
                 return {"outcome": vote, "ready": not why, **({"why": why} if why else {})}
             outcome, _ = await _state(conn, body.gid, body.branch, THREE_PC)
-    ready = outcome == VOTED_YES or (outcome or "").startswith(COMMITTED)
-    return {"outcome": outcome, "ready": ready, "repeated": True,
-            **({} if ready else {"why": f"this branch is {outcome}"})}
+        ready = outcome == VOTED_YES or (outcome or "").startswith(COMMITTED)
+        # a repeated "no" gives its reason again when it still holds (the first answer may have been lost)
+        why = None if ready else (outcome == VOTED_NO and await check(Sql(conn), body)) or f"this branch is {outcome}"
+    return {"outcome": outcome, "ready": ready, "repeated": True, **({"why": why} if why else {})}
 
 
 # ------------------------------------------------------------------------------------------ routes

@@ -207,6 +207,19 @@ async def test_the_participant_routes_answer_repeats_and_late_calls_with_their_o
         conn.execute("DELETE FROM tcc_barrier WHERE gid LIKE %s", (gid + "%",))
 
 
+async def test_a_repeated_no_vote_gives_its_reason_again(settings):
+    """The coordinator asks again when the first answer was lost: the user must still read why."""
+    gid = f"by-hand-{uuid.uuid4().hex[:8]}"
+    work = {"gid": gid, "branch": "payment", "order_id": str(uuid.uuid4()), "customer_id": RICH[7],
+            "amount_cents": PLAN.balance_cents * 10}
+    first = (await participant(settings, "payment", "3pc/can-commit", work)).json()
+    again = (await participant(settings, "payment", "3pc/can-commit", work)).json()
+    assert first["outcome"] == "VOTED_NO" and first["why"] and "VOTED_NO" not in first["why"]
+    assert again == {**first, "repeated": True}
+    with psycopg.connect(settings.raw_dsn("payment")) as conn:
+        conn.execute("DELETE FROM tcc_barrier WHERE gid = %s", (gid,))
+
+
 async def test_3pc_participants_abort_a_vote_and_commit_a_pre_commit_that_hear_nothing_more(settings, admin,
                                                                                           client):
     gid, order = f"by-hand-{uuid.uuid4().hex[:8]}", str(uuid.uuid4())
