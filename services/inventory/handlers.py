@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from services.cache.keys import stock_key
 from services.common.envelope import Envelope
 from services.inventory.domain import Line, decide
@@ -32,6 +34,16 @@ async def apply_stock_event(stock: Stock, outbox: Outbox, event: Envelope) -> No
 
 async def _apply(uow: UnitOfWork, event: Envelope) -> None:
     await apply_stock_event(SqlStock(uow.conn), uow, event)
+
+
+async def lock_stock(uow: UnitOfWork, events: Sequence[Envelope]) -> None:
+    """Lock every product a batch will change, in sku order, in one statement (a lone order.created locks
+    its own rows in that order already)."""
+    if len(events) == 1 and events[0].type == "order.created":
+        return
+    skus = {str(i["sku"]) for e in events if e.type == "order.created" for i in e.payload.get("items", [])}
+    orders = {e.order_id for e in events if e.type != "order.created" and e.order_id is not None}
+    await SqlStock(uow.conn).lock_batch(skus, orders)
 
 
 HANDLERS = {"order.created": _apply, "order.paid": _apply, "order.cancelled": _apply}

@@ -32,6 +32,11 @@ class SqlStock:
             {"skus": sorted(set(skus))})
         return {r.sku: r.available for r in rows}
 
+    async def lock_batch(self, skus: set[str], order_ids: set[uuid.UUID]) -> None:
+        """Lock, in sku order, the products `skus` name and those `order_ids` hold reservations of: a batch
+        then takes its rows in the same order as another batch, or a TCC try, and cannot deadlock with them."""
+        await self.conn.execute(_LOCK_BATCH, {"skus": sorted(skus), "orders": list(order_ids)})
+
     async def held(self, order_id: uuid.UUID) -> Held:
         rows = (await self.conn.execute(sa.text(
             "SELECT sku, qty, status FROM reservations WHERE order_id = :o ORDER BY sku FOR UPDATE"),
@@ -50,10 +55,13 @@ class SqlStock:
 
 
 def _arrays(lines: tuple[Line, ...]) -> dict[str, list[object]]:
-    ordered = sorted(lines, key=lambda line: line.sku)  # rows taken in one order, as lock_available takes them
+    ordered = sorted(lines, key=lambda line: line.sku)  # in sku order, as lock_available and lock_batch take them
     return {"skus": [line.sku for line in ordered], "qtys": [line.qty for line in ordered]}
 
 
+_LOCK_BATCH = sa.text(
+    "SELECT sku FROM products WHERE sku = ANY(CAST(:skus AS text[])) OR sku IN "
+    "(SELECT sku FROM reservations WHERE order_id = ANY(CAST(:orders AS uuid[]))) ORDER BY sku FOR UPDATE")
 _LINES = "unnest(CAST(:skus AS text[]), CAST(:qtys AS integer[])) AS line(sku, qty)"
 _RESERVE = sa.text(
     "WITH moved AS (UPDATE products SET available = available - line.qty, reserved = reserved + line.qty "

@@ -60,18 +60,21 @@ class Consumer:
         self.parked = 0
         self.batches = 0  # batches applied in one transaction
         self._arrived: list[AbstractIncomingMessage] = []
+        self._channel_of: dict[int, int] = {}  # id(message) -> which channel delivered it (its opening number)
+        self._channels = 0
+        self._settled: set[int] = set()  # id(message) of those settled or scheduled to be, in the batch at hand
         self._wake = asyncio.Event()
-        self._worker: asyncio.Task[None] | None = None
+        self.worker: asyncio.Task[None] | None = None  # applies the batches; the service exits if it dies
         self._failures: dict[str, int] = {}  # the message's own failures, by message id
         self._waits = 0  # consecutive transient errors: the backoff while a server is away
         self._later: set[asyncio.Task[None]] = set()  # messages put back once their backoff is over
 
     async def start(self) -> None:
-        self._worker = asyncio.create_task(self._work(), name=f"{self.service}-consumer")
+        self.worker = asyncio.create_task(self._work(), name=f"{self.service}-consumer")
         await self.connection.subscribe(self._open)
 
     async def stop(self) -> None:
-        for task in (self._worker, *self._later):
+        for task in (self.worker, *self._later):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -82,12 +85,16 @@ class Consumer:
         channel.close_callbacks.add(self.connection.channel_lost)
         await channel.set_qos(prefetch_count=self.prefetch)
         queue = await channel.get_queue(self.connection.topology.queue(self.service), ensure=False)
-        await queue.consume(self._arrive)
+        self._channels += 1
+        number = self._channels
 
-    async def _arrive(self, message: AbstractIncomingMessage) -> None:
-        self.in_flight += 1
-        self._arrived.append(message)
-        self._wake.set()
+        async def arrive(message: AbstractIncomingMessage) -> None:
+            self.in_flight += 1
+            self._channel_of[id(message)] = number  # read without touching a channel that may be closed
+            self._arrived.append(message)
+            self._wake.set()
+
+        await queue.consume(arrive)
 
     async def _work(self) -> None:
         while True:
@@ -100,8 +107,12 @@ class Consumer:
                 except Exception:  # never leave a delivery unsettled: it would hold a prefetch slot for good
                     log.exception("delivering %d messages failed; putting them back", len(taken))
                     for message in taken:
-                        if not message.processed:
-                            await self._settle(message.nack(requeue=True))
+                        if id(message) not in self._settled:
+                            await self._settle(message.nack(requeue=True), [message])
+                finally:
+                    for message in taken:
+                        self._channel_of.pop(id(message), None)
+                    self._settled.clear()
 
     async def _apply(self, messages: list[AbstractIncomingMessage]) -> None:
         deliveries: list[Delivery] = []
@@ -126,11 +137,16 @@ class Consumer:
             if len(deliveries) == 1:
                 self._failed(deliveries[0], exc)
                 return
+            server_away = False
             for delivery in deliveries:  # one at a time: only the message at fault fails
+                if server_away:  # no use trying the rest now: they wait out the backoff too
+                    self._failed(delivery, exc)
+                    continue
                 try:
                     await self.handler([delivery.envelope] * (2 if delivery.twice else 1))
                 except Exception as single:
                     self._failed(delivery, single)
+                    exc, server_away = single, self.transient(single)
                 else:
                     await self._applied(delivery)
             return
@@ -140,18 +156,19 @@ class Consumer:
             self._failures.pop(str(delivery.envelope.message_id), None)
         messages = [d.message for d in deliveries]
         last = messages[-1]
-        if len(messages) > 1 and not self._later and all(m.channel is last.channel for m in messages):
+        channels = {self._channel_of.get(id(m)) for m in messages}
+        if len(messages) > 1 and not self._later and len(channels) == 1:
             # every earlier delivery of this channel is settled (none waits out a backoff): one ack, with
             # `multiple`, settles exactly this batch
-            await self._settle(last.ack(multiple=True), len(messages))
+            await self._settle(last.ack(multiple=True), messages)
         else:
             for message in messages:
-                await self._settle(message.ack())
+                await self._settle(message.ack(), [message])
 
     async def _applied(self, delivery: Delivery) -> None:
         self._waits = 0
         self._failures.pop(str(delivery.envelope.message_id), None)
-        await self._settle(delivery.message.ack())
+        await self._settle(delivery.message.ack(), [delivery.message])
 
     def _failed(self, delivery: Delivery, exc: Exception) -> None:
         """Count the failure if it is the message's own, then park the message or put it back after a backoff
@@ -175,26 +192,29 @@ class Consumer:
         self._later_back(delivery.message, capped_backoff(failures, 0.05))
 
     def _later_back(self, message: AbstractIncomingMessage, delay: float, park: bool = False) -> None:
+        self._settled.add(id(message))
+
         async def back() -> None:
             await asyncio.sleep(delay)
             if park:
                 await self._park(message)
             else:
-                await self._settle(message.nack(requeue=True))
+                await self._settle(message.nack(requeue=True), [message])
 
         task = asyncio.create_task(back())
         self._later.add(task)
         task.add_done_callback(self._later.discard)
 
-    async def _settle(self, outcome: Awaitable[None], messages: int = 1) -> None:
+    async def _settle(self, outcome: Awaitable[None], messages: list[AbstractIncomingMessage]) -> None:
+        self._settled.update(id(m) for m in messages)  # counted once, whether or not the channel still takes it
         try:
             await outcome
         except CONNECTION_EXCEPTIONS as exc:  # the channel went away under the ack: the messages come back
-            log.info("%d message(s) will be redelivered (%r)", messages, exc)
+            log.info("%d message(s) will be redelivered (%r)", len(messages), exc)
         finally:
-            self.in_flight -= messages
-            self.settled += messages
+            self.in_flight -= len(messages)
+            self.settled += len(messages)
 
     async def _park(self, message: AbstractIncomingMessage) -> None:
-        await self._settle(message.reject(requeue=False))  # dead-lettered to <service>.parking
+        await self._settle(message.reject(requeue=False), [message])  # dead-lettered to <service>.parking
         self.parked += 1

@@ -2,7 +2,7 @@
 it causes are written to the outbox, all in one local transaction, so a duplicate is applied once.
 
 The statements are built once (a statement built per call costs SQLAlchemy a cache key each time), and a
-unit of work writes its outbox rows in one statement just before it commits, however many it emitted."""
+unit of work writes its outbox rows together just before it commits, however many it emitted."""
 
 from __future__ import annotations
 
@@ -68,8 +68,8 @@ class UnitOfWork:
                              "routing_key": envelope.type, "envelope": envelope.to_dict()})
 
     async def flush(self) -> None:
-        """Write what the repositories hold back, then the emitted outbox rows (one statement, one NOTIFY for the
-        relay)."""
+        """Write what the repositories hold back, then the emitted outbox rows (one executemany; their
+        NOTIFYs reach the relay as one, at the commit)."""
         for repository in self.repositories.values():
             if hasattr(repository, "flush"):
                 await repository.flush()

@@ -67,6 +67,11 @@ class Admission:
                              f"up to {self.peak:.0f} decided/s); retry after {RETRY_AFTER_SECONDS} s")
         self.accepted += 1
 
+    def withdraw(self) -> None:
+        """An admitted request placed nothing (it failed, or replayed an earlier order): do not count it."""
+        if self.max_pending > 0 and self.accepted > 0:
+            self.accepted -= 1
+
     def counted(self, pending: int, accepted: int, seconds: float) -> None:
         """Take a new count: `pending` orders undecided, `accepted` of them admitted since the count before,
         which was `seconds` ago."""

@@ -154,11 +154,24 @@ async def create_order(body: OrderIn, request: Request, response: Response,
     An Idempotency-Key is 1 to 200 printable ASCII characters (`!` to `~`, spaces only between them); an
     empty, blank, longer or non-ASCII one is a 422 and places nothing. While too many orders are undecided
     (`TXLAB_ADMISSION_MAX_PENDING`) the answer is 429 with Retry-After, and nothing is placed."""
-    rt = runtime(request)
+    admission = request.app.state.admission
     try:
-        request.app.state.admission.admit()
+        admission.admit()
     except Overloaded as exc:
         raise HTTPException(429, str(exc), headers={"Retry-After": str(RETRY_AFTER_SECONDS)}) from exc
+    try:
+        order, placed = await _place(runtime(request), body, response, idempotency_key)
+    except BaseException:
+        admission.withdraw()
+        raise
+    if not placed:  # a replay of an order placed before
+        admission.withdraw()
+    return order
+
+
+async def _place(rt: Runtime, body: OrderIn, response: Response,
+                 idempotency_key: str | None) -> tuple[dict[str, Any], bool]:
+    """The order as placed, and whether this request placed it (False: a replay of an earlier one)."""
     command = PlaceOrder(order_id=uuid.uuid4(), customer_id=body.customer_id, pattern=body.pattern,
                          items=await _price_items(rt, body), idempotency_key=idempotency_key,
                          request_hash=body.fingerprint())
@@ -171,14 +184,14 @@ async def create_order(body: OrderIn, request: Request, response: Response,
         response.headers["Retry-After"] = "1"
         return command.view(exc.created_at) | {
             "note": f"recorded PENDING; its transaction could not be begun yet ({exc}); it will be, and the order "
-                    "settled"}
+                    "settled"}, True
     except sa.exc.IntegrityError:
         # the key's unique constraint: this is a retry (or a concurrent twin) of an order already placed
         if idempotency_key and (replayed := await _replay(rt, idempotency_key, body, response)):
-            return replayed
+            return replayed, False
         raise
     await rt.faults.hit("order.after_local_commit")
-    return command.view(created_at)
+    return command.view(created_at), True
 
 
 @router.get("/orders/{order_id}")

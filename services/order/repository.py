@@ -20,7 +20,8 @@ class Orders(Protocol):
 
 class SqlOrders:
     """Orders locked once per unit of work (a whole batch with `lock_all`) and written back together by
-    `flush`: a batch of answers costs two statements, however many orders it touches."""
+    `flush`: a batch of answers costs two statements, however many orders it touches. `save` writes nothing
+    until `flush`, which the unit of work (`uow.repository(SqlOrders)`) calls before it commits."""
 
     def __init__(self, conn: AsyncConnection) -> None:
         self.conn = conn
@@ -57,7 +58,7 @@ _LOCK = sa.text("SELECT id, status, stock_status, payment_status, reason FROM or
                 "ORDER BY id FOR UPDATE")
 _SAVE = sa.text(
     "UPDATE orders SET status = o.status, stock_status = o.stock, payment_status = o.payment, reason = o.reason, "
-    "decided_at = CASE WHEN o.status <> 'PENDING' THEN coalesce(orders.decided_at, now()) END "
+    "decided_at = CASE WHEN o.status <> 'PENDING' THEN coalesce(orders.decided_at, statement_timestamp()) END "
     "FROM unnest(CAST(:ids AS uuid[]), CAST(:statuses AS text[]), CAST(:stocks AS text[]), "
     "CAST(:payments AS text[]), CAST(:reasons AS text[])) AS o(id, status, stock, payment, reason) "
     "WHERE orders.id = o.id")

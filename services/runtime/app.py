@@ -38,10 +38,10 @@ log = logging.getLogger("txlab.service")
 
 
 def _exit_if_failed(task: asyncio.Task[None]) -> None:
-    """A relay that stopped for good would leave events unpublished behind a healthy /health: let the
-    supervisor restart the whole process instead."""
+    """A loop that stopped for good (the relay, the consumer, a background loop) would leave work undone behind
+    a healthy /health: let the supervisor restart the whole process instead."""
     if not task.cancelled() and task.exception() is not None:
-        log.critical("the outbox relay stopped: %r; exiting so the supervisor restarts the service",
+        log.critical("%s stopped: %r; exiting so the supervisor restarts the service", task.get_name(),
                      task.exception())
         logging.shutdown()
         os._exit(1)
@@ -82,6 +82,9 @@ def create_service_app(service: str, router: APIRouter, handlers: dict[str, Even
         relay_task = asyncio.create_task(relay.run(), name=f"{service}-relay")
         relay_task.add_done_callback(_exit_if_failed)
         loops = [asyncio.create_task(loop(app.state.rt), name=f"{service}-{loop.__name__}") for loop in background]
+        for task in (*loops, consumer.worker):
+            if task is not None:
+                task.add_done_callback(_exit_if_failed)
         try:
             yield
         finally:

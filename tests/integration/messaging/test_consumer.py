@@ -273,3 +273,32 @@ async def test_a_batch_applied_whole_is_acked_whole_and_nothing_comes_back(setti
     await asyncio.sleep(0.5)
     assert await depth(settings, t, "payment_queued") == 0
     assert sorted(applied) == sorted(f"whole.{i}" for i in range(12))
+
+
+async def test_a_batch_failing_for_the_worlds_reason_is_not_tried_message_by_message(
+        settings, topology, connect, faults):
+    """The database away: after the batch, one message alone tells whether it still is; the rest wait out
+    the backoff instead of failing one by one."""
+    t = topology({"order": ("away.#",)})
+    gate = asyncio.Event()
+    calls: list[int] = []
+    applied: set[str] = set()
+
+    async def handler(batch) -> None:
+        calls.append(len(batch))
+        await gate.wait()
+        if len(calls) in (2, 3):
+            raise ConnectionError("the database is restarting")
+        applied.update(e.type for e in batch)
+
+    consumer = Consumer(await connect(t), "order", handler, faults)
+    await consumer.start()
+    await publish_raw(settings, t, Envelope(type="away.first").to_bytes(), "away.first")
+    await eventually(lambda: calls == [1], within=10, what="the first message held in its handler")
+    for i in range(5):
+        await publish_raw(settings, t, Envelope(type=f"away.{i}").to_bytes(), f"away.{i}")
+    await eventually(lambda: consumer.in_flight == 6, within=10, what="five more messages waiting")
+    gate.set()
+    await eventually(lambda: len(applied) == 6 and consumer.in_flight == 0, within=20, what="all applied")
+    assert calls[:3] == [1, 5, 1], calls
+    assert await depth(settings, t, "order_parked") == 0
