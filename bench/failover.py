@@ -87,7 +87,7 @@ async def _run(settings, kills: int, concurrency: int, console: Console) -> int:
             await asyncio.gather(*workers, return_exceptions=True)
             await client.aclose()
         report = await asyncio.to_thread(run_checks, settings, 120.0)
-        statuses, latencies = await asyncio.to_thread(e2e_latencies, settings)
+        statuses, latencies, _ = await asyncio.to_thread(e2e_latencies, settings)
     elected, resumed = [r[0] for r in rows], [r[1] for r in rows]
     lost = statuses.get("PENDING", 0)
     table = Table(title=f"coordinator failover: {kills} × kill -9 of the leader under a tcc load "

@@ -208,19 +208,15 @@ async def running_system(settings: Settings, console: Console) -> AsyncIterator[
         yield sup
 
 
-def e2e_latencies(settings: Settings) -> tuple[dict[str, int], list[float]]:
+def e2e_latencies(settings: Settings) -> tuple[dict[str, int], list[float], float]:
+    """Orders by status, each decided order's seconds from acceptance to decision, and the seconds from the
+    first order's acceptance to the last order's decision."""
     with psycopg.connect(f"{settings.pg.rstrip('/')}/{settings.database('order')}") as conn:
         statuses = dict(conn.execute("SELECT status, count(*) FROM orders GROUP BY status").fetchall())
         lat = [r[0] for r in conn.execute(
             "SELECT extract(epoch FROM decided_at - created_at) FROM orders WHERE decided_at IS NOT NULL")]
-    return statuses, [float(x) for x in lat]
-
-
-def settle_seconds(settings: Settings) -> float:
-    """Seconds from the first order's acceptance to the last order's decision."""
-    with psycopg.connect(f"{settings.pg.rstrip('/')}/{settings.database('order')}") as conn:
         span = conn.execute("SELECT extract(epoch FROM max(decided_at) - min(created_at)) FROM orders").fetchone()[0]
-    return float(span or 0.0)
+    return statuses, [float(x) for x in lat], float(span or 0.0)
 
 
 async def wait_converged(settings: Settings, timeout: float, progress: Progress | None) -> float:
@@ -299,8 +295,8 @@ async def run_demo(settings: Settings, *, orders: int = 200, concurrency: int = 
         # waits it out within what is left of the convergence budget (at least 10 s)
         left = max(10.0, converge_timeout - result.convergence_seconds)
         result.report = await asyncio.to_thread(run_checks, settings, left)
-        result.statuses, result.e2e_latencies = await asyncio.to_thread(e2e_latencies, settings)
-        result.settle_seconds = await asyncio.to_thread(settle_seconds, settings)
+        result.statuses, result.e2e_latencies, result.settle_seconds = await asyncio.to_thread(e2e_latencies,
+                                                                                               settings)
     return result
 
 

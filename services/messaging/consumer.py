@@ -40,6 +40,7 @@ IsTransient = Callable[[BaseException], bool]
 class Delivery:
     message: AbstractIncomingMessage
     envelope: Envelope
+    channel: int  # which channel delivered it (its opening number): read without touching a closed channel
     twice: bool = False  # the bus.deliver fault's "duplicate": hand it to the handler twice
 
 
@@ -59,8 +60,7 @@ class Consumer:
         self.settled = 0  # deliveries finished (acked, put back or parked): grows while anything moves
         self.parked = 0
         self.batches = 0  # batches applied in one transaction
-        self._arrived: list[AbstractIncomingMessage] = []
-        self._channel_of: dict[int, int] = {}  # id(message) -> which channel delivered it (its opening number)
+        self._arrived: list[tuple[AbstractIncomingMessage, int]] = []  # each with the number of its channel
         self._channels = 0
         self._settled: set[int] = set()  # id(message) of those settled or scheduled to be, in the batch at hand
         self._wake = asyncio.Event()
@@ -90,8 +90,7 @@ class Consumer:
 
         async def arrive(message: AbstractIncomingMessage) -> None:
             self.in_flight += 1
-            self._channel_of[id(message)] = number  # read without touching a channel that may be closed
-            self._arrived.append(message)
+            self._arrived.append((message, number))
             self._wake.set()
 
         await queue.consume(arrive)
@@ -106,17 +105,15 @@ class Consumer:
                     await self._apply(taken)
                 except Exception:  # never leave a delivery unsettled: it would hold a prefetch slot for good
                     log.exception("delivering %d messages failed; putting them back", len(taken))
-                    for message in taken:
+                    for message, _ in taken:
                         if id(message) not in self._settled:
                             await self._settle(message.nack(requeue=True), [message])
                 finally:
-                    for message in taken:
-                        self._channel_of.pop(id(message), None)
                     self._settled.clear()
 
-    async def _apply(self, messages: list[AbstractIncomingMessage]) -> None:
+    async def _apply(self, arrivals: list[tuple[AbstractIncomingMessage, int]]) -> None:
         deliveries: list[Delivery] = []
-        for message in messages:
+        for message, channel in arrivals:
             try:
                 envelope = Envelope.from_bytes(message.body)
             except InvalidEnvelope as exc:
@@ -126,9 +123,9 @@ class Consumer:
             try:
                 action = await self.faults.hit("bus.deliver")
             except Exception as exc:
-                self._failed(Delivery(message, envelope), exc)
+                self._failed(Delivery(message, envelope, channel), exc)
                 continue
-            deliveries.append(Delivery(message, envelope, twice=action == "duplicate"))
+            deliveries.append(Delivery(message, envelope, channel, twice=action == "duplicate"))
         if not deliveries:
             return
         try:
@@ -156,8 +153,7 @@ class Consumer:
             self._failures.pop(str(delivery.envelope.message_id), None)
         messages = [d.message for d in deliveries]
         last = messages[-1]
-        channels = {self._channel_of.get(id(m)) for m in messages}
-        if len(messages) > 1 and not self._later and len(channels) == 1:
+        if len(messages) > 1 and not self._later and len({d.channel for d in deliveries}) == 1:
             # every earlier delivery of this channel is settled (none waits out a backoff): one ack, with
             # `multiple`, settles exactly this batch
             await self._settle(last.ack(multiple=True), messages)

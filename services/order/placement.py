@@ -51,17 +51,29 @@ class PlaceOrder:
                 "items": [vars(i) for i in sorted(self.items, key=lambda i: i.sku)]}
 
 
+# The order and its items in one statement; the last part says what else the same statement writes
+_ORDER = (
+    "WITH placed AS (INSERT INTO orders (id, customer_id, pattern, status, total_cents, stock_status, "
+    "payment_status, idempotency_key, request_hash) VALUES (:id, :c, :p, 'PENDING', :t, 'PENDING', 'PENDING', "
+    ":k, :h) RETURNING id, created_at), "
+    "items AS (INSERT INTO order_items (order_id, sku, qty, unit_price_cents) SELECT placed.id, item.* FROM placed, "
+    "unnest(CAST(:skus AS text[]), CAST(:qtys AS integer[]), CAST(:prices AS bigint[])) AS item) ")
+_INSERT_ORDER = sa.text(_ORDER + "SELECT created_at FROM placed")
+# ... and its order.created outbox row: atomic without BEGIN and COMMIT. The outbox row's created_at is the
+# order's (now() is the statement's transaction time).
+_PLACE_WITH_OUTBOX = sa.text(
+    _ORDER + "INSERT INTO outbox (id, order_id, routing_key, envelope) SELECT :mid, id, :rk, CAST(:envelope AS jsonb) "
+    "FROM placed RETURNING created_at")
+
+
+def _order_params(cmd: PlaceOrder) -> dict[str, Any]:
+    return {"id": cmd.order_id, "c": cmd.customer_id, "p": cmd.pattern, "t": cmd.total_cents,
+            "k": cmd.idempotency_key, "h": cmd.request_hash, "skus": [i.sku for i in cmd.items],
+            "qtys": [i.qty for i in cmd.items], "prices": [i.unit_price_cents for i in cmd.items]}
+
+
 async def _insert_order(conn: AsyncConnection, cmd: PlaceOrder) -> datetime:
-    created_at = await conn.scalar(sa.text(
-        "INSERT INTO orders (id, customer_id, pattern, status, total_cents, stock_status, payment_status, "
-        "idempotency_key, request_hash) VALUES (:id, :c, :p, 'PENDING', :t, 'PENDING', 'PENDING', :k, :h) "
-        "RETURNING created_at"),
-        {"id": cmd.order_id, "c": cmd.customer_id, "p": cmd.pattern, "t": cmd.total_cents,
-         "k": cmd.idempotency_key, "h": cmd.request_hash})
-    await conn.execute(sa.text(
-        "INSERT INTO order_items (order_id, sku, qty, unit_price_cents) VALUES (:o, :s, :q, :p)"),
-        [{"o": cmd.order_id, "s": i.sku, "q": i.qty, "p": i.unit_price_cents} for i in cmd.items])
-    return created_at
+    return (await conn.execute(_INSERT_ORDER, _order_params(cmd))).scalar_one()
 
 
 def _created(cmd: PlaceOrder) -> Envelope:
@@ -70,24 +82,9 @@ def _created(cmd: PlaceOrder) -> Envelope:
         "items": [vars(i) for i in cmd.items]})
 
 
-# The order, its items and its order.created outbox row in one statement: atomic without BEGIN and COMMIT.
-# The outbox row's created_at is the order's (now() is the statement's transaction time).
-_PLACE_WITH_OUTBOX = sa.text(
-    "WITH placed AS (INSERT INTO orders (id, customer_id, pattern, status, total_cents, stock_status, "
-    "payment_status, idempotency_key, request_hash) VALUES (:id, :c, :p, 'PENDING', :t, 'PENDING', 'PENDING', "
-    ":k, :h) RETURNING id), "
-    "items AS (INSERT INTO order_items (order_id, sku, qty, unit_price_cents) SELECT placed.id, item.* FROM placed, "
-    "unnest(CAST(:skus AS text[]), CAST(:qtys AS integer[]), CAST(:prices AS bigint[])) AS item) "
-    "INSERT INTO outbox (id, order_id, routing_key, envelope) SELECT :mid, id, :rk, CAST(:envelope AS jsonb) "
-    "FROM placed RETURNING created_at")
-
-
 async def place_with_outbox(rt: Runtime, cmd: PlaceOrder) -> datetime:
     event = _created(cmd)
-    return (await execute_alone(rt.engine, _PLACE_WITH_OUTBOX, {
-        "id": cmd.order_id, "c": cmd.customer_id, "p": cmd.pattern, "t": cmd.total_cents,
-        "k": cmd.idempotency_key, "h": cmd.request_hash, "skus": [i.sku for i in cmd.items],
-        "qtys": [i.qty for i in cmd.items], "prices": [i.unit_price_cents for i in cmd.items],
+    return (await execute_alone(rt.engine, _PLACE_WITH_OUTBOX, _order_params(cmd) | {
         "mid": event.message_id, "rk": event.type, "envelope": event.to_bytes().decode()})).scalar_one()
 
 
