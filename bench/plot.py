@@ -94,15 +94,25 @@ def _draw(ax: Any, panel: Panel, colours: dict[str, str]) -> None:
     if panel.title:
         ax.set_title(panel.title, fontsize=10)
     if panel.log:
-        from matplotlib.ticker import FuncFormatter, NullFormatter
-
         ax.set_yscale("log")
-        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}" if v < 1e4 else _short(v)))
-        ax.yaxis.set_minor_formatter(NullFormatter())
+        ax.yaxis.set_major_formatter(_log_ticks())
+        ax.yaxis.set_minor_formatter(_log_ticks(labelOnlyBase=False, minor_thresholds=(1, 0.4)))
     ax.margins(y=0.15)
     ax.grid(axis="y", alpha=0.3)
     if not by_x or panel.reference:
         ax.legend(fontsize=8)
+
+
+def _log_ticks(**options: Any) -> Any:
+    """matplotlib's choice of which log ticks to label (minor ones too when the axis spans less than a decade),
+    written as plain figures: 20, 300, 4.5k, 1.0M rather than 2×10¹ or 1e+06."""
+    from matplotlib.ticker import LogFormatter
+
+    class PlainLog(LogFormatter):
+        def __call__(self, x: float, pos: int | None = None) -> str:
+            return (f"{x:g}" if x < 1e4 else _short(x)) if super().__call__(x, pos) else ""
+
+    return PlainLog(**options)
 
 
 def _label(panel: Panel, series: Any, column: str) -> str:
