@@ -17,16 +17,21 @@ import shutil
 import subprocess
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
 import psycopg
 from rich.console import Console
 from rich.table import Table
 
+from bench.plot import Panel, figure, save
 from services import checker
 from services.common.settings import DATABASES, Settings, get_settings
 from services.demo import DemoResult, ms, percentile, run_demo
 from services.seed import SeedPlan
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 PGBENCH_DB = "txlab_pgbench"
 
@@ -195,11 +200,18 @@ def run(prog: str, argv: list[str], patterns: list[str], reference: str = "", le
         args.json.write_text(json.dumps([asdict(r) for r in rows], indent=2) + "\n")
         console.print(f"rows written to {args.json}")
     if args.plot:
-        from bench.plot import plot_rows  # matplotlib is loaded only when a chart is asked for
-
-        plot_rows(rows, args.plot, title)
+        save(chart(rows, title), args.plot)
         console.print(f"chart written to {args.plot}")
     return 0 if all(r.invariants_hold for r in rows) else 1
+
+
+def chart(rows: list[Row], title: str) -> Figure:
+    """Orders/s and end-to-end p99 of each pattern, one bar per concurrency."""
+    return figure(title, [
+        Panel(rows, "pattern", {"orders_per_s": "orders/s"}, "orders decided/s", series="in_flight",
+              series_name="{} in flight"),
+        Panel(rows, "pattern", {"e2e_p99_ms": "e2e p99"}, "end-to-end p99 (ms)", series="in_flight",
+              series_name="{} in flight")])
 
 
 def render_rows(rows: list[Row], title: str) -> Table:

@@ -8,6 +8,9 @@ it) with its JSON gateway `POST /v3/kv/put`. Every request writes a new key with
 
 Failover: kill -9 the leader, then time until some surviving node answers a write with 200; restart the
 killed node and wait for it to catch up before the next kill.
+
+`--json FILE` writes the rows ({"writes": [...], "failover": {...}}); `--plot FILE.png` draws writes/s, p50 and
+p99 of both systems at each level, and the failover times.
 """
 
 from __future__ import annotations
@@ -26,15 +29,22 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import httpx
 from rich.console import Console
 from rich.table import Table
 
+from bench.plot import Panel, figure, save
 from bench.raft_frontends import FRONTENDS
 from raft.cluster import LocalCluster
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 console = Console()
 VALUE = "v" * 64
@@ -56,6 +66,11 @@ class Result:
     def pct(self, q: float) -> float:
         lat = sorted(self.latencies)
         return lat[min(len(lat) - 1, int(q * len(lat)))] * 1000 if lat else float("nan")
+
+    def row(self) -> dict[str, Any]:
+        """What the table prints and `--json` writes."""
+        return {"system": self.system, "in_flight": self.in_flight, "writes_per_s": self.rate,
+                "p50_ms": self.pct(0.5), "p99_ms": self.pct(0.99), "errors": self.errors}
 
 
 def raft_request(base: str):
@@ -217,7 +232,8 @@ def _wait_caught_up(cluster: LocalCluster, node: int, timeout: float = 20.0) -> 
 
 
 # -------------------------------------------------------------------------------------- front ends
-def compare_frontends(port: int, seconds: float, rounds: int = 3) -> int:
+def compare_frontends(port: int, seconds: float, rounds: int = 3, json_path: Path | None = None,
+                      plot_path: Path | None = None) -> int:
     """Requests/s of each HTTP front end alone, interleaved over `rounds` to average out machine noise."""
     rates: dict[str, list[float]] = {name: [] for name in FRONTENDS}
     p50s: dict[str, list[float]] = {name: [] for name in FRONTENDS}
@@ -232,15 +248,25 @@ def compare_frontends(port: int, seconds: float, rounds: int = 3) -> int:
             finally:
                 proc.terminate()
                 proc.wait(10)
-    table = Table(title=f"HTTP front end alone, 64 in flight (median of {rounds} interleaved rounds)")
+    title = f"HTTP front end alone, 64 in flight (median of {rounds} interleaved rounds)"
+    table = Table(title=title)
     for col in ("front end", "requests/s", "p50 ms", "vs fastapi"):
         table.add_column(col, justify="right")
     base = statistics.median(rates["fastapi-uvicorn"])
-    for name in FRONTENDS:
-        rate = statistics.median(rates[name])
-        table.add_row(name, f"{rate:,.0f}", _ms(statistics.median(p50s[name])), f"{rate / base:.2f}x")
+    rows = [{"front_end": name, "requests_per_s": statistics.median(rates[name]),
+             "p50_ms": statistics.median(p50s[name]), "vs_fastapi": statistics.median(rates[name]) / base}
+            for name in FRONTENDS]
+    for r in rows:
+        table.add_row(r["front_end"], f"{r['requests_per_s']:,.0f}", _ms(r["p50_ms"]), f"{r['vs_fastapi']:.2f}x")
     console.print(table)
+    _write(json_path, rows, plot_path, lambda: frontends_chart(rows, title))
     return 0
+
+
+def frontends_chart(rows: list[dict[str, Any]], title: str) -> Figure:
+    """Requests/s and p50 of each HTTP front end alone."""
+    return figure(title, [Panel(rows, "front_end", {"requests_per_s": "requests/s"}, "requests/s"),
+                          Panel(rows, "front_end", {"p50_ms": "p50"}, "p50 latency (ms)")])
 
 
 def _wait_port(port: int, timeout: float = 15.0) -> None:
@@ -266,6 +292,31 @@ async def _run_levels(systems: list, levels: list[int], seconds: float) -> list[
     return results
 
 
+TITLE = "3-node replicated writes over HTTP (fsync on, same client)"
+
+
+def chart(writes: list[dict[str, Any]], failover: dict[str, Any] | None = None) -> Figure:
+    """Writes/s, p50 and p99 of each system side by side at each level; the failover times when measured."""
+    level = {"x_label": "requests in flight", "series": "system"}
+    panels = [Panel(writes, "in_flight", {"writes_per_s": "writes/s"}, "writes/s", **level),
+              Panel(writes, "in_flight", {"p50_ms": "p50"}, "p50 latency (ms, log)", log=True, **level),
+              Panel(writes, "in_flight", {"p99_ms": "p99"}, "p99 latency (ms, log)", log=True, **level)]
+    if failover:
+        panels.append(Panel([failover], "kills", {"p50_ms": "p50", "p99_ms": "p99", "max_ms": "max"}, "ms",
+                            title="txlab-raft leader failover", x_names={failover["kills"]: (
+                                f"kill -9 → first acknowledged write ({failover['kills']} kills)")}))
+    return figure(TITLE, panels)
+
+
+def _write(json_path: Path | None, rows: Any, plot_path: Path | None, draw: Callable[[], Figure]) -> None:
+    if json_path:
+        json_path.write_text(json.dumps(rows, indent=2) + "\n")
+        console.print(f"rows written to {json_path}")
+    if plot_path:
+        save(draw(), plot_path)
+        console.print(f"chart written to {plot_path}")
+
+
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="txlab bench raft", description=__doc__.split("\n")[0])
     p.add_argument("--levels", default="1,64,256", help="requests in flight, comma list")
@@ -276,6 +327,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--no-etcd", action="store_true")
     p.add_argument("--frontends", action="store_true",
                    help="only compare HTTP front ends (no Raft behind them) at 64 in flight")
+    p.add_argument("--json", type=Path, default=None, help="also write the rows to this file, as JSON")
+    p.add_argument("--plot", type=Path, default=None, help="also draw the table to this PNG")
     args = p.parse_args(argv)
     levels = [int(x) for x in args.levels.split(",")]
     with contextlib.suppress(ImportError):
@@ -283,7 +336,7 @@ def main(argv: list[str]) -> int:
 
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     if args.frontends:
-        return compare_frontends(args.base_port, args.seconds)
+        return compare_frontends(args.base_port, args.seconds, json_path=args.json, plot_path=args.plot)
 
     results: list[Result] = []
     failover: list[float] = []
@@ -321,12 +374,13 @@ def main(argv: list[str]) -> int:
         finally:
             cluster.stop()
 
-    table = Table(title="3-node replicated writes over HTTP (fsync on, same client)")
+    table = Table(title=TITLE)
     for col in ("system", "in flight", "writes/s", "p50 ms", "p99 ms", "errors"):
         table.add_column(col, justify="right")
-    for r in sorted(results, key=lambda r: (r.system != "txlab-raft", r.in_flight)):
-        table.add_row(r.system, str(r.in_flight), f"{r.rate:,.0f}", _ms(r.pct(0.5)), _ms(r.pct(0.99)),
-                      str(r.errors))
+    writes = [r.row() for r in sorted(results, key=lambda r: (r.system != "txlab-raft", r.in_flight))]
+    for w in writes:
+        table.add_row(w["system"], str(w["in_flight"]), f"{w['writes_per_s']:,.0f}", _ms(w["p50_ms"]),
+                      _ms(w["p99_ms"]), str(w["errors"]))
     console.print(table)
     by = {(r.system, r.in_flight): r for r in results}
     if any(s == "etcd" for s, _ in by):
@@ -340,12 +394,16 @@ def main(argv: list[str]) -> int:
         console.print(ratio)
     if etcd_note:
         console.print(f"[yellow]{etcd_note}[/yellow]")
+    kills = None
     if failover:
         ft = Table(title=f"leader failover: kill -9 -> first acknowledged write ({len(failover)} kills)")
         for col in ("p50 ms", "p99 ms", "max ms", "mean ms"):
             ft.add_column(col, justify="right")
         srt = sorted(failover)
-        ft.add_row(_ms(srt[len(srt) // 2] * 1000), _ms(srt[min(len(srt) - 1, int(0.99 * len(srt)))] * 1000),
-                   _ms(srt[-1] * 1000), _ms(statistics.mean(srt) * 1000))
+        kills = {"kills": len(srt), "p50_ms": srt[len(srt) // 2] * 1000,
+                 "p99_ms": srt[min(len(srt) - 1, int(0.99 * len(srt)))] * 1000, "max_ms": srt[-1] * 1000,
+                 "mean_ms": statistics.mean(srt) * 1000}
+        ft.add_row(*(_ms(kills[k]) for k in ("p50_ms", "p99_ms", "max_ms", "mean_ms")))
         console.print(ft)
+    _write(args.json, {"writes": writes, "failover": kills}, args.plot, lambda: chart(writes, kills))
     return 0

@@ -1,4 +1,4 @@
-"""The bench's rows as JSON and as a chart, and its CPU count of txlab processes, without any server."""
+"""The bench's rows as JSON, and its CPU count of txlab processes, without any server."""
 
 import json
 import os
@@ -10,7 +10,6 @@ from dataclasses import asdict
 from rich.console import Console
 
 from bench.outbox import Row, load_rows, render_comparison, txlab_cpu_seconds
-from bench.plot import plot_rows
 from services.common.settings import Settings
 
 ROWS = [Row(p, c, 40.0 + c, 45.0 + c, 7000.0, (40.0 + c) / 7000.0, 100.0, 300.0, 200.0, 900.0 + c, 11.0, 0.0, 25.0,
@@ -22,12 +21,6 @@ FIELDS = {"pattern", "in_flight", "orders_per_s", "pgbench_tps", "ratio", "e2e_p
 
 def test_a_row_carries_every_field_the_json_promises():
     assert FIELDS <= set(json.loads(json.dumps([asdict(r) for r in ROWS]))[0])
-
-
-def test_the_chart_is_a_png_drawn_without_a_display(tmp_path):
-    out = tmp_path / "patterns.png"
-    plot_rows(ROWS, out, "outbox and 2pc")
-    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
 
 
 def test_cpu_is_counted_for_this_installations_processes_only(tmp_path):
