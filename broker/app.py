@@ -24,7 +24,6 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-import httpx
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -35,11 +34,13 @@ from services.common.auth import require_token
 from services.common.db import make_engine
 from services.common.faults import FaultInjector
 from services.common.settings import Settings, get_settings
+from services.common.tracing import traced_client
 from services.messaging.connection import BrokerConnection
 from services.messaging.publisher import Publisher
 from services.messaging.topology import topology_of
 from services.runtime.http_errors import install_error_handlers
 from services.runtime.internal_routes import fault_routes
+from services.runtime.telemetry import TELEMETRY, Metric, counter, gauge, install
 
 TOPIC = re.compile(r"^[a-z][a-z0-9_-]{0,62}(\.[a-z][a-z0-9_-]{0,62}){1,3}$")
 
@@ -165,7 +166,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         connection = BrokerConnection(settings.amqp, topology_of(settings), "txlab-broker")
         faults = app.state.faults
         publisher = Publisher(connection, faults, settings.publish_confirm_timeout)
-        http = httpx.AsyncClient()
+        http = traced_client()
         st = app.state
         st.settings, st.engine = settings, engine
         st.checkback = CheckBack(engine, http, settings, me, faults)
@@ -188,7 +189,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await http.aclose()
             await engine.dispose()
 
-    app = FastAPI(title="txlab half-message broker", lifespan=lifespan)
+    app = FastAPI(title="txlab half-message broker", lifespan=lifespan, telemetry=TELEMETRY)
     app.state.settings = settings
     app.state.faults = FaultInjector("broker", settings.data_dir / "faults")
     install_error_handlers(app)
@@ -199,6 +200,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.get("/health")
     async def health() -> dict[str, str]:
         return {"status": "ok"}
+
+    async def metrics() -> list[Metric]:
+        by_state = await store.counts(app.state.engine)
+        return [gauge("half_messages", "half messages by state", ["state"], [((k,), v) for k, v in by_state.items()]),
+                counter("halfmsg_checks", "check-backs by the producer's answer", ["answer"],
+                        [((k,), v) for k, v in app.state.checkback.answers.items()])]
+
+    install(app, "broker", metrics)
 
     app.include_router(create_router())
     return app

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections import Counter
 from typing import Any
 
 import httpx
@@ -25,6 +26,7 @@ from broker import store
 from broker.store import Claimed, Decision, State
 from services.common.faults import FaultInjector, InjectedFault
 from services.common.settings import Settings
+from services.common.tracing import context_of, tracer
 from services.messaging.connection import capped_backoff
 from services.messaging.publisher import BrokerUnavailable, Publisher, PublishRefused
 
@@ -39,6 +41,7 @@ class CheckBack:
                  faults: FaultInjector) -> None:
         self.engine, self.http, self.settings, self.me, self.faults = engine, http, settings, me, faults
         self._slots = asyncio.Semaphore(CHECKS_AT_ONCE)
+        self.answers: Counter[str] = Counter()  # check-backs by the producer's answer
 
     async def run(self) -> None:
         failures = 0
@@ -68,8 +71,16 @@ class CheckBack:
         return await self.check(claimed[0])
 
     async def check(self, m: Claimed) -> State | None:
-        async with self._slots:
-            answer, error = await self.ask(m)
+        # a span of the order's trace: the producer's answer (and its own spans) show on the order's timeline
+        with tracer.start_as_current_span(f"check-back {m.topic}", context=context_of(m.body.get("traceparent")),
+                                          attributes={"order_id": str(m.body.get("order_id")),
+                                                      "message_id": str(m.id)}) as span:
+            async with self._slots:
+                answer, error = await self.ask(m)
+            span.set_attribute("answer", answer.value)
+            if error:
+                span.set_attribute("error", error)
+        self.answers[answer.value] += 1
         s = self.settings
         return await store.record_check(self.engine, self.me, m.id, answer, error,
                                         s.broker_check_interval_seconds, s.broker_max_checks)
@@ -129,7 +140,8 @@ class Delivery:
         message_id = str(m.body.get("message_id") or m.id)  # an envelope keeps its own id: consumers dedupe on it
         try:
             await self.faults.hit("broker.before_deliver")
-            await self.publisher.publish_raw(body, message_id, m.topic, m.topic)
+            await self.publisher.publish_raw(body, message_id, m.topic, m.topic, m.body.get("traceparent"),
+                                             m.body.get("order_id"))
         except (BrokerUnavailable, InjectedFault) as exc:  # the world's fault: wait, count nothing
             await store.delivery_failed(self.engine, self.me, m.id, str(exc), 1.0, counted=False)
             return

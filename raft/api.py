@@ -35,6 +35,10 @@ import time
 from typing import Any
 from urllib.parse import parse_qs, unquote
 
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.process_collector import ProcessCollector
+
 from raft.core import NotLeader
 from raft.http_server import Request, Response
 from raft.kv import (
@@ -78,6 +82,9 @@ class KVApi:
         self.kv: KVStateMachine = node.machine
         self.admin_token = admin_token
         self.session_timeout = session_timeout or _session_timeout_from_env()
+        self.registry = CollectorRegistry()
+        ProcessCollector(registry=self.registry)
+        self.registry.register(self)  # collect() below
 
     async def __call__(self, req: Request) -> Response:
         try:
@@ -94,9 +101,29 @@ class KVApi:
                 return await self._admin(req, path[6:])
             if path in ("/", "/healthz"):
                 return _json(200, {"ok": True, "id": self.node.cfg.id})
+            if path == "/alive":
+                return _json(200, {"status": "alive", "id": self.node.cfg.id})
+            if path == "/metrics" and req.method == "GET":
+                return Response(200, generate_latest(self.registry), content_type=CONTENT_TYPE_LATEST)
             return _error(404, f"no route {path}")
         except BadRequest as exc:
             return _error(400, str(exc))
+
+    def collect(self) -> list[GaugeMetricFamily]:
+        """The node's Raft figures, for Prometheus (`/metrics`)."""
+        st = self.node.status()
+        node = [str(self.node.cfg.id)]
+        figures = [("raft_term", "the node's current term", st["term"]),
+                   ("raft_commit_index", "the highest log index known committed", st["commit"]),
+                   ("raft_applied_index", "the highest log index applied", st["applied"]),
+                   ("raft_leader", "1 on the leader", float(self.node.is_leader)),
+                   ("raft_kv_keys", "keys in the replicated store", len(self.kv.data))]
+        families = []
+        for name, doc, value in figures:
+            family = GaugeMetricFamily(f"txlab_{name}", doc, labels=["node"])
+            family.add_metric(node, value)
+            families.append(family)
+        return families
 
     # ------------------------------------------------------------------------------------------ KV
     async def _kv(self, req: Request, rest: str) -> Response:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 
 import uvicorn
 
 from services.common.settings import coordinator_node, get_settings
+from services.runtime.telemetry import setup
 
 APPS = {
     "order": "services.order.app:create_app",
@@ -20,18 +20,14 @@ APPS = {
 
 def serve(name: str) -> None:
     settings = get_settings()
+    setup(name, settings)  # before the app: its loggers and tracer are made now
     app: object = APPS.get(name)
     if name.startswith("coordinator-"):
         from services.coordinator.app import create_app
 
         app = create_app(coordinator_node(name), settings)
-    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {name} %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("aio_pika").setLevel(logging.WARNING)
-    logging.getLogger("aiormq").setLevel(logging.WARNING)
-    logging.getLogger("alembic").setLevel(logging.WARNING)
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per call between services is noise, and costs
-    uvicorn.run(app, factory=isinstance(app, str), host=settings.host, port=settings.port(name), log_level="warning",
-                access_log=False, timeout_graceful_shutdown=3)
+    uvicorn.run(app, factory=isinstance(app, str), host=settings.host, port=settings.port(name), log_config=None,
+                log_level="warning", access_log=False, timeout_graceful_shutdown=3)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from urllib.parse import quote
 
 import httpx
 import redis.asyncio as aioredis
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from redis.exceptions import RedisError
 
 from services.cache.membership import current_nodes, save_nodes
@@ -20,9 +20,11 @@ from services.checker import CannotCheck, run_checks
 from services.common.auth import require_token
 from services.common.faults import POINTS, Arming, FaultSpecError
 from services.common.settings import SERVICES, Settings, get_settings
+from services.common.tracing import traced_client
 from services.coordinator.client import CoordinatorClient, CoordinatorUnavailable
 from services.runtime.http_errors import install_error_handlers
 from services.runtime.internal_routes import ArmRequest, CacheNode
+from services.runtime.telemetry import TELEMETRY, install, recent
 
 
 def fault_processes(settings: Settings) -> tuple[str, ...]:
@@ -78,19 +80,64 @@ async def _fan_out(request: Request, method: str, path: str, services: tuple[str
 _DOWN = object()  # a coordinator replica that is not running
 
 
+async def merged_telemetry(request: Request, trace_id: str | None, order_id: str | None, since: float,
+                           limit: int) -> dict[str, Any]:
+    """Every process's telemetry ring (admin's own included), merged; a process that is down is left out. An
+    order's trace is found by the first process whose spans name the order."""
+    settings: Settings = request.app.state.settings
+    processes = (*SERVICES, "broker", *settings.coordinators)
+    params = {"since": since, "limit": limit} | ({"order_id": order_id} if order_id else {})
+    if trace_id:
+        params["trace_id"] = trace_id
+    answers = await _gather_quietly(request, processes, params)
+    if order_id and not trace_id:  # the whole trace, from every process, not only the spans naming the order
+        found = next((s["trace_id"] for a in answers for s in a["spans"]), None)
+        if found is not None:
+            answers = await _gather_quietly(request, processes, params | {"trace_id": found})
+    answers.append(recent(params.get("trace_id"), order_id, since, limit))
+    merged: dict[str, list[dict[str, Any]]] = {"spans": [], "logs": [], "faults": []}
+    for answer in answers:
+        for kind in merged:
+            merged[kind].extend(answer[kind])
+    merged["spans"].sort(key=lambda s: s["start"])
+    merged["logs"].sort(key=lambda entry: entry["ts"])
+    merged["faults"].sort(key=lambda f: f["ts"])
+    return {kind: items[-limit:] for kind, items in merged.items()} | {
+        "processes": sorted(a["process"] for a in answers)}
+
+
+async def _gather_quietly(request: Request, processes: tuple[str, ...], params: dict[str, Any]) -> list[Any]:
+    """Each process's /internal/telemetry; one that does not answer is left out (it may be restarting)."""
+    settings: Settings = request.app.state.settings
+    client: httpx.AsyncClient = request.app.state.http
+    headers = {"authorization": f"Bearer {settings.admin_token}"}
+
+    async def one(process: str) -> Any:
+        try:
+            response = await client.get(f"{settings.url(process)}/internal/telemetry", headers=headers,
+                                        params=params, timeout=5.0)
+            response.raise_for_status()
+            return response.json()
+        except (httpx.HTTPError, ValueError):
+            return None
+
+    return [a for a in await asyncio.gather(*(one(p) for p in processes)) if a is not None]
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.http = httpx.AsyncClient(timeout=10.0)
+        app.state.http = traced_client(timeout=10.0)
         app.state.cache = ShardedCache.from_env(settings, current_nodes(settings))
         await app.state.cache.start()
         yield
         await app.state.cache.close()
         await app.state.http.aclose()
 
-    app = FastAPI(title="txlab admin", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(title="txlab admin", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None,
+                  telemetry=TELEMETRY)
     app.state.settings = settings
     install_error_handlers(app)
     r = APIRouter(dependencies=[Depends(require_token)])
@@ -275,7 +322,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await _fan_out(request, "DELETE", f"/internal/cache/nodes/{quote(name, safe='')}", SERVICES)
         return {"moved_share": share, "ideal_share": 1 / before, "ring": cache.ring_info()}
 
+    @r.get("/telemetry")
+    async def telemetry(request: Request, trace_id: str | None = None, order_id: str | None = None,
+                        since: float = 0.0, limit: int = Query(500, ge=1, le=5000)) -> dict[str, Any]:
+        """Every process's recent spans, log lines and fired faults, merged in time order (an order's or a
+        trace's only, when asked): what the dashboard's timeline and waterfall draw."""
+        return await merged_telemetry(request, trace_id, order_id, since, limit)
+
     app.include_router(r)
+    install(app, "admin")
 
     @app.get("/health")
     async def health() -> dict[str, str]:

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.sql import Executable
 
 from services.common.settings import Settings
+from services.common.tracing import trace_engine
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -44,7 +45,10 @@ def migrate(settings: Settings, service: str) -> None:
 
 
 def make_engine(settings: Settings, service: str, pool_size: int = 10) -> AsyncEngine:
-    return create_async_engine(settings.dsn(service), pool_size=pool_size, max_overflow=pool_size)
+    """The service's engine; its statements are spans of the trace at hand."""
+    engine = create_async_engine(settings.dsn(service), pool_size=pool_size, max_overflow=pool_size)
+    trace_engine(engine)
+    return engine
 
 
 async def execute_alone(engine: AsyncEngine, statement: Executable, params: Any = None) -> CursorResult[Any]:

@@ -10,13 +10,16 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from services.common.tracing import current_traceparent, new_traceparent, trace_id_of
+
 
 class InvalidEnvelope(ValueError):
     """A message body that is not a well-formed envelope: a poison message."""
 
 
-def new_traceparent() -> str:
-    return f"00-{uuid.uuid4().hex}-{uuid.uuid4().hex[:16]}-01"
+def _traceparent() -> str:
+    """The current span's (a request's, a message's): the event joins its trace. Outside any, a new trace."""
+    return current_traceparent() or new_traceparent()
 
 
 class Envelope(BaseModel):
@@ -27,13 +30,16 @@ class Envelope(BaseModel):
     occurred_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
     order_id: uuid.UUID | None = None
     causation_id: uuid.UUID | None = None
-    traceparent: str = Field(default_factory=new_traceparent)
+    traceparent: str = Field(default_factory=_traceparent)
     payload: dict[str, Any] = Field(default_factory=dict)
 
     def caused(self, type: str, payload: dict[str, Any]) -> Envelope:
-        """A new event caused by this one: same order and trace, causation = this message."""
-        return Envelope(type=type, order_id=self.order_id, causation_id=self.message_id,
-                        traceparent=self.traceparent, payload=payload)
+        """A new event caused by this one: same order and trace, causation = this message. Its parent span is
+        the one handling this message, when that one is current."""
+        here = current_traceparent()
+        parent = here if here and trace_id_of(here) == trace_id_of(self.traceparent) else self.traceparent
+        return Envelope(type=type, order_id=self.order_id, causation_id=self.message_id, traceparent=parent,
+                        payload=payload)
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

@@ -17,13 +17,18 @@ import logging
 import os
 import random
 import re
+import time
 import uuid
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from opentelemetry import trace
+
 log = logging.getLogger("txlab.faults")
+FIRED: deque[dict[str, Any]] = deque(maxlen=500)  # this process's recent firings, for the dashboard's history
 
 CRASH_EXIT_CODE = 86
 ACTIONS = ("crash", "error", "delay", "drop", "duplicate")
@@ -282,6 +287,11 @@ class FaultInjector:
             self._spent.add(arming.id)
             return None
         log.warning("fault %s fired: %s (%d so far in all)", name, arming.action, fired)
+        FIRED.append({"ts": time.time(), "process": self.process, "point": name, "action": arming.action,
+                      "arming": arming.id})
+        span = trace.get_current_span()
+        if span.is_recording():
+            span.add_event("fault fired", {"point": name, "action": arming.action})
         if arming.action == "crash":
             logging.shutdown()
             os._exit(CRASH_EXIT_CODE)

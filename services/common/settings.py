@@ -36,6 +36,10 @@ class Settings(BaseSettings):
     order_url: str | None = None
     inventory_url: str | None = None
     payment_url: str | None = None
+    # traces: every process keeps its recent spans for the dashboard; set an OTLP/HTTP endpoint (a collector,
+    # Jaeger, Tempo: http://host:4318) to export them too. TXLAB_TRACING=0 records none.
+    tracing: bool = True
+    otlp_endpoint: str | None = None
     db_prefix: str = "txlab"  # databases are <prefix>_order, <prefix>_inventory, ...
     bus_prefix: str = ""  # prepended to every exchange and queue name (isolates test runs)
     relay_batch: int = 200

@@ -17,6 +17,7 @@ Only the leader answers `/transactions`: a follower answers 307 with the leader'
 import asyncio
 import contextlib
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -28,11 +29,13 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from services.common.auth import require_token
 from services.common.faults import FaultInjector
 from services.common.settings import Settings, get_settings
+from services.common.tracing import current_traceparent
 from services.coordinator.driver import MAX_DEADLINE_SECONDS, Driver
 from services.coordinator.model import ALL_STATES, BRANCHES, PATTERNS
 from services.coordinator.store import NotLeader, OutcomeUnknown, Store, open_store
 from services.runtime.http_errors import install_error_handlers
 from services.runtime.internal_routes import fault_routes
+from services.runtime.telemetry import TELEMETRY, Metric, gauge, install
 
 GID = r"^[A-Za-z0-9._:-]+$"
 
@@ -92,7 +95,8 @@ def create_app(node_id: int, settings: Settings | None = None) -> FastAPI:
             await store.close()
             await http.close()
 
-    app = FastAPI(title=f"txlab coordinator {node_id}", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = FastAPI(title=f"txlab coordinator {node_id}", lifespan=lifespan, docs_url=None, redoc_url=None,
+                  telemetry=TELEMETRY)
     app.state.settings = settings
     install_error_handlers(app)
 
@@ -151,7 +155,8 @@ def create_app(node_id: int, settings: Settings | None = None) -> FastAPI:
         known = store.book.get(body.gid)  # a begin repeated (the order service's recovery): no log entry
         if known is None and await propose(store, {
                 "op": "begin", "gid": body.gid, "pattern": body.pattern, "branches": bodies,
-                "deadline": body.deadline_ms / 1000, "now": time.time()}) == "created":
+                "deadline": body.deadline_ms / 1000, "now": time.time(),
+                "traceparent": current_traceparent()}) == "created":
             request.app.state.driver.wake.set()
             return found(store, body.gid)
         record = found(store, body.gid)  # begun before, maybe by a concurrent twin of this request
@@ -216,10 +221,22 @@ def create_app(node_id: int, settings: Settings | None = None) -> FastAPI:
         store = store_of(request)
         return {"status": "ok", "service": process, "leader": store.leader_url(), "leading": store.leading is not None}
 
-    @app.get("/alive")
-    async def alive() -> dict[str, str]:
-        return {"status": "alive"}
+    async def metrics() -> list[Metric]:
+        store: Store = app.state.store
+        st = store.status()
+        node = (str(node_id),)
+        states = Counter((rec["pattern"], rec["state"]) for rec in store.book.records.values())
+        return [gauge("raft_term", "the replica's current term", ["node"], [(node, st["term"])]),
+                gauge("raft_commit_index", "the highest log index known committed", ["node"], [(node, st["commit"])]),
+                gauge("raft_applied_index", "the highest log index applied to the records", ["node"],
+                      [(node, st["applied"])]),
+                gauge("raft_leader", "1 on the leader", ["node"], [(node, float(store.leading is not None))]),
+                gauge("transactions", "global transactions by pattern and state, as this replica knows them",
+                      ["node", "pattern", "state"], [((str(node_id), p, s), n) for (p, s), n in states.items()]),
+                gauge("transactions_driving", "transactions the leader is driving now", ["node"],
+                      [(node, len(app.state.driver.tasks))])]
 
+    install(app, process, metrics)
     app.include_router(r)
     app.include_router(internal)
     return app

@@ -25,9 +25,12 @@ from collections.abc import Callable
 from typing import Any
 
 import aiohttp
+import structlog
+from opentelemetry.trace import SpanKind
 
 from services.common.faults import FaultInjector
 from services.common.settings import Settings
+from services.common.tracing import context_of, inject_headers, tracer
 from services.coordinator.model import ABORT, COMMIT, PATTERNS, PENDING, REFUSED, STUCK, Pattern
 from services.coordinator.store import NotLeader, OutcomeUnknown, Store
 
@@ -120,6 +123,14 @@ class Driver:
         record = self.store.book.get(gid)
         if record is None:
             return
+        # a span of the order's trace (the begin request's), with the gid on every log line meanwhile
+        with tracer.start_as_current_span(f"drive {record['pattern']}", context=context_of(record.get("traceparent")),
+                                          attributes={"gid": gid, "order_id": gid, "state": record["state"]}), \
+                structlog.contextvars.bound_contextvars(gid=gid):
+            await self._drive_record(record)
+
+    async def _drive_record(self, record: dict[str, Any]) -> None:
+        gid = record["gid"]
         p = PATTERNS[record["pattern"]]
         while p.in_phase1(record["state"]):
             where = record["state"], record.get("round", 0)
@@ -298,9 +309,12 @@ class Driver:
     async def _post(self, url: str, body: dict[str, Any], timeout: float) -> tuple[int, str]:
         """POST `body` as JSON; (status, text). aiohttp rather than httpx: under load httpx's connection pool
         took 90% of the leader's CPU (profiled with py-spy)."""
-        async with self.http.post(url, json=body, headers=self._headers,
-                                  timeout=aiohttp.ClientTimeout(total=timeout)) as response:
-            return response.status, await response.text()
+        with tracer.start_as_current_span(f"POST {url.rsplit('/internal/', 1)[-1]}", kind=SpanKind.CLIENT,
+                                          attributes={"http.url": url}) as span:
+            async with self.http.post(url, json=body, headers=inject_headers(dict(self._headers)),
+                                      timeout=aiohttp.ClientTimeout(total=timeout)) as response:
+                span.set_attribute("http.status_code", response.status)
+                return response.status, await response.text()
 
 
 # each pattern's participant routes (their names do not overlap)

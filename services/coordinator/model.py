@@ -201,6 +201,8 @@ class TxnBook:
                 or not all(isinstance(b, dict) for b in bodies.values())):
             raise Malformed(f"branches must map some of {', '.join(BRANCHES)} to their bodies")
         self.records[gid] = new_record(gid, pattern, bodies, _number(cmd, "deadline"), now)
+        if isinstance(cmd.get("traceparent"), str):  # the trace the transaction belongs to (its order's)
+            self.records[gid]["traceparent"] = cmd["traceparent"][:64]
         self.active[gid] = None
         return "created"
 

@@ -22,11 +22,14 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
+import structlog
 from aio_pika.abc import AbstractConnection, AbstractIncomingMessage
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS
+from opentelemetry.trace import Span
 
 from services.common.envelope import Envelope, InvalidEnvelope
 from services.common.faults import FaultInjector
+from services.common.tracing import consumer_spans, current, failed, start_consuming
 from services.messaging.connection import BrokerConnection, capped_backoff
 from services.messaging.failures import is_transient
 
@@ -68,6 +71,7 @@ class Consumer:
         self._failures: dict[str, int] = {}  # the message's own failures, by message id
         self._waits = 0  # consecutive transient errors: the backoff while a server is away
         self._later: set[asyncio.Task[None]] = set()  # messages put back once their backoff is over
+        self._spans: dict[int, Span] = {}  # id(message) -> its consumer span, in the batch at hand
 
     async def start(self) -> None:
         self.worker = asyncio.create_task(self._work(), name=f"{self.service}-consumer")
@@ -110,6 +114,9 @@ class Consumer:
                             await self._settle(message.nack(requeue=True), [message])
                 finally:
                     self._settled.clear()
+                    for span in self._spans.values():
+                        span.end()
+                    self._spans.clear()
 
     async def _apply(self, arrivals: list[tuple[AbstractIncomingMessage, int]]) -> None:
         deliveries: list[Delivery] = []
@@ -120,6 +127,9 @@ class Consumer:
                 log.error("poison message %s parked: %s", message.message_id, exc)
                 await self._park(message)
                 continue
+            self._spans[id(message)] = start_consuming(
+                envelope.type, message.headers, envelope.traceparent, order_id=envelope.order_id,
+                message_id=envelope.message_id, service=self.service, batch=len(arrivals))
             try:
                 action = await self.faults.hit("bus.deliver")
             except Exception as exc:
@@ -128,8 +138,11 @@ class Consumer:
             deliveries.append(Delivery(message, envelope, channel, twice=action == "duplicate"))
         if not deliveries:
             return
+        spans = {d.envelope.message_id: self._spans[id(d.message)] for d in deliveries}
         try:
-            await self.handler([e for d in deliveries for e in (d.envelope,) * (2 if d.twice else 1)])
+            # a lone message's statements (its inbox claim, its outbox rows) belong to its span too
+            with consumer_spans(spans), current(next(iter(spans.values())) if len(spans) == 1 else None):
+                await self.handler([e for d in deliveries for e in (d.envelope,) * (2 if d.twice else 1)])
         except Exception as exc:
             if len(deliveries) == 1:
                 self._failed(deliveries[0], exc)
@@ -140,7 +153,9 @@ class Consumer:
                     self._failed(delivery, exc)
                     continue
                 try:
-                    await self.handler([delivery.envelope] * (2 if delivery.twice else 1))
+                    span = spans[delivery.envelope.message_id]
+                    with consumer_spans({delivery.envelope.message_id: span}), current(span):
+                        await self.handler([delivery.envelope] * (2 if delivery.twice else 1))
                 except Exception as single:
                     self._failed(delivery, single)
                     exc, server_away = single, self.transient(single)
@@ -169,6 +184,13 @@ class Consumer:
     def _failed(self, delivery: Delivery, exc: Exception) -> None:
         """Count the failure if it is the message's own, then park the message or put it back after a backoff
         (without holding up the messages behind it)."""
+        span = self._spans.get(id(delivery.message))
+        if span is not None:
+            failed(span, exc)
+        with current(span), structlog.contextvars.bound_contextvars(order_id=str(delivery.envelope.order_id)):
+            self._retry_or_park(delivery, exc)
+
+    def _retry_or_park(self, delivery: Delivery, exc: Exception) -> None:
         key, envelope = str(delivery.envelope.message_id), delivery.envelope
         if self.transient(exc):
             self._waits += 1

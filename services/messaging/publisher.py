@@ -14,6 +14,7 @@ from aio_pika.exceptions import CONNECTION_EXCEPTIONS, DeliveryError, PublishErr
 
 from services.common.envelope import Envelope
 from services.common.faults import FaultInjector
+from services.common.tracing import publishing
 from services.messaging.connection import BrokerConnection
 
 
@@ -46,16 +47,24 @@ class Publisher:
 
     async def publish(self, envelope: Envelope, routing_key: str | None = None) -> None:
         await self.publish_raw(envelope.to_bytes(), str(envelope.message_id), envelope.type,
-                               routing_key or envelope.type)
+                               routing_key or envelope.type, envelope.traceparent, envelope.order_id)
 
-    async def publish_raw(self, body: bytes, message_id: str, type: str, routing_key: str) -> None:
-        """Publish an already serialized envelope (as the outbox stores it) and wait for its confirm."""
+    async def publish_raw(self, body: bytes, message_id: str, type: str, routing_key: str,
+                          traceparent: str | None = None, order_id: object = None) -> None:
+        """Publish an already serialized envelope (as the outbox stores it) and wait for its confirm. The publish
+        is a span under `traceparent` (the span that wrote the message), and its context travels in the AMQP
+        headers."""
         exchange = self._exchange
         if exchange is None or not self.connection.connected:
             raise BrokerUnavailable("not connected to RabbitMQ")
+        with publishing(routing_key, traceparent, order_id=order_id, message_id=message_id) as headers:
+            await self._publish(exchange, body, message_id, type, routing_key, headers)
+
+    async def _publish(self, exchange: AbstractExchange, body: bytes, message_id: str, type: str,
+                       routing_key: str, headers: dict[str, str]) -> None:
         action = await self.faults.hit("bus.publish")
         message = aio_pika.Message(body, message_id=message_id, content_type="application/json", type=type,
-                                   delivery_mode=aio_pika.DeliveryMode.PERSISTENT)
+                                   delivery_mode=aio_pika.DeliveryMode.PERSISTENT, headers=headers or None)
         try:
             for _ in range(2 if action == "duplicate" else 1):
                 await exchange.publish(message, routing_key=routing_key, timeout=self.confirm_timeout,

@@ -52,6 +52,8 @@ class Claimed:
     type: str
     occurred_at: str
     attempts: int
+    traceparent: str | None  # the span that wrote the row: the publish is its child
+    order_id: uuid.UUID | None
 
 
 def _worlds_fault(error: BaseException) -> bool:
@@ -134,7 +136,7 @@ class OutboxRelay:
                 .values(claimed_by=self.relay_id, claimed_until=sa.func.now() + lease)
                 .returning(OUTBOX.c.id, OUTBOX.c.routing_key, sa.cast(OUTBOX.c.envelope, sa.Text),
                            OUTBOX.c.envelope["type"].astext, OUTBOX.c.envelope["occurred_at"].astext,
-                           OUTBOX.c.attempts))
+                           OUTBOX.c.attempts, OUTBOX.c.envelope["traceparent"].astext, OUTBOX.c.order_id))
         rows = (await execute_alone(self.engine, stmt)).all()
         return sorted((Claimed(*r) for r in rows), key=lambda c: c.occurred_at or "")
 
@@ -159,7 +161,8 @@ class OutboxRelay:
     async def _publish(self, row: Claimed) -> None:
         if await self.faults.hit("relay.before_publish") == "drop":
             raise PublishRefused("injected drop: RabbitMQ refused the message")
-        await self.publisher.publish_raw(row.body.encode(), str(row.id), row.type, row.routing_key)
+        await self.publisher.publish_raw(row.body.encode(), str(row.id), row.type, row.routing_key, row.traceparent,
+                                         row.order_id)
 
     def _sent(self, ids: list[uuid.UUID]) -> sa.Update:
         return sa.update(OUTBOX).where(OUTBOX.c.id.in_(ids), OUTBOX.c.claimed_by == self.relay_id).values(

@@ -1,3 +1,4 @@
+import sqlalchemy as sa
 from fastapi import FastAPI
 
 from services.common.settings import get_settings
@@ -7,6 +8,9 @@ from services.order.api import router
 from services.order.handlers import HANDLERS, lock_orders
 from services.runtime.app import create_service_app
 from services.runtime.state import Runtime
+from services.runtime.telemetry import Metric, counter, gauge
+
+_BY_PATTERN_AND_STATE = sa.text("SELECT pattern, status, count(*) AS n FROM orders GROUP BY 1, 2")
 
 
 def create_app() -> FastAPI:
@@ -16,8 +20,20 @@ def create_app() -> FastAPI:
     async def admit_while_running(rt: Runtime) -> None:
         await admission.watch(rt.settings.raw_dsn("order"))
 
+    async def metrics(rt: Runtime) -> list[Metric]:
+        async with rt.engine.connect() as conn:
+            rows = (await conn.execute(_BY_PATTERN_AND_STATE)).all()
+        return [gauge("orders", "orders by pattern and state", ["pattern", "state"],
+                      [((r.pattern, r.status), r.n) for r in rows]),
+                counter("orders_refused", "POST /orders answered 429 (admission control)", [],
+                        [((), admission.refused)]),
+                gauge("admission_bound", "undecided orders admitted at most, now", [], [((), admission.bound)]),
+                gauge("orders_undecided", "orders not yet decided, at the last count", [],
+                      [((), admission.pending)])]
+
     app = create_service_app("order", router, HANDLERS, settings,
-                             background=[coordinated.recover, admit_while_running], prepare=lock_orders)
+                             background=[coordinated.recover, admit_while_running], prepare=lock_orders,
+                             metrics=metrics)
     app.state.admission = admission
     app.include_router(halfmsg.router)  # the half-message broker's check-back
     app.include_router(coordinated.router)  # the coordinator's reports

@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
 from services.common.envelope import Envelope
+from services.common.tracing import handling
 from services.messaging.inbox import UnitOfWork, unit_of_work
 from services.runtime.state import Runtime
 
@@ -41,7 +42,8 @@ async def apply_events(rt: Runtime, handlers: dict[str, EventHandler], envelopes
                 rt.stats["duplicates_skipped"] += 1
                 continue
             fresh.discard(envelope.message_id)  # a second copy in the same batch is a duplicate too
-            await handlers[envelope.type](uow, envelope)
+            with handling(envelope.message_id, envelope.order_id):
+                await handlers[envelope.type](uow, envelope)
             await rt.faults.hit(f"{rt.service}.before_commit")
             applied += 1
     rt.stats["events_applied"] += applied

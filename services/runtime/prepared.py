@@ -47,6 +47,7 @@ from sqlalchemy.dialects.postgresql import psycopg as pg_dialect
 
 from services.common.auth import require_token
 from services.common.settings import Settings
+from services.common.tracing import statement_span
 from services.coordinator.client import CoordinatorClient, CoordinatorUnavailable
 from services.coordinator.model import BRANCHES
 from services.runtime.state import Runtime, runtime
@@ -115,8 +116,9 @@ class Sql:
 
     async def execute(self, clause: sa.TextClause, params: dict[str, Any] | None = None) -> _Rows:
         compiled = clause.compile(dialect=_DIALECT)
-        cursor = await self.conn.execute(str(compiled), compiled.construct_params(params or {}))
-        return _Rows(await cursor.fetchall() if cursor.description else [])
+        with statement_span(str(compiled)):
+            cursor = await self.conn.execute(str(compiled), compiled.construct_params(params or {}))
+            return _Rows(await cursor.fetchall() if cursor.description else [])
 
     async def scalar(self, clause: sa.TextClause, params: dict[str, Any] | None = None) -> Any:
         row = (await self.execute(clause, params)).first()
@@ -237,7 +239,8 @@ async def _prepare(conn: psycopg.AsyncConnection[Any], name: str, body: Branch, 
         return {"outcome": tried.outcome, "ready": False,
                 **({"why": tried.detail["why"]} if "why" in tried.detail else {})}
     await effects.confirm(sql, tried.detail)
-    await conn.tpc_prepare()
+    with statement_span(f"PREPARE TRANSACTION '{name}'"):
+        await conn.tpc_prepare()
     return {"outcome": PREPARED, "ready": True}
 
 
@@ -259,7 +262,8 @@ async def commit(pool: AsyncConnectionPool, gid: str, branch: str, protocol: str
     """2PC commit, 3PC do-commit: COMMIT PREPARED; repeated, it answers COMMITTED."""
     async with pool.connection() as conn:
         try:
-            await conn.tpc_commit(xid_name(gid, branch))
+            with statement_span(f"COMMIT PREPARED '{xid_name(gid, branch)}'"):
+                await conn.tpc_commit(xid_name(gid, branch))
             return {"outcome": COMMITTED}
         except errors.UndefinedObject:  # no such prepared transaction: it ended already, or never was
             pass
@@ -275,7 +279,8 @@ async def rollback(pool: AsyncConnectionPool, gid: str, branch: str, protocol: s
     A branch that committed already (a 3PC one on its own) answers with that outcome."""
     async with pool.connection() as conn:
         try:
-            await conn.tpc_rollback(xid_name(gid, branch))
+            with statement_span(f"ROLLBACK PREPARED '{xid_name(gid, branch)}'"):
+                await conn.tpc_rollback(xid_name(gid, branch))
             rolled = True
         except errors.UndefinedObject:
             rolled = False

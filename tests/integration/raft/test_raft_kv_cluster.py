@@ -147,3 +147,21 @@ def test_admin_routes_demand_the_bearer_token_when_one_is_set(make_cluster, monk
     ok = {"Authorization": "Bearer s3cret"}
     assert httpx.delete(f"{url}/raft/partition", headers=ok).status_code == 200
     assert httpx.get(f"{url}/raft/status").status_code == 200  # status stays public
+
+
+def test_every_node_serves_its_raft_figures_to_prometheus_and_answers_alive(cluster):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    leader = cluster.wait_leader()
+    assert httpx.put(f"{cluster.http_url(leader)}/kv/m", json={"value": 1}).status_code == 200
+    for node in range(1, 4):
+        url = cluster.http_url(node)
+        assert httpx.get(f"{url}/alive").json() == {"status": "alive", "id": node}
+        response = httpx.get(f"{url}/metrics")
+        assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
+        figures = {s.name: s.value for f in text_string_to_metric_families(response.text) for s in f.samples
+                   if s.name.startswith("txlab_raft")}
+        assert figures["txlab_raft_term"] >= 1
+        assert figures["txlab_raft_leader"] == (1.0 if node == leader else 0.0)
+        if node == leader:
+            assert figures["txlab_raft_commit_index"] >= 2 and figures["txlab_raft_kv_keys"] == 1
