@@ -53,6 +53,8 @@ def totals_chart(samples: Sequence[Sample], field: str, initial: int | None, lab
     delta = values[-1] - centre
     note = "constant" if delta == 0 else f"{delta:+,} vs seeded"
     parts.append(f'<text x="{pad + 2}" y="14">{escape(label)}: {values[-1]:,} {escape(unit)} ({note})</text>')
+    parts.append(f'<text x="{width - pad - 2}" y="{height - 4}" text-anchor="end" class="axis">last '
+                 f'{t1 - t0:.0f} s</text>')
     parts.append("</svg>")
     return Markup("".join(parts))
 

@@ -236,7 +236,7 @@ def ui_router() -> APIRouter:
 
         async def stream() -> AsyncIterator[dict[str, str]]:
             live = live_of(request.app)
-            async with live.watching() if view == "overview" else _nothing():
+            async with live.watching():  # every dashboard page keeps the totals sampled
                 while True:
                     if view == "overview":
                         with contextlib.suppress(TimeoutError):
@@ -372,14 +372,6 @@ def ui_router() -> APIRouter:
                          params={"point": point} if point else {})
 
     return r
-
-
-class _nothing:
-    async def __aenter__(self) -> None:
-        return None
-
-    async def __aexit__(self, *exc: object) -> None:
-        return None
 
 
 def flash(request: Request, message: str, ok: bool = True, status_code: int = 200) -> HTMLResponse:
