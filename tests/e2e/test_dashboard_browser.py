@@ -190,7 +190,7 @@ async def test_an_injected_fault_shows_as_retrying_then_completes_with_the_total
     await ui.click("#arm-form button[type=submit]")
     await ui.wait_for_selector("#flash .ok", timeout=WAIT_MS)
     await ui.locator('#armed tr[data-point="payment.tcc.confirm"]').wait_for(timeout=WAIT_MS)
-    await ui.screenshot(path=shots / "ui-faults.png", full_page=True)
+    await ui.screenshot(path=shots / "ui-faults.png")
     try:
         oid = await place_tcc(settings, 6)
         await ui.goto(f"/ui/tx/{oid}")
@@ -226,6 +226,8 @@ async def test_killing_the_coordinator_leader_shows_a_new_leader_with_a_higher_t
         arg=[old_node, old_term], timeout=WAIT_MS)
     killed = ui.locator(f'#coordinator-cluster .node[data-node="{old_node}"]')
     assert await killed.get_attribute("data-role") == "down"
+    elections = await ui.locator("#coordinator-cluster .elections").inner_text()
+    assert f"coordinator-{old_node} leads term {old_term}" in elections, elections  # remembered after its death
     await ui.screenshot(path=shots / "ui-raft.png", full_page=True)
     ui.once("dialog", lambda dialog: dialog.accept())
     await killed.locator("button", has_text="restart").click()

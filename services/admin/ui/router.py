@@ -148,7 +148,22 @@ async def raft_view(request: Request, _: dict[str, str]) -> dict[str, Any]:
         data.raft_cluster(http, settings.coordinator_urls()),
         data.raft_cluster(http, data.kv_urls(settings.host)))
     held = {i for i, name in enumerate(settings.coordinators, start=1) if is_held(settings, name)}
+    for name, cluster in (("coordinator", coordinator), ("kv", kv)):
+        cluster["elections"] = remember_elections(request.app, name, cluster["elections"])
     return {"coordinator": coordinator, "kv": kv, "held": held}
+
+
+def remember_elections(app: FastAPI, cluster: str, seen: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every election seen since admin started, newest last: a node keeps its own in memory, and one that was
+    killed takes its history with it."""
+    if getattr(app.state, "ui_elections", None) is None:
+        app.state.ui_elections = {"coordinator": {}, "kv": {}}
+    known: dict[tuple[int, int], dict[str, Any]] = app.state.ui_elections[cluster]
+    for e in seen:
+        known.setdefault((e["node"], e["term"]), e)
+    for key in sorted(known, key=lambda k: known[k]["t"])[:-50]:
+        del known[key]
+    return sorted(known.values(), key=lambda e: e["t"])
 
 
 async def cache_view(request: Request, _: dict[str, str]) -> dict[str, Any]:
@@ -286,7 +301,10 @@ def ui_router() -> APIRouter:
                  "isolate": f"/coordinator/isolate/{node}"}
         if action not in paths:
             return refuse(request, f"no action {action!r}; choose kill, restart or isolate")
-        return await act(request, "POST", paths[action], lambda b: f"coordinator-{node}: {action} done ({b})")
+        done = {"kill": lambda b: f"coordinator-{node} killed (pid {b['pid']}); it stays down until restarted",
+                "restart": lambda b: f"coordinator-{node} {b['done']}: the supervisor starts it",
+                "isolate": lambda _: f"coordinator-{node} isolated from the other replicas"}
+        return await act(request, "POST", paths[action], done[action])
 
     @r.post("/coordinator/heal")
     async def coordinator_heal(request: Request) -> Response:
