@@ -24,6 +24,7 @@ CHROMIUM = os.environ.get("TXLAB_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
 WAIT_MS = 60_000  # generous: the machine is shared
+FAILED_CONFIRMS = 6  # with the coordinator's backoff (0.2 s doubling, jitter to half), seconds of retrying
 
 settings, system = own_system("dashboard-browser", coordinator=True)
 
@@ -185,7 +186,7 @@ async def test_an_injected_fault_shows_as_retrying_then_completes_with_the_total
     await connected(ui)
     await ui.select_option("#arm-form select[name=point]", "payment.tcc.confirm")
     await ui.select_option("#arm-form select[name=action]", "error")
-    await ui.fill("#arm-form input[name=times]", "3")
+    await ui.fill("#arm-form input[name=times]", str(FAILED_CONFIRMS))
     ui.once("dialog", lambda dialog: dialog.accept())
     await ui.click("#arm-form button[type=submit]")
     await ui.wait_for_selector("#flash .ok", timeout=WAIT_MS)
@@ -195,11 +196,18 @@ async def test_an_injected_fault_shows_as_retrying_then_completes_with_the_total
         oid = await place_tcc(settings, 6)
         await ui.goto(f"/ui/tx/{oid}")
         await connected(ui)
+        # retrying: decided commit, the payment branch's Confirm failed and waits for its next attempt
+        await ui.wait_for_function(
+            """() => document.querySelector('#global-state')?.textContent === 'CONFIRMING'
+                 && Number(document.querySelector('tr[data-branch="payment"] .attempts')?.textContent) > 0""",
+            timeout=WAIT_MS)
+        assert (await ui.locator('tr[data-branch="payment"] .reason').inner_text()).strip()  # why it failed
+        await ui.screenshot(path=shots / "ui-retrying.png", full_page=True)
         await ui.wait_for_selector('#global-state:has-text("CONFIRMED")', timeout=WAIT_MS)
         await ui.wait_for_selector('#order-status:has-text("PAID")', timeout=WAIT_MS)
         timeline = await ui.locator("#timeline").inner_text()
         retries = re.findall(r"payment: attempt \d+ failed", timeline)
-        assert len(retries) == 3, timeline  # each armed error was a failed Confirm, retried until it succeeded
+        assert len(retries) == FAILED_CONFIRMS, timeline  # each armed error failed a Confirm, retried till it passed
     finally:
         await admin.delete("/faults")
     await ui.goto("/ui")
