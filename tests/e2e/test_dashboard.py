@@ -169,6 +169,8 @@ async def test_the_detail_of_outbox_and_halfmsg_orders_shows_their_messages(admi
     assert "resolve: commit" in halfmsg
     missing = await admin.get("/ui/tx/00000000-0000-0000-0000-000000000000")
     assert missing.status_code == 404 and "no order or transaction" in missing.text
+    smuggled = await admin.get("/ui/tx/x%3Fstate%3DSTUCK")  # an id is never read as a query of the coordinator
+    assert smuggled.status_code == 404 and "x?state=STUCK" in smuggled.text
 
 
 async def test_the_raft_view_shows_each_coordinator_replica_and_one_leader(settings, admin, system):

@@ -8,6 +8,7 @@ import uuid
 from collections import Counter, defaultdict
 from datetime import datetime
 from typing import Any
+from urllib.parse import quote
 
 import aio_pika
 import httpx
@@ -263,7 +264,7 @@ async def transaction_detail(app: FastAPI, oid: str) -> dict[str, Any] | None:
             detail["half_messages"] = await asyncio.to_thread(_half_messages, settings, oid)
         except Unavailable as exc:
             detail["unavailable"].append(str(exc))
-    status, body = await api_json(app, "GET", f"/transactions/{oid}")
+    status, body = await api_json(app, "GET", f"/transactions/{quote(oid, safe='')}")
     if status == 200:
         detail["global"] = body
     elif status != 404:
