@@ -115,3 +115,52 @@ def test_a_login_only_returns_to_a_dashboard_page():
 def test_the_session_cookie_changes_with_the_token_and_does_not_contain_it():
     one, two = Settings(admin_token="secret-one"), Settings(admin_token="secret-two")
     assert session_value(one) != session_value(two) and "secret-one" not in session_value(one)
+
+
+SPANS = [
+    {"trace_id": "t1", "span_id": "a", "parent_id": None, "name": "POST /orders", "kind": "server", "process": "order",
+     "start": 100.0, "end": 100.2, "status": "ok", "attributes": {"order_id": "o1"}},
+    {"trace_id": "t1", "span_id": "b", "parent_id": "a", "name": "publish order.created", "kind": "producer",
+     "process": "order", "start": 100.05, "end": 100.06, "status": "ok", "attributes": {}},
+    {"trace_id": "t1", "span_id": "c", "parent_id": "b", "name": "consume order.created", "kind": "consumer",
+     "process": "inventory", "start": 100.1, "end": 100.15, "status": "error", "attributes": {}},
+]
+
+FIRED = {"ts": 1.0, "process": "order", "point": "relay.after_publish", "action": "crash"}
+
+
+async def test_the_telemetry_is_read_from_admins_aggregate_and_absent_without_it():
+    from fastapi import FastAPI
+
+    from services.admin.ui.data import fetch_telemetry
+
+    app = FastAPI()
+    app.state.settings = Settings(admin_token="t")
+    assert await fetch_telemetry(app, trace_id="t1") is None  # no GET /telemetry: the views say "no spans yet"
+    asked: list[dict] = []
+
+    @app.get("/telemetry")
+    async def telemetry(trace_id: str | None = None, order_id: str | None = None, limit: int = 0) -> dict:
+        asked.append({"trace_id": trace_id, "order_id": order_id, "limit": limit})
+        return {"spans": SPANS, "logs": [], "faults": [FIRED]}
+
+    got = await fetch_telemetry(app, trace_id="t1", limit=50)
+    assert got == {"spans": SPANS, "logs": [], "faults": [FIRED]}
+    assert asked == [{"trace_id": "t1", "order_id": None, "limit": 50}]
+
+
+def test_the_transaction_page_draws_the_waterfall_and_the_log_lines():
+    from services.admin.ui.router import templates
+
+    detail = {"id": "o1", "order": None, "global": None, "unavailable": [], "participants": {}, "outbox": {},
+              "half_messages": [], "timeline": [], "trace_id": "t1", "telemetry": {"spans": SPANS},
+              "spans": waterfall(SPANS),
+              "logs": [{"ts": 100.1, "process": "inventory", "level": "WARNING", "logger": "x", "message": "slow"}]}
+    html = templates.get_template("_transaction.html").render({"d": detail})
+    assert html.count('class="span-row"') == 3
+    assert 'data-kind="producer" data-name="publish order.created"' in html
+    assert 'data-kind="consumer" data-name="consume order.created"' in html
+    assert "span-bar consumer error" in html and "inventory · consume order.created" in html
+    assert "slow" in html and "WARNING" in html
+    empty = templates.get_template("_transaction.html").render({"d": detail | {"telemetry": None, "spans": []}})
+    assert "no spans yet" in empty
