@@ -111,6 +111,7 @@ def up() -> None:
                 table.add_row(name, sup.settings.url(name), str(child.pid))
             console.print(table)
             console.print(f"admin token: {sup.settings.admin_token}  (saved in {sup.settings.token_file})")
+            console.print(f"dashboard: {sup.settings.url('admin')}/ui  (log in with the admin token)")
             console.print(f"logs: {sup.settings.log_dir}   Ctrl-C stops everything")
             stop = asyncio.Event()
             for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):

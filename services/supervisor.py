@@ -1,4 +1,8 @@
-"""`txlab up`: every service as a child process, restarted when it crashes, logs under data_dir/logs."""
+"""`txlab up`: every service as a child process, restarted when it crashes, logs under data_dir/logs.
+
+The control channel other processes (admin) use to stop and start a child lies under data_dir/run: the
+supervisor writes each child's pid to `<name>.pid` when it starts it, and does not restart a child that exited
+while `<name>.held` exists; it starts it again once that file is removed (see services/admin/control.py)."""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ import socket
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpx
 
@@ -26,6 +31,20 @@ PROCESSES = ("broker", "inventory", "payment", "order", "admin")  # and the coor
 def all_processes(settings: Settings) -> tuple[str, ...]:
     """Every process of an installation: the services and the coordinator replicas (coordinator-1, ...)."""
     return (*settings.coordinators, *PROCESSES)
+
+
+def run_dir(settings: Settings) -> Path:
+    return settings.data_dir / "run"
+
+
+def pid_file(settings: Settings, name: str) -> Path:
+    """Where the supervisor writes the pid of the running child `name`."""
+    return run_dir(settings) / f"{name}.pid"
+
+
+def hold_file(settings: Settings, name: str) -> Path:
+    """While this file exists, the supervisor does not restart the child `name` once it exits."""
+    return run_dir(settings) / f"{name}.held"
 
 
 @dataclass
@@ -79,6 +98,7 @@ class Supervisor:
         self.settings.save_token()
         # faults armed in an earlier run must not break this one
         shutil.rmtree(self.settings.data_dir / "faults", ignore_errors=True)
+        self._forget_control_files()  # and no hold of an earlier run either
         await asyncio.to_thread(self.migrate)
         for child in self.children.values():
             await self._spawn(child)
@@ -94,6 +114,18 @@ class Supervisor:
                 stderr=asyncio.subprocess.STDOUT, stdin=asyncio.subprocess.DEVNULL, start_new_session=True)
         finally:
             logfile.close()
+        run_dir(self.settings).mkdir(parents=True, exist_ok=True)
+        pid_file(self.settings, child.name).write_text(str(child.process.pid))
+
+    async def _wait_released(self, child: Child) -> None:
+        """While an operator holds the child down (its `.held` file exists), wait."""
+        held = hold_file(self.settings, child.name)
+        if held.exists():
+            log.warning("%s is held down; it starts again when %s is removed", child.name, held)
+        while True:
+            if not held.exists() or self._stopping:
+                return
+            await asyncio.sleep(0.2)  # a file, not an event: the hold is set and lifted by another process
 
     async def _watch(self, child: Child) -> None:
         while not self._stopping:
@@ -103,7 +135,9 @@ class Supervisor:
                 return
             child.exits.append(code)
             child.restarts += 1
+            pid_file(self.settings, child.name).unlink(missing_ok=True)
             log.warning("%s exited with %s; restarting (restart #%d)", child.name, code, child.restarts)
+            await self._wait_released(child)
             await asyncio.sleep(min(0.2 * child.restarts, 2.0))
             if not self._stopping:
                 await self._spawn(child)
@@ -144,6 +178,13 @@ class Supervisor:
             except TimeoutError:
                 proc.kill()
                 await proc.wait()
+        self._forget_control_files()
+
+    def _forget_control_files(self) -> None:
+        """Remove this supervisor's children's pid and hold files (another supervisor may share the dir)."""
+        for name in self.children:
+            pid_file(self.settings, name).unlink(missing_ok=True)
+            hold_file(self.settings, name).unlink(missing_ok=True)
 
     async def __aenter__(self) -> Supervisor:
         try:

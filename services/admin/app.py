@@ -14,6 +14,8 @@ import redis.asyncio as aioredis
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from redis.exceptions import RedisError
 
+from services.admin.control import ControlRefused, kill_and_hold, release
+from services.admin.ui import install_ui
 from services.cache.membership import current_nodes, save_nodes
 from services.cache.sharded import ShardedCache
 from services.checker import CannotCheck, run_checks
@@ -255,6 +257,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """An operator's retry: a STUCK transaction resumes where it stopped, with fresh attempts."""
         return await coordinator(request, "POST", f"/transactions/{quote(gid, safe='')}/retry")
 
+    @r.post("/transactions/{gid}/abort")
+    async def force_stop_transaction(gid: str, request: Request) -> Any:
+        """An operator's force-stop: a transaction still in phase 1 is decided abort (409 once decided)."""
+        return await coordinator(request, "POST", f"/transactions/{quote(gid, safe='')}/abort")
+
     def replica(node: int) -> str:
         if not 1 <= node <= settings.coordinator_nodes:
             raise HTTPException(404, f"no coordinator replica {node}; they are 1 to {settings.coordinator_nodes}")
@@ -272,6 +279,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def heal(request: Request) -> dict[str, Any]:
         await _fan_out(request, "DELETE", "/internal/isolate", settings.coordinators)
         return {"isolated": None}
+
+    @r.post("/coordinator/kill/{node}")
+    async def kill_replica(node: int) -> dict[str, Any]:
+        """SIGKILL one coordinator replica through the supervisor, which keeps it down until a restart."""
+        try:
+            return {"killed": node, "pid": kill_and_hold(settings, replica(node)), "held": True}
+        except ControlRefused as exc:
+            raise HTTPException(409, str(exc)) from exc
+
+    @r.post("/coordinator/restart/{node}")
+    async def restart_replica(node: int) -> dict[str, Any]:
+        """Let a killed replica start again (or restart a running one); the supervisor starts it."""
+        try:
+            return {"node": node, "done": release(settings, replica(node))}
+        except ControlRefused as exc:
+            raise HTTPException(409, str(exc)) from exc
 
     @r.get("/invariants")
     async def invariants(wait: float = 0.0) -> dict[str, Any]:
@@ -331,6 +354,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.include_router(r)
     install(app, "admin")
+    install_ui(app)
 
     @app.get("/health")
     async def health() -> dict[str, str]:

@@ -5,6 +5,7 @@ Routes (all but `/raft/status`, `/health` and `/alive` need the admin token):
   begins a transaction (201), or answers the one begun with that gid (200); `deadline_ms` is a Unix time in ms.
 - `GET /transactions?state=&pattern=&limit=&offset=` (newest first), `GET /transactions/{gid}` (its branches
   and timeline), `POST /transactions/{gid}/retry` (an operator's retry, e.g. of a STUCK one).
+- `POST /transactions/{gid}/abort`: an operator's force-stop of a transaction in phase 1.
 - `GET /raft/status`, `GET /raft/events`; `POST|DELETE /internal/isolate` (a partition of this replica),
   `POST /internal/reset` (forget every transaction: `txlab seed`), `/internal/faults`.
 
@@ -186,6 +187,20 @@ def create_app(node_id: int, settings: Settings | None = None) -> FastAPI:
         record = found(store, gid)
         if await propose(store, {"op": "retry", "gid": gid, "now": time.time()}) == "ignored":
             raise HTTPException(409, f"transaction {gid} is {record['state']}: final, nothing to retry")
+        request.app.state.driver.wake.set()
+        return found(store, gid)
+
+    @r.post("/transactions/{gid}/abort")
+    async def force_stop(gid: str, store: Leader, request: Request) -> dict[str, Any]:
+        """An operator's force-stop: a transaction still in phase 1 is decided abort now (its branches are
+        then cancelled or rolled back as after any abort); one already decided is left alone (409)."""
+        record = found(store, gid)
+        cmd = {"op": "decide", "gid": gid, "decision": "abort", "reason": "force-stopped by an operator",
+               "now": time.time()}
+        if record["decision"] is not None or await propose(store, cmd) == "ignored":
+            where = f"decided {record['decision']}" if record["decision"] else "not in phase 1"
+            raise HTTPException(409, f"transaction {gid} is {record['state']} ({where}): only a transaction still "
+                                "in phase 1 can be force-stopped")
         request.app.state.driver.wake.set()
         return found(store, gid)
 
