@@ -26,7 +26,7 @@ from services.common.tracing import traced_client
 from services.coordinator.client import CoordinatorClient, CoordinatorUnavailable
 from services.runtime.http_errors import install_error_handlers
 from services.runtime.internal_routes import ArmRequest, CacheNode
-from services.runtime.telemetry import TELEMETRY, install, recent
+from services.runtime.telemetry import TELEMETRY, TRACE_ID, install, recent
 
 
 def fault_processes(settings: Settings) -> tuple[str, ...]:
@@ -346,7 +346,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return {"moved_share": share, "ideal_share": 1 / before, "ring": cache.ring_info()}
 
     @r.get("/telemetry")
-    async def telemetry(request: Request, trace_id: str | None = None, order_id: str | None = None,
+    async def telemetry(request: Request, trace_id: str | None = Query(None, pattern=TRACE_ID),
+                        order_id: str | None = None,
                         since: float = 0.0, limit: int = Query(500, ge=1, le=5000)) -> dict[str, Any]:
         """Every process's recent spans, log lines and fired faults, merged in time order (an order's or a
         trace's only, when asked): what the dashboard's timeline and waterfall draw."""

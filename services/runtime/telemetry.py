@@ -38,6 +38,7 @@ from services.common.auth import require_token
 from services.common.faults import FIRED
 from services.common.settings import Settings
 
+TRACE_ID = r"^[0-9a-f]{32}$"
 SPANS_KEPT = 5_000
 LOGS_KEPT = 2_000
 QUIET_PATHS = frozenset({"/health", "/alive", "/metrics", "/internal/telemetry", "/internal/messaging",
@@ -191,8 +192,8 @@ def install(app: FastAPI, process: str, collect: Collect | None = None) -> None:
     internal = APIRouter(prefix="/internal", dependencies=[Depends(require_token)], include_in_schema=False)
 
     @internal.get("/telemetry")
-    async def telemetry(trace_id: str | None = None, order_id: str | None = None, since: float = 0.0,
-                        limit: int = Query(500, ge=1, le=SPANS_KEPT)) -> dict[str, Any]:
+    async def telemetry(trace_id: str | None = Query(None, pattern=TRACE_ID), order_id: str | None = None,
+                        since: float = 0.0, limit: int = Query(500, ge=1, le=SPANS_KEPT)) -> dict[str, Any]:
         """This process's recent spans, log lines and fired faults, newest last (filtered by trace or order)."""
         return recent(trace_id, order_id, since, limit)
 
@@ -200,14 +201,19 @@ def install(app: FastAPI, process: str, collect: Collect | None = None) -> None:
 
 
 def recent(trace_id: str | None, order_id: str | None, since: float, limit: int) -> dict[str, Any]:
-    spans = [span_dict(s) for s in list(RING.spans)]
-    if order_id and not trace_id:  # an order's trace: the one its spans name
-        trace_id = next((s["trace_id"] for s in reversed(spans) if s["attributes"].get("order_id") == order_id),
-                        None)
-        if trace_id is None:
+    """The ring's newest spans, log lines and fired faults (of one trace, or of the trace that names an order)."""
+    spans = list(RING.spans)
+    wanted: int | None = int(trace_id, 16) if trace_id else None
+    if order_id and wanted is None:  # an order's trace: the one its spans name
+        wanted = next((s.context.trace_id for s in reversed(spans) if (s.attributes or {}).get("order_id") == order_id),
+                      None)
+        if wanted is None:
             return {"process": RING.process, "spans": [], "logs": [], "faults": []}
-    spans = [s for s in spans if s["end"] >= since and (trace_id is None or s["trace_id"] == trace_id)]
+    since_ns = since * 1e9
+    chosen = [s for s in spans if (s.end_time or 0) >= since_ns and (wanted is None or s.context.trace_id == wanted)]
+    hex_id = f"{wanted:032x}" if wanted is not None else None
     logs = [entry for entry in list(RING.logs) if entry["ts"] >= since and (
-        trace_id is None or entry["trace_id"] == trace_id or (order_id and entry["order_id"] == order_id))]
+        hex_id is None or entry["trace_id"] == hex_id or (order_id and entry["order_id"] == order_id))]
     faults = [f for f in list(FIRED) if f["ts"] >= since]
-    return {"process": RING.process, "spans": spans[-limit:], "logs": logs[-limit:], "faults": faults[-limit:]}
+    return {"process": RING.process, "spans": [span_dict(s) for s in chosen[-limit:]], "logs": logs[-limit:],
+            "faults": faults[-limit:]}
