@@ -125,6 +125,17 @@ def handling(message_id: uuid.UUID, order_id: object = None) -> Iterator[None]:
         yield
 
 
+@contextlib.contextmanager
+def about(**ids: Any) -> Iterator[None]:
+    """Name what the work at hand is about (`order_id`, `gid`): on the current span, and on every log line
+    written meanwhile."""
+    span = trace.get_current_span()
+    if span.is_recording():
+        span.set_attributes(_clean(ids))
+    with structlog.contextvars.bound_contextvars(**{k: str(v) for k, v in ids.items() if v is not None}):
+        yield
+
+
 def _clean(attributes: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v if isinstance(v, str | bool | int | float) else str(v) for k, v in attributes.items()
             if v is not None}

@@ -17,6 +17,7 @@ from pydantic import AfterValidator, BaseModel, Field, field_validator
 
 from services.cache.keys import CATALOGUE_TTL, ORDER_TTL, customer_key, order_key, product_key
 from services.common.identifiers import Identifier
+from services.common.tracing import about
 from services.order.admission import RETRY_AFTER_SECONDS, Overloaded
 from services.order.coordinated import NotBegun
 from services.order.domain import OrderStatus
@@ -172,7 +173,14 @@ async def create_order(body: OrderIn, request: Request, response: Response,
 async def _place(rt: Runtime, body: OrderIn, response: Response,
                  idempotency_key: str | None) -> tuple[dict[str, Any], bool]:
     """The order as placed, and whether this request placed it (False: a replay of an earlier one)."""
-    command = PlaceOrder(order_id=uuid.uuid4(), customer_id=body.customer_id, pattern=body.pattern,
+    order_id = uuid.uuid4()
+    with about(order_id=order_id):
+        return await _place_order(rt, order_id, body, response, idempotency_key)
+
+
+async def _place_order(rt: Runtime, order_id: uuid.UUID, body: OrderIn, response: Response,
+                       idempotency_key: str | None) -> tuple[dict[str, Any], bool]:
+    command = PlaceOrder(order_id=order_id, customer_id=body.customer_id, pattern=body.pattern,
                          items=await _price_items(rt, body), idempotency_key=idempotency_key,
                          request_hash=body.fingerprint())
     try:

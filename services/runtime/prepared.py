@@ -47,7 +47,7 @@ from sqlalchemy.dialects.postgresql import psycopg as pg_dialect
 
 from services.common.auth import require_token
 from services.common.settings import Settings
-from services.common.tracing import statement_span
+from services.common.tracing import about, statement_span
 from services.coordinator.client import CoordinatorClient, CoordinatorUnavailable
 from services.coordinator.model import BRANCHES
 from services.runtime.state import Runtime, runtime
@@ -327,23 +327,24 @@ def prepared_router(service: str, try_body: type[Branch], effects: Effects, chec
     (This module does not postpone annotations: FastAPI reads `try_body`, a local, as the bodies' type.)"""
     r = APIRouter(prefix="/internal", dependencies=[Depends(require_token)], include_in_schema=False)
 
-    async def run(request: Request, point: str, call: Callable[[Pools], Awaitable[dict[str, Any]]],
+    async def run(request: Request, gid: str, point: str, call: Callable[[Pools], Awaitable[dict[str, Any]]],
                   answer_first: bool = False) -> dict[str, Any]:
         """Run `call` behind its fault point: hit before it, or, for a prepare, after it (a crash then leaves
         the branch prepared and unanswered; `drop` holds its answer back)."""
         rt = runtime(request)
-        action = None if answer_first else await rt.faults.hit(point)
-        try:
-            answer = await call(rt.pg)
-        except Refused as exc:
-            raise HTTPException(409, str(exc)) from None
-        except Busy as exc:
-            raise HTTPException(503, str(exc)) from None
-        if answer_first:
-            action = await rt.faults.hit(point)
-        if action == "drop":
-            await lose_answer(point)
-        return answer
+        with about(gid=gid, order_id=gid):  # a transaction's gid is its order's id
+            action = None if answer_first else await rt.faults.hit(point)
+            try:
+                answer = await call(rt.pg)
+            except Refused as exc:
+                raise HTTPException(409, str(exc)) from None
+            except Busy as exc:
+                raise HTTPException(503, str(exc)) from None
+            if answer_first:
+                action = await rt.faults.hit(point)
+            if action == "drop":
+                await lose_answer(point)
+            return answer
 
     def deadline(request: Request, body: Branch) -> float:
         """The phase-1 deadline the coordinator sent, else the settings' phase-1 length from now."""
@@ -351,36 +352,37 @@ def prepared_router(service: str, try_body: type[Branch], effects: Effects, chec
 
     @r.post("/xa/prepare")
     async def xa_prepare(body: try_body, request: Request) -> dict[str, Any]:  # type: ignore[valid-type]
-        return await run(request, f"{service}.xa.prepare",
+        return await run(request, body.gid, f"{service}.xa.prepare",
                          lambda pg: prepare(pg, body, effects, XA, deadline(request, body)), answer_first=True)
 
     @r.post("/xa/commit")
     async def xa_commit(body: Branch, request: Request) -> dict[str, Any]:
-        return await run(request, f"{service}.xa.commit", lambda pg: commit(pg.pool, body.gid, body.branch, XA))
+        return await run(request, body.gid, f"{service}.xa.commit",
+                         lambda pg: commit(pg.pool, body.gid, body.branch, XA))
 
     @r.post("/xa/rollback")
     async def xa_rollback(body: Branch, request: Request) -> dict[str, Any]:
-        return await run(request, f"{service}.xa.rollback",
+        return await run(request, body.gid, f"{service}.xa.rollback",
                          lambda pg: rollback(pg.pool, body.gid, body.branch, XA))
 
     @r.post("/3pc/can-commit")
     async def three_can_commit(body: try_body, request: Request) -> dict[str, Any]:  # type: ignore[valid-type]
-        return await run(request, f"{service}.3pc.can_commit", lambda pg: can_commit(pg.pool, body, check))
+        return await run(request, body.gid, f"{service}.3pc.can_commit", lambda pg: can_commit(pg.pool, body, check))
 
     @r.post("/3pc/pre-commit")
     async def three_pre_commit(body: try_body, request: Request) -> dict[str, Any]:  # type: ignore[valid-type]
-        return await run(request, f"{service}.3pc.pre_commit",
+        return await run(request, body.gid, f"{service}.3pc.pre_commit",
                          lambda pg: prepare(pg, body, effects, THREE_PC, deadline(request, body)),
                          answer_first=True)
 
     @r.post("/3pc/do-commit")
     async def three_do_commit(body: Branch, request: Request) -> dict[str, Any]:
-        return await run(request, f"{service}.3pc.do_commit",
+        return await run(request, body.gid, f"{service}.3pc.do_commit",
                          lambda pg: commit(pg.pool, body.gid, body.branch, THREE_PC))
 
     @r.post("/3pc/abort")
     async def three_abort(body: Branch, request: Request) -> dict[str, Any]:
-        return await run(request, f"{service}.3pc.abort",
+        return await run(request, body.gid, f"{service}.3pc.abort",
                          lambda pg: rollback(pg.pool, body.gid, body.branch, THREE_PC))
 
     return r

@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.common.auth import require_token
+from services.common.tracing import about
 from services.runtime.state import runtime
 
 TRY, CONFIRM, CANCEL = "try", "confirm", "cancel"
@@ -153,15 +154,16 @@ def tcc_router(service: str, try_body: type[Branch], effects: Effects) -> APIRou
     async def run(request: Request, op: str, step: Callable[..., Awaitable[dict[str, Any]]],
                   body: Branch) -> dict[str, Any]:
         rt = runtime(request)
-        action = await rt.faults.hit(f"{service}.tcc.{op}")
-        try:
-            async with rt.engine.begin() as conn:
-                answer = await step(conn, body, effects)
-        except Refused as exc:
-            raise HTTPException(409, str(exc)) from None
-        if action == "drop":
-            await lose_answer(f"{service}.tcc.{op}")
-        return answer
+        with about(gid=body.gid, order_id=body.gid):  # a transaction's gid is its order's id
+            action = await rt.faults.hit(f"{service}.tcc.{op}")
+            try:
+                async with rt.engine.begin() as conn:
+                    answer = await step(conn, body, effects)
+            except Refused as exc:
+                raise HTTPException(409, str(exc)) from None
+            if action == "drop":
+                await lose_answer(f"{service}.tcc.{op}")
+            return answer
 
     # (this module does not postpone annotations: FastAPI reads `try_body` here, a local, as the body's type)
     @r.post("/try")

@@ -114,6 +114,7 @@ async def test_an_outbox_order_is_one_trace_across_http_rabbitmq_and_postgres(se
     # the publish's parent is the span that wrote the outbox row, through the envelope's traceparent
     created = next(s for s in spans if s["name"] == "publish order.created")
     assert by_id[created["parent_id"]]["name"] == "POST /orders"
+    assert by_id[created["parent_id"]]["attributes"]["order_id"] == order_id
     paid = next(s for s in spans if s["name"] == "publish payment.succeeded")
     assert (by_id[paid["parent_id"]]["name"], by_id[paid["parent_id"]]["process"]) == ("consume order.created",
                                                                                       "payment")
@@ -194,6 +195,7 @@ async def test_a_2pc_order_traces_its_prepared_transactions(settings, system, ad
     by_id = {s["span_id"]: s for s in trace["spans"]}
     prepare = next(s for s in trace["spans"] if s["name"] == "db PREPARE TRANSACTION")
     assert by_id[prepare["parent_id"]]["name"] == "POST /internal/xa/prepare"
+    assert by_id[prepare["parent_id"]]["attributes"]["gid"] == order_id  # the participant names its transaction
     assert f"txlab:{order_id}:" in prepare["attributes"]["db.statement"]
 
 
