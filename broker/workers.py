@@ -72,8 +72,9 @@ class CheckBack:
 
     async def check(self, m: Claimed) -> State | None:
         # a span of the order's trace: the producer's answer (and its own spans) show on the order's timeline
+        order_id = m.body.get("order_id")
         with tracer.start_as_current_span(f"check-back {m.topic}", context=context_of(m.body.get("traceparent")),
-                                          attributes={"order_id": str(m.body.get("order_id")),
+                                          attributes={"order_id": str(order_id)[:64] if order_id else "",
                                                       "message_id": str(m.id)}) as span:
             async with self._slots:
                 answer, error = await self.ask(m)

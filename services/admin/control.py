@@ -44,7 +44,13 @@ def kill_and_hold(settings: Settings, name: str) -> int:
         raise ControlRefused(f"{name} is not running under a txlab supervisor (no live pid in "
                              f"{pid_file(settings, name)}); only `txlab up` can kill and restart it")
     hold_file(settings, name).touch()
-    os.kill(pid, signal.SIGKILL)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:  # it exited meanwhile: held down all the same
+        pass
+    except OSError as exc:  # not ours to signal: nothing was killed, so nothing is held
+        hold_file(settings, name).unlink(missing_ok=True)
+        raise ControlRefused(f"cannot kill {name} (pid {pid}): {exc.strerror}") from exc
     return pid
 
 
@@ -57,5 +63,10 @@ def release(settings: Settings, name: str) -> str:
     if pid is None:
         raise ControlRefused(f"{name} is not running under a txlab supervisor (no live pid in "
                              f"{pid_file(settings, name)}); only `txlab up` can kill and restart it")
-    os.kill(pid, signal.SIGTERM)
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:  # it exited meanwhile: the supervisor starts it again
+        pass
+    except OSError as exc:
+        raise ControlRefused(f"cannot restart {name} (pid {pid}): {exc.strerror}") from exc
     return "restarted"

@@ -14,6 +14,7 @@ Until a process calls `services.runtime.telemetry.setup`, the tracer records not
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import uuid
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -29,15 +30,36 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 tracer = trace.get_tracer("txlab")
 _W3C = TraceContextTextMapPropagator()
+QUIET_HEADER = "x-txlab-quiet"  # a call made while `untraced`: its server leaves it out too
+_untraced: contextvars.ContextVar[bool] = contextvars.ContextVar("txlab_untraced", default=False)
+
+
+@contextlib.contextmanager
+def untraced() -> Iterator[None]:
+    """Calls made meanwhile are neither spans here nor at their server: the dashboard polls several times a
+    second, and its polls would push the traces worth seeing out of every process's ring."""
+    token = _untraced.set(True)
+    try:
+        yield
+    finally:
+        _untraced.reset(token)
 
 
 def new_traceparent() -> str:
     return f"00-{uuid.uuid4().hex}-{uuid.uuid4().hex[:16]}-01"
 
 
-def context_of(traceparent: str | None) -> otel_context.Context | None:
-    """The context a `traceparent` names (None: no parent, a new trace)."""
-    return _W3C.extract({"traceparent": traceparent}) if traceparent else None
+def context_of(traceparent: object) -> otel_context.Context | None:
+    """The context a `traceparent` names; None (no parent: a new trace) for anything that is not one. It comes
+    from messages and requests, so it never raises: telemetry must not stop a message."""
+    if isinstance(traceparent, bytes):
+        traceparent = traceparent.decode("latin-1")
+    if not isinstance(traceparent, str) or not traceparent:
+        return None
+    try:
+        return _W3C.extract({"traceparent": traceparent})
+    except Exception:
+        return None
 
 
 def current_traceparent() -> str | None:
@@ -53,9 +75,9 @@ def traceparent_of(span: Span) -> str | None:
     return carrier.get("traceparent")
 
 
-def trace_id_of(traceparent: str | None) -> str | None:
+def trace_id_of(traceparent: object) -> str | None:
     """The trace id (32 hex digits) inside a `traceparent`."""
-    parts = (traceparent or "").split("-")
+    parts = traceparent.split("-") if isinstance(traceparent, str) else []
     return parts[1] if len(parts) == 4 and len(parts[1]) == 32 else None
 
 
@@ -85,10 +107,8 @@ def start_consuming(topic: str, headers: Mapping[str, Any] | None, traceparent: 
                     **attributes: Any) -> Span:
     """Start the consumer span of one message: under the publish span its AMQP headers name, else under the
     envelope's own `traceparent`. The caller ends it."""
-    parent = (headers or {}).get("traceparent")
-    if isinstance(parent, bytes):
-        parent = parent.decode(errors="replace")
-    return tracer.start_span(f"consume {topic}", context=context_of(parent or traceparent), kind=SpanKind.CONSUMER,
+    parent = context_of((headers or {}).get("traceparent")) if isinstance(headers, Mapping) else None
+    return tracer.start_span(f"consume {topic}", context=parent or context_of(traceparent), kind=SpanKind.CONSUMER,
                              attributes=_clean(attributes | {"messaging.destination": topic}))
 
 
@@ -137,7 +157,7 @@ def about(**ids: Any) -> Iterator[None]:
 
 
 def _clean(attributes: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: v if isinstance(v, str | bool | int | float) else str(v) for k, v in attributes.items()
+    return {k: v if isinstance(v, str | bool | int | float) else str(v)[:200] for k, v in attributes.items()
             if v is not None}
 
 
@@ -148,6 +168,9 @@ class TracedTransport(httpx.AsyncBaseTransport):
         self.inner = inner
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if _untraced.get():
+            request.headers[QUIET_HEADER] = "1"
+            return await self.inner.handle_async_request(request)
         with tracer.start_as_current_span(f"{request.method} {request.url.path}", kind=SpanKind.CLIENT,
                                           attributes={"http.method": request.method, "http.url": str(request.url)},
                                           record_exception=False) as span:
@@ -215,13 +238,14 @@ def trace_engine(engine: AsyncEngine) -> None:
 
     @event.listens_for(engine.sync_engine, "after_cursor_execute")
     def after(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
-        span = getattr(context, "_txlab_span", None)
+        span = context.__dict__.pop("_txlab_span", None) if context is not None else None
         if span is not None:
             span.end()
 
     @event.listens_for(engine.sync_engine, "handle_error")
     def error(exception_context: Any) -> None:
-        span = getattr(exception_context.execution_context, "_txlab_span", None)
+        context = exception_context.execution_context
+        span = context.__dict__.pop("_txlab_span", None) if context is not None else None
         if span is not None:
             failed(span, exception_context.original_exception)
             span.end()

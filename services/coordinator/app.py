@@ -39,6 +39,7 @@ from services.runtime.internal_routes import fault_routes
 from services.runtime.telemetry import TELEMETRY, Metric, gauge, install
 
 GID = r"^[A-Za-z0-9._:-]+$"
+FORCE_STOPPED = "force-stopped by an operator"
 
 
 class BranchIn(BaseModel):
@@ -195,12 +196,18 @@ def create_app(node_id: int, settings: Settings | None = None) -> FastAPI:
         """An operator's force-stop: a transaction still in phase 1 is decided abort now (its branches are
         then cancelled or rolled back as after any abort); one already decided is left alone (409)."""
         record = found(store, gid)
-        cmd = {"op": "decide", "gid": gid, "decision": "abort", "reason": "force-stopped by an operator",
-               "now": time.time()}
+        if record["decision"] == "abort" and record["reason"] == FORCE_STOPPED:
+            return record  # a repeated force-stop (the client retries when the first answer was lost)
+        if record["pattern"] == "3pc" and record.get("round", 0) > 0 and record["decision"] is None:
+            raise HTTPException(409, f"transaction {gid} is past 3PC's can-commit round: a participant that "
+                                "pre-committed commits on its own once its timeout passes, so an abort now could "
+                                "split the outcome (3PC's own weakness); it is left to finish")
+        cmd = {"op": "decide", "gid": gid, "decision": "abort", "reason": FORCE_STOPPED, "now": time.time()}
         if record["decision"] is not None or await propose(store, cmd) == "ignored":
             where = f"decided {record['decision']}" if record["decision"] else "not in phase 1"
             raise HTTPException(409, f"transaction {gid} is {record['state']} ({where}): only a transaction still "
                                 "in phase 1 can be force-stopped")
+        request.app.state.driver.interrupt(gid)
         request.app.state.driver.wake.set()
         return found(store, gid)
 

@@ -66,6 +66,13 @@ class Driver:
         self.answered: dict[str, float] = {}
         self.failed_at: dict[tuple[str, str], float] = {}
         self._headers = {"authorization": f"Bearer {settings.admin_token}"}
+        self._interrupts: dict[str, asyncio.Event] = {}  # phase 1 waiting on its calls, by gid
+
+    def interrupt(self, gid: str) -> None:
+        """Stop waiting for `gid`'s phase-1 answers: an operator decided it (the decision is in the log)."""
+        event = self._interrupts.get(gid)
+        if event is not None:
+            event.set()
 
     # --------------------------------------------------------------------------------------- the loop
     async def run(self) -> None:
@@ -150,9 +157,8 @@ class Driver:
                  if branch["state"] == PENDING and time.time() < record["deadline"]]
         for call in calls:  # they may outlive this leadership: their failures are only logged
             call.add_done_callback(_log_failure)
-        if calls:
-            # not cancelled at the deadline: a held call goes on; the participant's barrier makes it harmless
-            await asyncio.wait(calls, timeout=max(0.0, record["deadline"] - time.time()))
+        if calls and await self._answered_or_interrupted(gid, set(calls), record["deadline"]):
+            return  # an operator decided meanwhile: phase 2 follows
         record = self.store.book.get(gid) or record
         if record["state"] != p.rounds[number].state or record.get("round", 0) != number:
             return  # the next round began
@@ -173,6 +179,25 @@ class Driver:
         await self.store.propose({"op": "decide", "gid": gid, "decision": decision, "reason": reason,
                                   "now": time.time()})
         await self.faults.hit(_point(p, "after_decision"))
+
+    async def _answered_or_interrupted(self, gid: str, calls: set[asyncio.Task[None]], deadline: float) -> bool:
+        """Wait for every call until the deadline, or for an operator's force-stop (True). The calls are not
+        cancelled: a held call goes on, and the participant's barrier makes it harmless."""
+        stop = self._interrupts.setdefault(gid, asyncio.Event())
+        record = self.store.book.get(gid)
+        if record is not None and record["decision"] is not None:  # decided before this wait began
+            stop.set()
+        stopper = asyncio.create_task(stop.wait())
+        try:
+            while calls and not stop.is_set() and (left := deadline - time.time()) > 0:
+                done, _ = await asyncio.wait({*calls, stopper}, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+                if not done:
+                    break
+                calls -= done
+        finally:
+            stopper.cancel()
+            self._interrupts.pop(gid, None)
+        return stop.is_set()
 
     async def _try(self, gid: str, name: str, body: dict[str, Any], deadline: float, p: Pattern, number: int) -> None:
         """One branch's call in round `number` of phase 1, retried until it answers or the deadline passes."""

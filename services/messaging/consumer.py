@@ -187,7 +187,8 @@ class Consumer:
         span = self._spans.get(id(delivery.message))
         if span is not None:
             failed(span, exc)
-        with current(span), structlog.contextvars.bound_contextvars(order_id=str(delivery.envelope.order_id)):
+        order_id = delivery.envelope.order_id
+        with current(span), structlog.contextvars.bound_contextvars(order_id=str(order_id) if order_id else None):
             self._retry_or_park(delivery, exc)
 
     def _retry_or_park(self, delivery: Delivery, exc: Exception) -> None:

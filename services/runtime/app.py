@@ -152,7 +152,9 @@ def create_service_app(service: str, router: APIRouter, handlers: dict[str, Even
     app.include_router(internal_router(service))
 
     async def collect() -> list[Metric]:
-        rt = app.state.rt
+        rt = getattr(app.state, "rt", None)
+        if rt is None:  # scraped before the service started: its process figures only
+            return []
         return [*await service_metrics(rt), *(await metrics(rt) if metrics is not None else ())]
 
     install(app, service, collect)

@@ -37,6 +37,7 @@ from prometheus_client.registry import Collector
 from services.common.auth import require_token
 from services.common.faults import FIRED
 from services.common.settings import Settings
+from services.common.tracing import QUIET_HEADER
 
 TRACE_ID = r"^[0-9a-f]{32}$"
 SPANS_KEPT = 5_000
@@ -136,7 +137,12 @@ def _drop_empty(logger: Any, method: str, event: dict[str, Any]) -> dict[str, An
 
 
 def _quiet(scope: MutableMapping[str, Any]) -> bool:
-    return scope.get("path", "") in QUIET_PATHS or scope.get("path", "").startswith("/ui/static")
+    path = scope.get("path", "")
+    return (path in QUIET_PATHS or path.startswith("/ui/static")
+            or any(name == _QUIET for name, _ in scope.get("headers", ())))
+
+
+_QUIET = QUIET_HEADER.encode()
 
 
 # FastAPI's own tracing: a server span per request under the caller's `traceparent`, named by the route;

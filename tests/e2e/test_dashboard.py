@@ -98,6 +98,14 @@ async def test_the_login_form_sets_an_httponly_samesite_strict_cookie_that_opens
     assert settings.admin_token not in cookie  # the cookie proves the token, it does not carry it
     page = await anonymous.get("/ui/raft")  # the client keeps the cookie
     assert page.status_code == 200 and "Coordinator group" in page.text
+    assert page.headers["x-frame-options"] == "DENY"  # never inside another page's frame
+    # an action with the cookie from a page of another origin (another port of the same host is the same
+    # site, so SameSite lets the cookie through) is refused; from the dashboard itself it is taken
+    forged = await anonymous.post("/ui/faults/clear", data={"point": ""}, headers={"sec-fetch-site": "same-site"})
+    assert forged.status_code == 403 and "another origin" in forged.text
+    assert (await anonymous.post("/ui/faults/clear", data={"point": ""})).status_code == 403  # no sign at all
+    own = await anonymous.post("/ui/faults/clear", data={"point": ""}, headers={"sec-fetch-site": "same-origin"})
+    assert own.status_code == 200, own.text
     outside = await anonymous.post("/ui/login", data={"token": settings.admin_token, "next": "https://elsewhere/"})
     assert outside.headers["location"] == "/ui"  # a login never sends the browser off the dashboard
     await anonymous.post("/ui/logout")
@@ -224,10 +232,18 @@ async def test_force_stop_aborts_a_transaction_in_phase_one_and_refuses_a_decide
         assert stopped.status_code == 200, stopped.text
         assert "force-stopped" in stopped.text and "CANCELLING" in stopped.text
         assert (await settled(settings, [oid], within=90.0))[oid] == "CANCELLED"
-        again = await admin.post(f"/ui/tx/{oid}/force-stop")
-        assert again.status_code == 409 and "only a transaction still in phase 1" in again.text
+        again = await admin.post(f"/ui/tx/{oid}/force-stop")  # repeated (a lost answer retried): the same
+        assert again.status_code == 200 and "force-stopped" in again.text, again.text
         record = (await admin.get(f"/transactions/{oid}")).json()
         assert record["reason"] == "force-stopped by an operator"
+        client = Client(settings, retry_for=60.0)
+        try:
+            (paid,) = await place(client, [order("tcc", 6)])
+        finally:
+            await client.aclose()
+        assert (await settled(settings, [paid], within=90.0))[paid] == "PAID"
+        refused = await admin.post(f"/ui/tx/{paid}/force-stop")
+        assert refused.status_code == 409 and "only a transaction still in phase 1" in refused.text
     finally:
         await admin.delete("/faults")
 

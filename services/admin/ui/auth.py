@@ -1,8 +1,11 @@
 """Who may see the dashboard: the admin bearer token, or the session cookie the login form sets.
 
 The cookie holds an HMAC of the admin token, never the token itself; it is HttpOnly (no script reads it),
-SameSite=Strict (no other site's page can make the browser send it, so the action POSTs cannot be forged) and
-scoped to /ui. Changing the admin token ends every session."""
+SameSite=Strict (no other site's page makes the browser send it) and scoped to /ui. Changing the admin token
+ends every session. SameSite does not tell ports apart (a page on another port of 127.0.0.1 is the same
+site), so an action sent with the cookie must also come from the dashboard's own origin: the browser says so
+in Sec-Fetch-Site, and htmx's HX-Request header cannot be sent from another origin without a preflight that
+admin never grants."""
 
 from __future__ import annotations
 
@@ -38,6 +41,21 @@ def authorised(request: Request) -> bool:
     return secrets.compare_digest(cookie.encode("utf-8", "surrogateescape"), session_value(settings).encode())
 
 
+class ForeignOrigin(Exception):
+    """An action carried the session cookie but came from a page of another origin."""
+
+
+def _same_origin(request: Request) -> bool:
+    site = request.headers.get("sec-fetch-site")
+    if site is not None:
+        return site in ("same-origin", "none")  # none: typed by the user, not sent by a page
+    return request.headers.get("hx-request") == "true"
+
+
 def require_login(request: Request) -> None:
     if not authorised(request):
         raise LoginRequired
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    by_token = scheme.lower() == "bearer" and token_matches(request.app.state.settings, token)
+    if request.method not in ("GET", "HEAD") and not by_token and not _same_origin(request):
+        raise ForeignOrigin

@@ -17,6 +17,7 @@ from fastapi import FastAPI
 from psycopg.rows import dict_row
 
 from services.common.settings import SERVICES, Settings
+from services.common.tracing import TracedTransport
 from services.messaging.parking import queue_depths
 from services.messaging.topology import topology_of
 
@@ -50,7 +51,9 @@ def api(app: FastAPI) -> httpx.AsyncClient:
     client = getattr(app.state, "ui_api", None)
     if client is None:
         settings: Settings = app.state.settings
-        client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://admin", timeout=15.0,
+        # an error of the API is its answer (a 500), never an exception thrown into the page or the stream
+        transport = TracedTransport(httpx.ASGITransport(app=app, raise_app_exceptions=False))
+        client = httpx.AsyncClient(transport=transport, base_url="http://admin", timeout=15.0,
                                    headers={"authorization": f"Bearer {settings.admin_token}"})
         app.state.ui_api = client
     return client

@@ -20,6 +20,7 @@ from fastapi import FastAPI
 from services.admin.ui import data
 from services.checker import CannotCheck, run_checks
 from services.common.settings import Settings
+from services.common.tracing import untraced
 
 log = logging.getLogger("txlab.admin.ui")
 
@@ -67,7 +68,8 @@ class Live:
         while self.subscribers > 0:
             started = time.monotonic()
             try:
-                await self.sample()
+                with untraced():  # a poll: it would crowd every process's ring of recent spans
+                    await self.sample()
             except Exception:  # a dashboard must outlive whatever it watches
                 log.exception("dashboard sample failed")
             self.updated.set()

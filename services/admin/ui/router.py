@@ -20,14 +20,16 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
+from markupsafe import escape
 from sse_starlette import EventSourceResponse
 
 from services.admin.control import is_held
 from services.admin.ui import charts, data
-from services.admin.ui.auth import COOKIE, LoginRequired, require_login, session_value, token_matches
+from services.admin.ui.auth import COOKIE, ForeignOrigin, LoginRequired, require_login, session_value, token_matches
 from services.admin.ui.live import live_of
 from services.common.faults import POINTS
 from services.common.settings import Settings
+from services.common.tracing import untraced
 from services.coordinator.model import ALL_STATES, PATTERNS
 
 HERE = Path(__file__).parent
@@ -257,9 +259,10 @@ def ui_router() -> APIRouter:
                         with contextlib.suppress(TimeoutError):
                             await asyncio.wait_for(live.updated.wait(), 5.0)
                     try:
-                        html = fragment.render(await build(request, params) | {"request": request})
+                        with untraced():  # a poll, as the sampler's
+                            html = fragment.render(await build(request, params) | {"request": request})
                     except HTTPException as exc:
-                        html = f'<p class="error">{exc.detail}</p>'
+                        html = f'<p class="error">{escape(str(exc.detail))}</p>'
                     yield {"event": view, "data": html}
                     if view != "overview":
                         await asyncio.sleep(TICK_SECONDS)
@@ -437,11 +440,38 @@ def _safe_next(target: str) -> str:
         else "/ui"
 
 
+class NoFraming:
+    """The dashboard's pages are never shown inside another page's frame (clickjacking its buttons)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith("/ui"):
+            await self.app(scope, receive, send)
+            return
+
+        async def sending(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), (b"x-frame-options", b"DENY"),
+                                      (b"content-security-policy", b"frame-ancestors 'none'")]
+            await send(message)
+
+        await self.app(scope, receive, sending)
+
+
 def install_ui(app: FastAPI) -> None:
     """Serve the dashboard under /ui on the admin app."""
     app.include_router(login_routes())
     app.include_router(ui_router())
     app.mount("/ui/static", StaticFiles(directory=HERE / "static"), name="ui-static")
+
+    @app.exception_handler(ForeignOrigin)
+    async def foreign_origin(request: Request, _: ForeignOrigin) -> Response:
+        return Response("refused: this action came from a page of another origin (the dashboard's actions are "
+                        "sent by the dashboard itself)", status_code=403, media_type="text/plain")
+
+    app.add_middleware(NoFraming)
 
     @app.exception_handler(LoginRequired)
     async def login_required(request: Request, _: LoginRequired) -> Response:

@@ -2,6 +2,7 @@
 the world's errors are waited out, the message's own errors park it, and a replay of the parking queue ends."""
 
 import asyncio
+import json
 import uuid
 
 import aio_pika
@@ -30,10 +31,26 @@ async def depth(settings, topology, key: str) -> int:
     return (await queue_depths(settings.amqp, topology))[key]
 
 
-async def publish_raw(settings, topology, body: bytes, routing_key: str) -> None:
+async def publish_raw(settings, topology, body: bytes, routing_key: str, headers: dict | None = None) -> None:
     async with await aio_pika.connect(settings.amqp) as conn:
         exchange = await (await conn.channel()).get_exchange(topology.exchange)
-        await exchange.publish(aio_pika.Message(body), routing_key=routing_key)
+        await exchange.publish(aio_pika.Message(body, headers=headers), routing_key=routing_key)
+
+
+@pytest.mark.parametrize("traceparent", [7, 1.5, True, "not a traceparent", "\u00ff\u00fe", "00-zz-yy-01", ["00-a"]])
+async def test_a_message_whose_trace_context_is_garbage_is_applied_all_the_same(
+        settings, topology, connect, faults, traceparent):
+    t = topology({"order": ("traced.#",)})
+    applied: list[Envelope] = []
+
+    async def handler(envelope: Envelope) -> None:
+        applied.append(envelope)
+
+    await Consumer(await connect(t), "order", each(handler), faults).start()
+    body = Envelope(type="traced.x").to_dict() | {"traceparent": "00-" + "0" * 32 + "-" + "0" * 16 + "-00"}
+    await publish_raw(settings, t, json.dumps(body).encode(), "traced.x", {"traceparent": traceparent})
+    await eventually(lambda: len(applied) == 1, within=30, what="the message applied")
+    assert await depth(settings, t, "order_parked") == 0
 
 
 async def test_an_event_published_before_its_consumer_started_still_reaches_it(
