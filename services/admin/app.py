@@ -90,7 +90,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await app.state.cache.close()
         await app.state.http.aclose()
 
-    app = FastAPI(title="txlab admin", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(title="txlab admin", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.settings = settings
     install_error_handlers(app)
     r = APIRouter(dependencies=[Depends(require_token)])
