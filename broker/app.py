@@ -146,7 +146,7 @@ def create_router() -> APIRouter:
     @r.get("/messages")
     async def listing(request: Request, state: State | None = None,
                       limit: Annotated[int, Query(ge=1, le=500)] = 100,
-                      offset: Annotated[int, Query(ge=0)] = 0) -> dict[str, Any]:
+                      offset: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0) -> dict[str, Any]:  # a bigint
         return await store.page(request.app.state.engine, state, limit, offset)
 
     @r.get("/stats")

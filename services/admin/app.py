@@ -138,8 +138,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await app.state.cache.close()
         await app.state.http.aclose()
 
-    app = FastAPI(title="txlab admin", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None,
-                  telemetry=TELEMETRY)
+    app = FastAPI(title="txlab admin", lifespan=lifespan, docs_url=None, redoc_url=None, telemetry=TELEMETRY)
     app.state.settings = settings
     install_error_handlers(app)
     r = APIRouter(dependencies=[Depends(require_token)])

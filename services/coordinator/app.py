@@ -21,6 +21,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
+from urllib.parse import quote
 
 import aiohttp
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
@@ -107,7 +108,8 @@ def create_app(node_id: int, settings: Settings | None = None) -> FastAPI:
         if exc.leader is None:
             return JSONResponse({"detail": "no leader now (an election is running); retry shortly",
                                  "leader": None}, status_code=503)
-        location = exc.leader + request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        # percent-encoded again: a header holds only latin-1, and a gid may be any text
+        location = exc.leader + quote(request.url.path) + (f"?{request.url.query}" if request.url.query else "")
         return JSONResponse({"leader": exc.leader, "location": location}, status_code=307,
                             headers={"location": location})
 

@@ -141,7 +141,11 @@ class RaftStore:
         if not self.node.is_leader:
             raise NotLeader(self.leader_url())
         try:
-            return await self.node.submit(msgpack.packb(cmd, use_bin_type=True))
+            command = msgpack.packb(cmd, use_bin_type=True)
+        except (OverflowError, ValueError, TypeError) as exc:  # an integer beyond 64 bits, text that is not Unicode
+            return f"malformed: cannot be kept in the log ({exc})"
+        try:
+            return await self.node.submit(command)
         except RaftNotLeader:
             raise NotLeader(self.leader_url()) from None
         except CommitUnknown as exc:

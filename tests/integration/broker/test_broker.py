@@ -156,3 +156,10 @@ async def test_unknown_ids_oversized_bodies_and_missing_tokens(broker, producer,
     assert (await broker.get("/stats")).json() == before
     assert (await broker.get("/messages", params={"state": "SOMETHING"})).status_code == 422
     assert TOPIC == "order.created"
+
+
+async def test_a_page_past_the_last_message_is_empty_and_an_offset_beyond_a_bigint_is_refused(broker):
+    past = await broker.get("/messages", params={"offset": 2**63 - 1})
+    assert past.status_code == 200 and past.json()["items"] == [], past.text
+    beyond = await broker.get("/messages", params={"offset": 2**63})
+    assert beyond.status_code == 422 and "offset" in beyond.text, beyond.text
