@@ -296,6 +296,7 @@ class Driver:
         if unanswered:
             self.failed_at[(record["gid"], step)] = time.monotonic()
         attempts = (record["report"] if step == "report" else record["branches"][step])["attempts"] + 1
+        log.warning("%s of %s failed (attempt %d), retried: %s", step, record["gid"], attempts, error[:300])
         await self.store.propose({"op": "failed", "gid": record["gid"], "branch": step, "error": error[:1000],
                                   "next_at": time.time() + self._backoff(attempts),
                                   "max_attempts": self.settings.coordinator_max_attempts, "now": time.time()})

@@ -19,7 +19,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import structlog
 from fastapi import APIRouter, Depends, FastAPI, Query, Response
@@ -51,27 +51,46 @@ class Ring:
     """This process's recent spans and log lines (oldest dropped first); its fired faults are `faults.FIRED`."""
 
     process: str = "?"
-    spans: deque[ReadableSpan] = field(default_factory=lambda: deque(maxlen=SPANS_KEPT))
+    spans: deque[Kept] = field(default_factory=lambda: deque(maxlen=SPANS_KEPT))
     logs: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=LOGS_KEPT))
 
 
 RING = Ring()
 
 
+class Kept(NamedTuple):
+    """A finished span as the ring keeps it: a flat tuple of plain values, which the garbage collector stops
+    tracking (thousands of live span objects made every collection, and so every order, dearer)."""
+
+    trace_id: int
+    span_id: int
+    parent_id: int
+    name: str
+    kind: str
+    start_ns: int
+    end_ns: int
+    error: bool
+    attributes: tuple[tuple[str, Any], ...]
+
+    def attribute(self, name: str) -> Any:
+        return next((v for k, v in self.attributes if k == name), None)
+
+
 class _KeepInRing(SpanProcessor):
     def on_end(self, span: ReadableSpan) -> None:
-        RING.spans.append(span)
+        ctx = span.context
+        RING.spans.append(Kept(ctx.trace_id, ctx.span_id, span.parent.span_id if span.parent else 0, span.name,
+                               _KINDS.get(span.kind, "internal"), span.start_time or 0, span.end_time or 0,
+                               span.status.status_code is StatusCode.ERROR,
+                               tuple((k, v if not isinstance(v, tuple | list) else tuple(v))
+                                     for k, v in (span.attributes or {}).items())))
 
 
-def span_dict(span: ReadableSpan) -> dict[str, Any]:
-    ctx = span.context
-    attributes = dict(span.attributes or {})
-    return {"trace_id": f"{ctx.trace_id:032x}", "span_id": f"{ctx.span_id:016x}",
-            "parent_id": f"{span.parent.span_id:016x}" if span.parent else None, "name": span.name,
-            "kind": _KINDS.get(span.kind, "internal"), "process": RING.process,
-            "start": (span.start_time or 0) / 1e9, "end": (span.end_time or 0) / 1e9,
-            "status": "error" if span.status.status_code is StatusCode.ERROR else "ok",
-            "attributes": attributes}
+def span_dict(span: Kept) -> dict[str, Any]:
+    return {"trace_id": f"{span.trace_id:032x}", "span_id": f"{span.span_id:016x}",
+            "parent_id": f"{span.parent_id:016x}" if span.parent_id else None, "name": span.name,
+            "kind": span.kind, "process": RING.process, "start": span.start_ns / 1e9, "end": span.end_ns / 1e9,
+            "status": "error" if span.error else "ok", "attributes": dict(span.attributes)}
 
 
 _KINDS = {SpanKind.SERVER: "server", SpanKind.CLIENT: "client", SpanKind.PRODUCER: "producer",
@@ -211,12 +230,11 @@ def recent(trace_id: str | None, order_id: str | None, since: float, limit: int)
     spans = list(RING.spans)
     wanted: int | None = int(trace_id, 16) if trace_id else None
     if order_id and wanted is None:  # an order's trace: the one its spans name
-        wanted = next((s.context.trace_id for s in reversed(spans) if (s.attributes or {}).get("order_id") == order_id),
-                      None)
+        wanted = next((s.trace_id for s in reversed(spans) if s.attribute("order_id") == order_id), None)
         if wanted is None:
             return {"process": RING.process, "spans": [], "logs": [], "faults": []}
     since_ns = since * 1e9
-    chosen = [s for s in spans if (s.end_time or 0) >= since_ns and (wanted is None or s.context.trace_id == wanted)]
+    chosen = [s for s in spans if s.end_ns >= since_ns and (wanted is None or s.trace_id == wanted)]
     hex_id = f"{wanted:032x}" if wanted is not None else None
     logs = [entry for entry in list(RING.logs) if entry["ts"] >= since and (
         hex_id is None or entry["trace_id"] == hex_id or (order_id and entry["order_id"] == order_id))]

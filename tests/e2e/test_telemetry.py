@@ -208,3 +208,21 @@ async def test_a_halfmsg_order_is_delivered_by_the_broker_in_its_trace(settings,
     publish = next(s for s in spans if s["name"] == "publish order.created")
     consume = next(s for s in spans if s["name"] == "consume order.created" and s["process"] == "inventory")
     assert consume["parent_id"] == publish["span_id"]
+
+
+async def test_log_lines_of_a_transaction_carry_its_gid_in_the_coordinator_and_the_participant(settings, system,
+                                                                                              admin):
+    await admin.post("/faults", json={"point": "payment.tcc.confirm", "action": "error", "times": 1})
+    try:
+        order_id = await paid_order(settings, "tcc")  # its payment Confirm fails once, then is retried
+    finally:
+        await admin.delete("/faults")
+
+    async def lines():
+        logs = (await admin.get("/telemetry", params={"order_id": order_id})).json()["logs"]
+        where = {entry["process"] for entry in logs if entry["gid"] == order_id and entry["level"] == "warning"}
+        return logs if "payment" in where and any(p.startswith("coordinator-") for p in where) else None
+
+    logs = await eventually(lines, within=30, interval=0.5, what="warnings naming the gid in both processes")
+    fired = next(e for e in logs if e["process"] == "payment" and "payment.tcc.confirm" in e["message"])
+    assert fired["order_id"] == order_id and len(fired["trace_id"]) == 32
