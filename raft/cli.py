@@ -90,8 +90,11 @@ def up(
     data_dir: str = typer.Option(None, help="[default: $TXLAB_DATA_DIR/raft]"),
     quorum: str = typer.Option("majority", help="majority or all"),
 ) -> None:
-    """Start a local cluster of N node processes; Ctrl-C stops them."""
-    cluster = LocalCluster(nodes, data_dir or _default_data_dir(), base_port, quorum)
+    """Start a local cluster of N node processes and restart any that exits, unless the dashboard's kill holds
+    it down (DATA_DIR/run/node-I.held); Ctrl-C stops them."""
+    cluster = LocalCluster(nodes, data_dir or _default_data_dir(), base_port, quorum, supervised=True)
+    cluster.forget_control_files()  # no hold of an earlier run keeps a node down
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # a SIGTERM stops the nodes too, as Ctrl-C does
     try:
         cluster.start()
         leader = cluster.wait_leader()
@@ -100,7 +103,9 @@ def up(
             console.print(f"node {i}: {cluster.http_url(i)}{mark}")
         console.print(f"try: curl -XPUT {cluster.http_url(leader)}/kv/hello -d '{{\"value\": 1}}'")
         console.print(f"admin token: {cluster.admin_token}")
-        while cluster.alive():
+        while True:
+            for news in cluster.restart_exited():
+                console.print(news)
             time.sleep(0.5)
     except KeyboardInterrupt:
         pass

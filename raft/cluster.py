@@ -2,7 +2,12 @@
 admin token its nodes demand.
 
 Used by `txlab raft up`, the scenarios, the benchmark and the integration tests, so that each of them
-stops exactly the processes it started (by pid) and nothing else.
+stops exactly the processes it started (by pid) and nothing else. Only `txlab raft up` supervises its nodes
+(`restart_exited`): the tests and scenarios kill nodes on purpose and want them to stay down.
+
+The control channel of a supervised cluster lies under `<data_dir>/run`, as `txlab up`'s does: each running
+node's pid in `node-<i>.pid`, and while `node-<i>.held` exists, node i is not restarted once it exits
+(services/admin/control.py sets and lifts that hold).
 """
 
 from __future__ import annotations
@@ -74,6 +79,16 @@ def admin_token() -> str:
     return settings.admin_token
 
 
+def pid_file(data_dir: str | Path, i: int) -> Path:
+    """Where a supervising `txlab raft up` writes the pid of its running node i."""
+    return Path(data_dir) / "run" / f"node-{i}.pid"
+
+
+def hold_file(data_dir: str | Path, i: int) -> Path:
+    """While this file exists, a supervising `txlab raft up` does not restart node i once it exits."""
+    return Path(data_dir) / "run" / f"node-{i}.held"
+
+
 @dataclass
 class LocalCluster:
     nodes: int
@@ -86,6 +101,8 @@ class LocalCluster:
     log_dir: str | None = None  # node stderr goes to log_dir/node-i.log when set, else inherited
     procs: dict[int, subprocess.Popen] = field(default_factory=dict)
     admin_token: str = field(default_factory=admin_token)  # every node demands it on its admin routes
+    supervised: bool = False  # write pid files under data_dir/run, for `restart_exited` and admin's kill
+    exited: set[int] = field(default_factory=set)  # supervised nodes that exited, to be started again
 
     def admin_headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.admin_token}"}
@@ -122,6 +139,8 @@ class LocalCluster:
         self.procs[i] = subprocess.Popen(self.command(i), stdout=subprocess.DEVNULL, stderr=stderr, env=env)
         if stderr is not None:
             stderr.close()
+        if self.supervised:
+            self._write_pid(i, self.procs[i].pid)
         if wait:
             self.wait_http(i)
 
@@ -144,6 +163,39 @@ class LocalCluster:
         if proc is not None and proc.poll() is None:
             proc.send_signal(sig)
             proc.wait(10)
+
+    def _write_pid(self, i: int, pid: int) -> None:
+        path = pid_file(self.data_dir, i)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.tmp")
+        tmp.write_text(str(pid))
+        os.replace(tmp, path)  # a reader sees the old pid or the new one, never a half-written one
+
+    def restart_exited(self) -> list[str]:
+        """Start again each node that exited, unless it is held (`hold_file`): then once the hold is lifted.
+        What happened, a line per event. A node's pid file names only a process that runs (or just exited)."""
+        news = []
+        for i, proc in list(self.procs.items()):
+            if proc.poll() is not None:
+                del self.procs[i]
+                pid_file(self.data_dir, i).unlink(missing_ok=True)
+                news.append(f"node {i} exited with code {proc.returncode}")
+                if hold_file(self.data_dir, i).exists():
+                    news.append(f"node {i} is held down: it starts again once {hold_file(self.data_dir, i)} "
+                                "is removed")
+                self.exited.add(i)
+        for i in sorted(self.exited):
+            if not hold_file(self.data_dir, i).exists():
+                self.exited.discard(i)
+                self.start_node(i, wait=False)
+                news.append(f"node {i} restarted (pid {self.procs[i].pid})")
+        return news
+
+    def forget_control_files(self) -> None:
+        """Remove this cluster's nodes' pid and hold files (a hold of an earlier run must not keep a node down)."""
+        for i in range(1, self.nodes + 1):
+            pid_file(self.data_dir, i).unlink(missing_ok=True)
+            hold_file(self.data_dir, i).unlink(missing_ok=True)
 
     def alive(self) -> list[int]:
         return sorted(i for i, p in self.procs.items() if p.poll() is None)
@@ -188,6 +240,9 @@ class LocalCluster:
                 proc.kill()
                 proc.wait(5)
         self.procs.clear()
+        self.exited.clear()
+        if self.supervised:
+            self.forget_control_files()
 
     def __enter__(self) -> LocalCluster:
         return self

@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from redis.exceptions import RedisError
 
-from services.admin.control import ControlRefused, kill_and_hold, release
+from services.admin import control
 from services.admin.ui import install_ui
 from services.cache.membership import current_nodes, save_nodes
 from services.cache.sharded import ShardedCache
@@ -124,6 +124,22 @@ async def _gather_quietly(request: Request, processes: tuple[str, ...], params: 
             return None
 
     return [a for a in await asyncio.gather(*(one(p) for p in processes)) if a is not None]
+
+
+def kill_child(child: control.Child, node: int) -> dict[str, Any]:
+    """Admin's answer to a kill: 409 when no supervisor runs the child, or it is held down already."""
+    try:
+        return {"killed": node, "pid": control.kill_and_hold(child), "held": True}
+    except control.ControlRefused as exc:
+        raise HTTPException(409, str(exc)) from exc
+
+
+def restart_child(child: control.Child, node: int) -> dict[str, Any]:
+    """Admin's answer to a restart: 409 when no supervisor runs the child."""
+    try:
+        return {"node": node, "done": control.release(child)}
+    except control.ControlRefused as exc:
+        raise HTTPException(409, str(exc)) from exc
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -282,18 +298,27 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @r.post("/coordinator/kill/{node}")
     async def kill_replica(node: int) -> dict[str, Any]:
         """SIGKILL one coordinator replica through the supervisor, which keeps it down until a restart."""
-        try:
-            return {"killed": node, "pid": kill_and_hold(settings, replica(node)), "held": True}
-        except ControlRefused as exc:
-            raise HTTPException(409, str(exc)) from exc
+        return kill_child(control.replica(settings, replica(node)), node)
 
     @r.post("/coordinator/restart/{node}")
     async def restart_replica(node: int) -> dict[str, Any]:
         """Let a killed replica start again (or restart a running one); the supervisor starts it."""
-        try:
-            return {"node": node, "done": release(settings, replica(node))}
-        except ControlRefused as exc:
-            raise HTTPException(409, str(exc)) from exc
+        return restart_child(control.replica(settings, replica(node)), node)
+
+    def kv_node(node: int) -> control.Child:
+        if not 1 <= node <= settings.kv_nodes:
+            raise HTTPException(404, f"no KV node {node}; they are 1 to {settings.kv_nodes}")
+        return control.kv_node(settings, node)
+
+    @r.post("/kv/kill/{node}")
+    async def kill_kv_node(node: int) -> dict[str, Any]:
+        """SIGKILL one node of the Raft KV cluster; `txlab raft up` keeps it down until a restart."""
+        return kill_child(kv_node(node), node)
+
+    @r.post("/kv/restart/{node}")
+    async def restart_kv_node(node: int) -> dict[str, Any]:
+        """Let a killed KV node start again (or restart a running one); `txlab raft up` starts it."""
+        return restart_child(kv_node(node), node)
 
     @r.get("/invariants")
     async def invariants(wait: float = 0.0) -> dict[str, Any]:

@@ -81,6 +81,11 @@ class Settings(BaseSettings):
     coordinator_retry_base_seconds: float = Field(0.2, gt=0)  # Confirm/Cancel retries back off from this...
     coordinator_retry_cap_seconds: float = Field(5.0, gt=0)  # ... doubling up to this, with jitter
     coordinator_max_attempts: int = Field(12, ge=1)  # failed attempts of one step before the transaction is STUCK
+    # the Raft KV cluster of `txlab raft up` that the dashboard shows: node i serves HTTP on kv_base_port + i - 1;
+    # its pid and hold files lie under kv_data_dir/run (unset: data_dir/raft, the default of `txlab raft up`)
+    kv_base_port: int = 7200
+    kv_nodes: int = Field(3, ge=1, le=7)
+    kv_data_dir: Path | None = None
     # tcc, 2pc, 3pc: phase 1 (every Try, prepare, vote and pre-commit) must have succeeded this long after the
     # order was placed, or the transaction is aborted
     tcc_deadline_seconds: float = Field(5.0, gt=0)
@@ -136,6 +141,14 @@ class Settings(BaseSettings):
 
     def coordinator_urls(self) -> list[str]:
         return [self.url(name) for name in self.coordinators]
+
+    @property
+    def kv_dir(self) -> Path:
+        """The data dir of the `txlab raft up` cluster the dashboard shows."""
+        return self.kv_data_dir or self.data_dir / "raft"
+
+    def kv_urls(self) -> list[str]:
+        return [f"http://{self.host}:{self.kv_base_port + i}" for i in range(self.kv_nodes)]
 
     def check_hosts(self) -> frozenset[str]:
         """The hosts a half message's check_url may name: loopback, this installation's processes and

@@ -106,3 +106,21 @@ async def transaction(admin: httpx.AsyncClient, gid: str) -> dict:
     response = await admin.get(f"/transactions/{gid}")
     assert response.status_code == 200, response.text
     return response.json()
+
+
+# ----------------------------------------------------------------------------- the dashboard
+async def first_event(client: httpx.AsyncClient, view: str, **params: str) -> str:
+    """The HTML of the first event the live stream of `view` sends."""
+    async with client.stream("GET", "/ui/events", params={"view": view} | params) as response:
+        assert response.status_code == 200, await response.aread()
+        assert response.headers["content-type"].startswith("text/event-stream")
+        event, data = None, []
+        async for line in response.aiter_lines():
+            if line.startswith("event:"):
+                event = line.split(":", 1)[1].strip()
+            elif line.startswith("data:"):
+                data.append(line[5:].removeprefix(" "))
+            elif not line and event:
+                assert event == view
+                return "\n".join(data)
+    raise AssertionError(f"the {view} stream closed before its first event")

@@ -13,7 +13,7 @@ from services.coordinator.client import leading_replica
 from services.supervisor import hold_file, pid_file
 from tests.polling import eventually
 
-from .conftest import PLAN, own_system, place, settled
+from .conftest import PLAN, first_event, own_system, place, settled
 
 settings, system = own_system("dashboard", coordinator=True)
 
@@ -51,23 +51,6 @@ async def orders(settings, system):
     final = await settled(settings, ids, within=90.0)
     assert set(final.values()) == {"PAID"}, final
     return dict(zip(("outbox", "halfmsg", "tcc"), ids, strict=True))
-
-
-async def first_event(client: httpx.AsyncClient, view: str, **params: str) -> str:
-    """The HTML of the first event the live stream of `view` sends."""
-    async with client.stream("GET", "/ui/events", params={"view": view} | params) as response:
-        assert response.status_code == 200, await response.aread()
-        assert response.headers["content-type"].startswith("text/event-stream")
-        event, data = None, []
-        async for line in response.aiter_lines():
-            if line.startswith("event:"):
-                event = line.split(":", 1)[1].strip()
-            elif line.startswith("data:"):
-                data.append(line[5:].removeprefix(" "))
-            elif not line and event:
-                assert event == view
-                return "\n".join(data)
-    raise AssertionError(f"the {view} stream closed before its first event")
 
 
 # ----------------------------------------------------------------------------- who may see it

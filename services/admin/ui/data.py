@@ -22,8 +22,6 @@ from services.messaging.parking import queue_depths
 from services.messaging.topology import topology_of
 
 PARTICIPANTS = ("inventory", "payment")
-KV_BASE_PORT = 7200  # `txlab raft up`: HTTP on 7200 + id - 1 (raft/cli.py)
-KV_NODES = 3
 
 
 class Unavailable(RuntimeError):
@@ -393,10 +391,6 @@ async def raft_cluster(http: httpx.AsyncClient, urls: list[str]) -> dict[str, An
         nodes.append({"id": i, "url": url, "status": status, "match": peer.get("match"), "next": peer.get("next")})
     return {"nodes": nodes, "elections": elections[-20:], "running": any(statuses),
             "leader": leader["id"] if leader else None, "term": max((s["term"] for s in statuses if s), default=None)}
-
-
-def kv_urls(host: str = "127.0.0.1") -> list[str]:
-    return [f"http://{host}:{KV_BASE_PORT + i}" for i in range(KV_NODES)]
 
 
 # ----------------------------------------------------------------------------- cache ring

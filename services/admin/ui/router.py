@@ -23,7 +23,7 @@ from fastapi.templating import Jinja2Templates
 from markupsafe import escape
 from sse_starlette import EventSourceResponse
 
-from services.admin.control import is_held
+from services.admin.control import is_held, kv_node, replica
 from services.admin.ui import charts, data
 from services.admin.ui.auth import COOKIE, ForeignOrigin, LoginRequired, require_login, session_value, token_matches
 from services.admin.ui.live import live_of
@@ -148,11 +148,12 @@ async def raft_view(request: Request, _: dict[str, str]) -> dict[str, Any]:
     http: httpx.AsyncClient = request.app.state.http
     coordinator, kv = await asyncio.gather(
         data.raft_cluster(http, settings.coordinator_urls()),
-        data.raft_cluster(http, data.kv_urls(settings.host)))
-    held = {i for i, name in enumerate(settings.coordinators, start=1) if is_held(settings, name)}
+        data.raft_cluster(http, settings.kv_urls()))
+    held = {i for i, name in enumerate(settings.coordinators, start=1) if is_held(replica(settings, name))}
+    kv_held = {i for i in range(1, settings.kv_nodes + 1) if is_held(kv_node(settings, i))}
     for name, cluster in (("coordinator", coordinator), ("kv", kv)):
         cluster["elections"] = remember_elections(request.app, name, cluster["elections"])
-    return {"coordinator": coordinator, "kv": kv, "held": held}
+    return {"coordinator": coordinator, "kv": kv, "held": held, "kv_held": kv_held}
 
 
 def remember_elections(app: FastAPI, cluster: str, seen: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -313,22 +314,32 @@ def ui_router() -> APIRouter:
     async def coordinator_heal(request: Request) -> Response:
         return await act(request, "DELETE", "/coordinator/isolate", lambda _: "coordinator partition healed")
 
-    @r.post("/kv/{node}/isolate")
-    async def kv_isolate(node: int, request: Request) -> Response:
-        if not 1 <= node <= data.KV_NODES:
-            return refuse(request, f"no KV node {node}; they are 1 to {data.KV_NODES}")
-        others = [i for i in range(1, data.KV_NODES + 1) if i != node]
+    @r.post("/kv/{node}/{action}")
+    async def kv_action(node: int, action: str, request: Request) -> Response:
+        settings: Settings = request.app.state.settings
+        if action not in ("kill", "restart", "isolate"):
+            return refuse(request, f"no action {action!r}; choose kill, restart or isolate")
+        if action == "kill":
+            return await act(request, "POST", f"/kv/kill/{node}",
+                             lambda b: f"KV node {node} killed (pid {b['pid']}); it stays down until restarted")
+        if action == "restart":
+            return await act(request, "POST", f"/kv/restart/{node}",
+                             lambda b: f"KV node {node} {b['done']}: `txlab raft up` starts it")
+        if not 1 <= node <= settings.kv_nodes:
+            return refuse(request, f"no KV node {node}; they are 1 to {settings.kv_nodes}")
+        others = [i for i in range(1, settings.kv_nodes + 1) if i != node]
         return await kv_admin(request, node, "POST", {"block": others}, f"KV node {node} isolated from {others}")
 
     @r.post("/kv/heal")
     async def kv_heal(request: Request) -> Response:
-        answers = [await kv_admin(request, i, "DELETE", None, "") for i in range(1, data.KV_NODES + 1)]
+        nodes = request.app.state.settings.kv_nodes
+        answers = [await kv_admin(request, i, "DELETE", None, "") for i in range(1, nodes + 1)]
         failed = [a for a in answers if a.status_code >= 400]
         return failed[0] if len(failed) == len(answers) else flash(request, "KV partitions healed")
 
     async def kv_admin(request: Request, node: int, method: str, body: Any, done: str) -> Response:
         settings: Settings = request.app.state.settings
-        url = f"{data.kv_urls(settings.host)[node - 1]}/raft/partition"
+        url = f"{settings.kv_urls()[node - 1]}/raft/partition"
         try:
             answer = await request.app.state.http.request(
                 method, url, json=body, headers={"authorization": f"Bearer {settings.admin_token}"}, timeout=5.0)
