@@ -26,7 +26,7 @@ from typing import Any
 
 import aiohttp
 import structlog
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import SpanKind, StatusCode
 
 from services.common.faults import FaultInjector
 from services.common.settings import Settings
@@ -340,6 +340,8 @@ class Driver:
             async with self.http.post(url, json=body, headers=inject_headers(dict(self._headers)),
                                       timeout=aiohttp.ClientTimeout(total=timeout)) as response:
                 span.set_attribute("http.status_code", response.status)
+                if response.status >= 500:
+                    span.set_status(StatusCode.ERROR, f"HTTP {response.status}")
                 return response.status, await response.text()
 
 
