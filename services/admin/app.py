@@ -26,7 +26,7 @@ from services.common.tracing import traced_client
 from services.coordinator.client import CoordinatorClient, CoordinatorUnavailable
 from services.runtime.http_errors import install_error_handlers
 from services.runtime.internal_routes import ArmRequest, CacheNode
-from services.runtime.telemetry import TELEMETRY, TRACE_ID, install, recent
+from services.runtime.telemetry import ALL_KINDS, KINDS, TELEMETRY, TRACE_ID, install, recent
 
 
 def fault_processes(settings: Settings) -> tuple[str, ...]:
@@ -83,12 +83,12 @@ _DOWN = object()  # a coordinator replica that is not running
 
 
 async def merged_telemetry(request: Request, trace_id: str | None, order_id: str | None, since: float,
-                           limit: int) -> dict[str, Any]:
+                           limit: int, kinds: str = ALL_KINDS) -> dict[str, Any]:
     """Every process's telemetry ring (admin's own included), merged; a process that is down is left out. An
     order's trace is found by the first process whose spans name the order."""
     settings: Settings = request.app.state.settings
     processes = (*SERVICES, "broker", *settings.coordinators)
-    params = {"since": since, "limit": limit} | ({"order_id": order_id} if order_id else {})
+    params = {"since": since, "limit": limit, "kinds": kinds} | ({"order_id": order_id} if order_id else {})
     if trace_id:
         params["trace_id"] = trace_id
     answers = await _gather_quietly(request, processes, params)
@@ -96,7 +96,7 @@ async def merged_telemetry(request: Request, trace_id: str | None, order_id: str
         found = next((s["trace_id"] for a in answers for s in a["spans"]), None)
         if found is not None:
             answers = await _gather_quietly(request, processes, params | {"trace_id": found})
-    answers.append(recent(params.get("trace_id"), order_id, since, limit))
+    answers.append(recent(params.get("trace_id"), order_id, since, limit, kinds))
     merged: dict[str, list[dict[str, Any]]] = {"spans": [], "logs": [], "faults": []}
     for answer in answers:
         for kind in merged:
@@ -372,10 +372,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @r.get("/telemetry")
     async def telemetry(request: Request, trace_id: str | None = Query(None, pattern=TRACE_ID),
                         order_id: str | None = None,
-                        since: float = 0.0, limit: int = Query(500, ge=1, le=5000)) -> dict[str, Any]:
+                        since: float = 0.0, limit: int = Query(500, ge=1, le=5000),
+                        kinds: str = Query(ALL_KINDS, pattern=KINDS)) -> dict[str, Any]:
         """Every process's recent spans, log lines and fired faults, merged in time order (an order's or a
-        trace's only, when asked): what the dashboard's timeline and waterfall draw."""
-        return await merged_telemetry(request, trace_id, order_id, since, limit)
+        trace's only, when asked; `kinds=faults` for what fired only): what the dashboard draws."""
+        return await merged_telemetry(request, trace_id, order_id, since, limit, kinds)
 
     app.include_router(r)
     install(app, "admin")

@@ -40,6 +40,8 @@ from services.common.settings import Settings
 from services.common.tracing import QUIET_HEADER
 
 TRACE_ID = r"^[0-9a-f]{32}$"
+KINDS = r"^(spans|logs|faults)(,(spans|logs|faults))*$"  # which of its rings a telemetry request reads
+ALL_KINDS = "spans,logs,faults"
 SPANS_KEPT = 5_000
 LOGS_KEPT = 2_000
 QUIET_PATHS = frozenset({"/health", "/alive", "/metrics", "/internal/telemetry", "/internal/messaging",
@@ -218,15 +220,21 @@ def install(app: FastAPI, process: str, collect: Collect | None = None) -> None:
 
     @internal.get("/telemetry")
     async def telemetry(trace_id: str | None = Query(None, pattern=TRACE_ID), order_id: str | None = None,
-                        since: float = 0.0, limit: int = Query(500, ge=1, le=SPANS_KEPT)) -> dict[str, Any]:
+                        since: float = 0.0, limit: int = Query(500, ge=1, le=SPANS_KEPT),
+                        kinds: str = Query(ALL_KINDS, pattern=KINDS)) -> dict[str, Any]:
         """This process's recent spans, log lines and fired faults, newest last (filtered by trace or order)."""
-        return recent(trace_id, order_id, since, limit)
+        return recent(trace_id, order_id, since, limit, kinds)
 
     app.include_router(internal)
 
 
-def recent(trace_id: str | None, order_id: str | None, since: float, limit: int) -> dict[str, Any]:
-    """The ring's newest spans, log lines and fired faults (of one trace, or of the trace that names an order)."""
+def recent(trace_id: str | None, order_id: str | None, since: float, limit: int,
+           kinds: str = ALL_KINDS) -> dict[str, Any]:
+    """The ring's newest spans, log lines and fired faults (of one trace, or of the trace that names an order);
+    only the `kinds` asked for are read, the others are empty."""
+    faults = [f for f in list(FIRED) if f["ts"] >= since][-limit:] if "faults" in kinds else []
+    if "spans" not in kinds and "logs" not in kinds:  # the dashboard's poll of what fired
+        return {"process": RING.process, "spans": [], "logs": [], "faults": faults}
     spans = list(RING.spans)
     wanted: int | None = int(trace_id, 16) if trace_id else None
     if order_id and wanted is None:  # an order's trace: the one its spans name
@@ -238,6 +246,5 @@ def recent(trace_id: str | None, order_id: str | None, since: float, limit: int)
     hex_id = f"{wanted:032x}" if wanted is not None else None
     logs = [entry for entry in list(RING.logs) if entry["ts"] >= since and (
         hex_id is None or entry["trace_id"] == hex_id or (order_id and entry["order_id"] == order_id))]
-    faults = [f for f in list(FIRED) if f["ts"] >= since]
-    return {"process": RING.process, "spans": [span_dict(s) for s in chosen[-limit:]], "logs": logs[-limit:],
-            "faults": faults[-limit:]}
+    return {"process": RING.process, "spans": [span_dict(s) for s in chosen[-limit:]] if "spans" in kinds else [],
+            "logs": logs[-limit:] if "logs" in kinds else [], "faults": faults}

@@ -72,6 +72,18 @@ async def client(settings, system):
     await client.aclose()
 
 
+def admin_client(settings: Settings, token: bool = True) -> httpx.AsyncClient:
+    """A client of the admin API, with the admin token (or, `token=False`, without it)."""
+    headers = {"authorization": f"Bearer {settings.admin_token}"} if token else {}
+    return httpx.AsyncClient(base_url=settings.url("admin"), timeout=30.0, headers=headers)
+
+
+@pytest.fixture
+async def admin(settings, system):
+    async with admin_client(settings) as client:
+        yield client
+
+
 @pytest.fixture
 async def http(settings, system):
     async with httpx.AsyncClient(base_url=settings.url("order"), timeout=10.0) as client:

@@ -20,7 +20,7 @@ from services.coordinator.client import leading_replica
 from services.demo import Client
 from tests.polling import eventually
 
-from .conftest import PLAN, own_system, place, settled, transaction
+from .conftest import PLAN, admin_client, own_system, place, settled, transaction
 
 SKUS = [sku for sku, _, _, stock in PLAN.catalogue() if stock == PLAN.stock]
 RICH = [cid for cid, _, balance in PLAN.customer_rows() if balance == PLAN.balance_cents]
@@ -41,8 +41,7 @@ async def clear_faults(client: Client) -> None:
 
 @pytest.fixture
 async def admin(settings, system, client):
-    async with httpx.AsyncClient(base_url=settings.url("admin"), timeout=30.0,
-                                 headers={"Authorization": f"Bearer {settings.admin_token}"}) as http:
+    async with admin_client(settings) as http:
         yield http
     await clear_faults(client)
     report = await asyncio.to_thread(run_checks, settings, 60.0)
@@ -289,8 +288,7 @@ async def test_the_partition_that_makes_3pc_inconsistent_leaves_2pc_consistent(s
         await eventually(committed_alone, within=30, interval=0.1, what="payment committed on its own")
     await clear_faults(client)
     assert (await settled(settings, [gid]))[gid] == "CANCELLED"
-    async with httpx.AsyncClient(base_url=settings.url("admin"), timeout=30.0,
-                                 headers={"Authorization": f"Bearer {settings.admin_token}"}) as admin:
+    async with admin_client(settings) as admin:
         record = await eventually(lambda: _final(admin, gid), within=30, interval=0.2, what="the transaction over")
     assert record["decision"] == "abort" and record["branches"]["payment"]["result"] == "COMMITTED_ON_TIMEOUT"
     report = await asyncio.to_thread(run_checks, settings, 60.0)

@@ -13,7 +13,7 @@ from services.coordinator.client import leading_replica
 from services.supervisor import hold_file, pid_file
 from tests.polling import eventually
 
-from .conftest import PLAN, first_event, own_system, place, settled
+from .conftest import PLAN, admin_client, first_event, own_system, place, settled
 
 settings, system = own_system("dashboard", coordinator=True)
 
@@ -26,15 +26,8 @@ def order(pattern: str, i: int) -> dict:
 
 
 @pytest.fixture
-async def admin(settings, system):
-    async with httpx.AsyncClient(base_url=settings.url("admin"), timeout=30.0,
-                                 headers={"authorization": f"Bearer {settings.admin_token}"}) as client:
-        yield client
-
-
-@pytest.fixture
 async def anonymous(settings, system):
-    async with httpx.AsyncClient(base_url=settings.url("admin"), timeout=30.0) as client:
+    async with admin_client(settings, token=False) as client:
         yield client
 
 

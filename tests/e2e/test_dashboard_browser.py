@@ -11,7 +11,6 @@ import re
 import shutil
 from pathlib import Path
 
-import httpx
 import pytest
 from playwright.async_api import async_playwright
 
@@ -85,13 +84,6 @@ async def ui(logged_in):
     console.errors.clear()
     yield page
     assert not console.errors, console.errors
-
-
-@pytest.fixture
-async def admin(settings, system):
-    async with httpx.AsyncClient(base_url=settings.url("admin"), timeout=30.0,
-                                 headers={"authorization": f"Bearer {settings.admin_token}"}) as client:
-        yield client
 
 
 async def place_tcc(settings, i: int) -> str:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 
-import httpx
 import pytest
 
 from raft.cluster import free_base_port, hold_file
@@ -14,7 +13,7 @@ from services.supervisor import Supervisor
 from tests.polling import eventually
 from tests.raft_up import node_pid, node_status, raft_up
 
-from .conftest import first_event, own_settings
+from .conftest import admin_client, first_event, own_settings
 
 NODES = (1, 2, 3)
 
@@ -33,13 +32,6 @@ async def system(settings):
 
 
 @pytest.fixture
-async def admin(settings, system):
-    async with httpx.AsyncClient(base_url=settings.url("admin"), timeout=30.0,
-                                 headers={"authorization": f"Bearer {settings.admin_token}"}) as client:
-        yield client
-
-
-@pytest.fixture
 def kv_cluster(settings, tmp_path):
     with raft_up(settings.kv_dir, settings.kv_base_port, settings.admin_token, tmp_path / "raft-up.log") as up:
         yield up
@@ -53,7 +45,7 @@ def leader(settings, among=NODES) -> dict | None:
 
 async def test_kv_kill_and_restart_need_the_token_a_node_of_the_cluster_and_a_raft_up_supervising_it(
         settings, system, admin):
-    async with httpx.AsyncClient(base_url=settings.url("admin"), timeout=30.0) as anonymous:
+    async with admin_client(settings, token=False) as anonymous:
         for path in ("/kv/kill/1", "/kv/restart/1"):
             assert (await anonymous.post(path)).status_code == 401
     for path in ("/kv/kill/4", "/kv/restart/0"):

@@ -24,7 +24,7 @@ from services.coordinator.client import leading_replica
 from services.demo import Client
 from tests.polling import eventually
 
-from .conftest import PLAN, own_settings, place, seeded_system, settled, statuses, transaction
+from .conftest import PLAN, admin_client, own_settings, place, seeded_system, settled, statuses, transaction
 
 SKUS = [sku for sku, _, _, stock in PLAN.catalogue() if stock == PLAN.stock]  # not the scarce ones
 RICH = [cid for cid, _, balance in PLAN.customer_rows() if balance == PLAN.balance_cents]
@@ -68,8 +68,7 @@ async def system(settings):
 
 @pytest.fixture
 async def admin(settings, system):
-    async with httpx.AsyncClient(base_url=settings.url("admin"), timeout=30.0,
-                                 headers={"Authorization": f"Bearer {settings.admin_token}"}) as http:
+    async with admin_client(settings) as http:
         yield http
         for path in ("/faults", "/coordinator/isolate"):  # retried while a replica restarts
 

@@ -57,20 +57,13 @@ class _Receive(BaseHTTPRequestHandler):
         pass
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", autouse=True)
 def collector():
     server = Collector()
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield server
     server.shutdown()
-
-
-@pytest.fixture
-async def admin(settings, system, collector):
-    async with httpx.AsyncClient(base_url=settings.url("admin"), timeout=30.0,
-                                 headers={"authorization": f"Bearer {settings.admin_token}"}) as client:
-        yield client
 
 
 async def paid_order(settings, pattern: str) -> str:
@@ -226,3 +219,15 @@ async def test_log_lines_of_a_transaction_carry_its_gid_in_the_coordinator_and_t
     logs = await eventually(lines, within=30, interval=0.5, what="warnings naming the gid in both processes")
     fired = next(e for e in logs if e["process"] == "payment" and "payment.tcc.confirm" in e["message"])
     assert fired["order_id"] == order_id and len(fired["trace_id"]) == 32
+
+
+async def test_what_fired_is_read_alone_and_a_bad_kind_is_refused(settings, system, admin):
+    await admin.post("/faults", json={"point": "relay.after_publish", "action": "delay", "delay_ms": 1, "times": 1})
+    try:
+        await paid_order(settings, "outbox")
+    finally:
+        await admin.delete("/faults")
+    fired = (await admin.get("/telemetry", params={"kinds": "faults"})).json()
+    assert fired["spans"] == [] and fired["logs"] == []
+    assert any(f["point"] == "relay.after_publish" for f in fired["faults"])
+    assert (await admin.get("/telemetry", params={"kinds": "spans,secrets"})).status_code == 422

@@ -71,10 +71,10 @@ async def api_json(app: FastAPI, method: str, path: str, **kwargs: Any) -> tuple
 
 # ----------------------------------------------------------------------------- telemetry (admin's aggregate)
 async def fetch_telemetry(app: FastAPI, trace_id: str | None = None, order_id: str | None = None,
-                          limit: int = 500) -> dict[str, list[dict[str, Any]]] | None:
+                          limit: int = 500, **only: Any) -> dict[str, list[dict[str, Any]]] | None:
     """Spans, logs and fired faults from admin's `GET /telemetry` (each process's recent ring, merged), or
     None when admin does not aggregate telemetry (yet) or it does not answer. The one place that reads it."""
-    params: dict[str, Any] = {"limit": limit}
+    params: dict[str, Any] = {"limit": limit} | only  # e.g. kinds="faults", since=...
     if trace_id:
         params["trace_id"] = trace_id
     if order_id:

@@ -101,7 +101,8 @@ class Live:
         else:
             snapshot["queues"] = self.snapshot.get("queues")
         snapshot["transactions"] = await data.transaction_counts(self.app)
-        telemetry = await data.fetch_telemetry(self.app, limit=200)
+        last = max((f.get("ts") or 0 for f in self.fired), default=0.0)
+        telemetry = await data.fetch_telemetry(self.app, limit=200, kinds="faults", since=last)
         if telemetry is not None:
             seen = {(f.get("ts"), f.get("process"), f.get("point")) for f in self.fired}
             for fault in sorted(telemetry["faults"], key=lambda f: f.get("ts") or 0):

@@ -181,7 +181,7 @@ async def cache_view(request: Request, _: dict[str, str]) -> dict[str, Any]:
 
 async def faults_view(request: Request, _: dict[str, str]) -> dict[str, Any]:
     status, armed = await data.api_json(request.app, "GET", "/faults")
-    telemetry = await data.fetch_telemetry(request.app, limit=500)
+    telemetry = await data.fetch_telemetry(request.app, limit=500, kinds="faults")
     fired = sorted((telemetry or {}).get("faults", []), key=lambda f: f.get("ts") or 0, reverse=True)
     return {"armed": armed if status == 200 else [], "error": None if status == 200 else armed,
             "points": list(POINTS.values()), "fired": fired[:200], "telemetry": telemetry is not None}
@@ -356,25 +356,25 @@ def ui_router() -> APIRouter:
         fields = await form(request)
         if not fields.get("name") or not fields.get("url"):
             return refuse(request, "give the new node's name and its redis:// URL")
-        status, body = await data.api_json(request.app, "POST", "/cache/nodes",
-                                           json={"name": fields["name"], "url": fields["url"]})
-        if status >= 400:
-            return flash(request, f"cannot add {fields['name']}: {body}", ok=False, status_code=status)
-        request.app.state.ui_ring_change = {"what": f"added {fields['name']}", "at": time.time()} | body
-        return flash(request, f"added {fields['name']}: {body['moved_share']:.1%} of the keys moved "
-                              f"(ideal {body['ideal_share']:.1%})")
+        return await ring_change(request, "POST", "/cache/nodes", f"add {fields['name']}",
+                                 f"added {fields['name']}", json={"name": fields["name"], "url": fields["url"]})
 
     @r.post("/cache/nodes/remove")
     async def cache_remove(request: Request) -> Response:
         name = (await form(request)).get("name")
         if not name:
             return refuse(request, "give the name of the node to remove")
-        status, body = await data.api_json(request.app, "DELETE", f"/cache/nodes/{quote(name, safe='')}")
+        return await ring_change(request, "DELETE", f"/cache/nodes/{quote(name, safe='')}", f"remove {name}",
+                                 f"removed {name}")
+
+    async def ring_change(request: Request, method: str, path: str, doing: str, done: str,
+                          **kwargs: Any) -> Response:
+        """Add or remove a node through the admin API; remember the change (the view shows the keys it moved)."""
+        status, body = await data.api_json(request.app, method, path, **kwargs)
         if status >= 400:
-            return flash(request, f"cannot remove {name}: {body}", ok=False, status_code=status)
-        request.app.state.ui_ring_change = {"what": f"removed {name}", "at": time.time()} | body
-        return flash(request, f"removed {name}: {body['moved_share']:.1%} of the keys moved "
-                              f"(ideal {body['ideal_share']:.1%})")
+            return flash(request, f"cannot {doing}: {body}", ok=False, status_code=status)
+        request.app.state.ui_ring_change = {"what": done, "at": time.time()} | body
+        return flash(request, f"{done}: {body['moved_share']:.1%} of the keys moved (ideal {body['ideal_share']:.1%})")
 
     @r.post("/faults")
     async def arm(request: Request) -> Response:
