@@ -44,7 +44,10 @@ class Admission:
         self.target_seconds = target_seconds
         self.floor = floor
         self.pending = 0  # at the last count
-        self.accepted = 0  # since the last count
+        self.accepted = 0  # placed since the last count
+        # admitted and not yet placed: a count whose snapshot came before their commit misses them, and they
+        # must not be forgotten until the next count
+        self.placing = 0
         self.rate = 0.0  # orders decided per second, averaged
         self.peak = 0.0  # the highest rate lately: what the system can decide, not only what it was given
         self.refused = 0
@@ -60,17 +63,23 @@ class Admission:
         """Raise `Overloaded` when the backlog is at its bound; otherwise count the order as accepted."""
         if self.max_pending <= 0:
             return
-        backlog, bound = self.pending + self.accepted, self.bound
+        backlog, bound = self.pending + self.accepted + self.placing, self.bound
         if backlog >= bound:
             self.refused += 1
             raise Overloaded(f"{backlog} orders are still being settled (at most {bound} may be now, "
                              f"up to {self.peak:.0f} decided/s); retry after {RETRY_AFTER_SECONDS} s")
-        self.accepted += 1
+        self.placing += 1
+
+    def placed(self) -> None:
+        """An admitted request placed its order (committed): it counts as accepted until a count includes it."""
+        if self.max_pending > 0:
+            self.placing -= 1
+            self.accepted += 1
 
     def withdraw(self) -> None:
         """An admitted request placed nothing (it failed, or replayed an earlier order): do not count it."""
-        if self.max_pending > 0 and self.accepted > 0:
-            self.accepted -= 1
+        if self.max_pending > 0:
+            self.placing -= 1
 
     def counted(self, pending: int, accepted: int, seconds: float) -> None:
         """Take a new count: `pending` orders undecided, `accepted` of them admitted since the count before,
@@ -99,7 +108,7 @@ class Admission:
                 try:
                     if conn is None or conn.is_closed():
                         conn = await asyncpg.connect(dsn, timeout=5)
-                    accepted = self.accepted
+                    accepted = self.accepted  # placed before the count began: in it
                     pending = await conn.fetchval(_PENDING, timeout=5) or 0
                 except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                     log.debug("cannot count undecided orders (%r)", exc)

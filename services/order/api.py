@@ -165,7 +165,9 @@ async def create_order(body: OrderIn, request: Request, response: Response,
     except BaseException:
         admission.withdraw()
         raise
-    if not placed:  # a replay of an order placed before
+    if placed:
+        admission.placed()
+    else:  # a replay of an order placed before
         admission.withdraw()
     return order
 

@@ -45,8 +45,9 @@ def test_the_cap_holds_however_fast_orders_are_decided():
 
 def test_a_new_count_opens_the_door_again():
     admission = Admission(max_pending=2)
-    admission.admit()
-    admission.admit()
+    for _ in range(2):
+        admission.admit()
+        admission.placed()
     with pytest.raises(Overloaded):
         admission.admit()
     admission.counted(pending=0, accepted=2, seconds=0.1)  # both decided already
@@ -60,3 +61,24 @@ def test_a_cap_of_zero_never_refuses():
     for _ in range(100):
         admission.admit()
     assert admission.refused == 0
+
+
+def test_an_order_placed_after_the_count_began_is_not_forgotten():
+    """A count whose snapshot was taken before an admitted order committed misses it: the order still counts
+    until a later count includes it (an undercount would let the backlog pass its bound)."""
+    admission = Admission(max_pending=3)
+    for _ in range(3):
+        admission.admit()  # three requests placing their orders
+    accepted_at_start = admission.accepted  # the count begins: none placed yet
+    for _ in range(3):
+        admission.placed()  # they commit after the count's snapshot
+    admission.counted(pending=0, accepted=accepted_at_start, seconds=0.1)  # the snapshot saw none of them
+    with pytest.raises(Overloaded):
+        admission.admit()
+    admission.counted(pending=3, accepted=admission.accepted, seconds=0.1)  # the next count sees them
+    with pytest.raises(Overloaded):
+        admission.admit()
+    admission.counted(pending=0, accepted=0, seconds=0.1)  # decided
+    admission.admit()
+    admission.withdraw()  # it placed nothing
+    assert (admission.pending, admission.accepted, admission.placing) == (0, 0, 0)
