@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import psycopg
 from alembic import command
 from alembic.config import Config
@@ -14,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.sql import Executable
 
 from services.common.settings import Settings
-from services.common.tracing import trace_engine
+from services.common.tracing import statement_span, trace_engine
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -57,3 +60,57 @@ async def execute_alone(engine: AsyncEngine, statement: Executable, params: Any 
     async with engine.connect() as conn:
         conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
         return await conn.execute(statement, params)
+
+
+class Sql:
+    """The message pipeline's statements, sent by asyncpg itself on a connection of the service's pool.
+
+    Each statement of the pipeline is small and runs thousands of times a minute. Through SQLAlchemy it cost about
+    twice asyncpg's own CPU (compiling and caching the statement, emulating a DB-API cursor, building result rows),
+    and a transaction's BEGIN and COMMIT three times (measured: 281 against 137 µs per statement, 874 against
+    340 µs for BEGIN, one statement and COMMIT). Here a statement is asyncpg's: `$1` parameters, records back.
+    JSONB goes in and comes out as JSON text (the engine's codec). Each statement is a `db <VERB>` span, as
+    through the engine."""
+
+    __slots__ = ("driver",)
+
+    def __init__(self, driver: asyncpg.Connection) -> None:
+        self.driver = driver
+
+    async def fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
+        with statement_span(query):
+            return await self.driver.fetch(query, *args)
+
+    async def fetchval(self, query: str, *args: Any) -> Any:
+        with statement_span(query):
+            return await self.driver.fetchval(query, *args)
+
+    async def execute(self, query: str, *args: Any) -> str:
+        with statement_span(query):
+            return await self.driver.execute(query, *args)
+
+
+@contextlib.asynccontextmanager
+async def pooled(engine: AsyncEngine) -> AsyncIterator[Sql]:
+    """A connection of `engine`'s pool, used through asyncpg; a statement sent alone commits by itself."""
+    async with engine.connect() as conn:
+        driver = (await conn.get_raw_connection()).driver_connection
+        try:
+            yield Sql(driver)
+        except BaseException:
+            if driver.is_closed():  # the server went away: the pool must not hand this connection out again
+                await conn.invalidate()
+            raise
+
+
+@contextlib.asynccontextmanager
+async def transaction(engine: AsyncEngine) -> AsyncIterator[Sql]:
+    """One transaction on a pooled connection: committed when the block ends, rolled back if it raises."""
+    async with pooled(engine) as db, db.driver.transaction():
+        yield db
+
+
+async def fetch_alone(engine: AsyncEngine, query: str, *args: Any) -> list[asyncpg.Record]:
+    """Run one statement as a transaction of its own, without BEGIN and COMMIT (see `execute_alone`)."""
+    async with pooled(engine) as db:
+        return await db.fetch(query, *args)

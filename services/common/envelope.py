@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -45,7 +44,7 @@ class Envelope(BaseModel):
         return self.model_dump(mode="json")
 
     def to_bytes(self) -> bytes:
-        return json.dumps(self.to_dict(), separators=(",", ":")).encode()
+        return self.model_dump_json().encode()
 
     @classmethod
     def from_bytes(cls, body: bytes) -> Envelope:

@@ -33,17 +33,14 @@ async def apply_stock_event(stock: Stock, outbox: Outbox, event: Envelope) -> No
 
 
 async def _apply(uow: UnitOfWork, event: Envelope) -> None:
-    await apply_stock_event(SqlStock(uow.conn), uow, event)
+    await apply_stock_event(uow.repository(SqlStock), uow, event)
 
 
 async def lock_stock(uow: UnitOfWork, events: Sequence[Envelope]) -> None:
-    """Lock every product a batch will change, in sku order, in one statement (a lone order.created locks
-    its own rows in that order already)."""
-    if len(events) == 1 and events[0].type == "order.created":
-        return
+    """Load and lock, in one statement, every reservation and product a batch will read or change (products in
+    sku order)."""
     skus = {str(i["sku"]) for e in events if e.type == "order.created" for i in e.payload.get("items", [])}
-    orders = {e.order_id for e in events if e.type != "order.created" and e.order_id is not None}
-    await SqlStock(uow.conn).lock_batch(skus, orders)
+    await uow.repository(SqlStock).load(skus, {e.order_id for e in events if e.order_id is not None})
 
 
 HANDLERS = {"order.created": _apply, "order.paid": _apply, "order.cancelled": _apply}

@@ -23,14 +23,14 @@ from typing import Any
 
 import asyncpg
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.common.db import execute_alone
+from services.common.db import Sql, fetch_alone, transaction
 from services.common.faults import FaultInjector
 from services.common.settings import Settings
 from services.messaging.connection import capped_backoff
 from services.messaging.failures import is_transient
-from services.messaging.outbox import OUTBOX, OutboxStatus, notify_channel, seconds
+from services.messaging.outbox import OUTBOX, OutboxStatus, notify_channel
 from services.messaging.publisher import BrokerUnavailable, Publisher, PublishRefused
 from services.messaging.retention import prune
 
@@ -54,6 +54,22 @@ class Claimed:
     attempts: int
     traceparent: str | None  # the span that wrote the row: the publish is its child
     order_id: uuid.UUID | None
+
+
+# Claim a batch of due rows under a lease, in one statement: those no live relay holds, or this relay's own
+_CLAIM = (
+    "UPDATE outbox SET claimed_by = $1, claimed_until = now() + make_interval(secs => $2) WHERE id IN "
+    "(SELECT id FROM outbox WHERE status = 'PENDING' AND next_attempt_at <= now() "
+    "AND (claimed_until IS NULL OR claimed_until < now() OR claimed_by = $1) "
+    "ORDER BY created_at LIMIT $3 FOR UPDATE SKIP LOCKED) "
+    "RETURNING id, routing_key, CAST(envelope AS text), envelope->>'type', envelope->>'occurred_at', attempts, "
+    "envelope->>'traceparent', order_id")
+_SENT = ("UPDATE outbox SET status = 'SENT', sent_at = now(), attempts = attempts + 1, claimed_by = NULL, "
+         "claimed_until = NULL WHERE id = ANY($1::uuid[]) AND claimed_by = $2")
+_RELEASE = "UPDATE outbox SET claimed_by = NULL, claimed_until = NULL WHERE id = ANY($1::uuid[]) AND claimed_by = $2"
+_REFUSED = ("UPDATE outbox SET attempts = $3, last_error = $4, status = $5, "
+            "next_attempt_at = now() + make_interval(secs => $6), claimed_by = NULL, claimed_until = NULL "
+            "WHERE id = $1 AND claimed_by = $2")
 
 
 def _worlds_fault(error: BaseException) -> bool:
@@ -126,18 +142,8 @@ class OutboxRelay:
             return result.rowcount
 
     async def _claim(self) -> list[Claimed]:
-        lease = seconds(self.settings.relay_lease_seconds)
-        due = (sa.select(OUTBOX.c.id).where(
-            OUTBOX.c.status == OutboxStatus.PENDING, OUTBOX.c.next_attempt_at <= sa.func.now(),
-            sa.or_(OUTBOX.c.claimed_until.is_(None), OUTBOX.c.claimed_until < sa.func.now(),
-                   OUTBOX.c.claimed_by == self.relay_id))
-            .order_by(OUTBOX.c.created_at).limit(self.settings.relay_batch).with_for_update(skip_locked=True))
-        stmt = (sa.update(OUTBOX).where(OUTBOX.c.id.in_(due.scalar_subquery()))
-                .values(claimed_by=self.relay_id, claimed_until=sa.func.now() + lease)
-                .returning(OUTBOX.c.id, OUTBOX.c.routing_key, sa.cast(OUTBOX.c.envelope, sa.Text),
-                           OUTBOX.c.envelope["type"].astext, OUTBOX.c.envelope["occurred_at"].astext,
-                           OUTBOX.c.attempts, OUTBOX.c.envelope["traceparent"].astext, OUTBOX.c.order_id))
-        rows = (await execute_alone(self.engine, stmt)).all()
+        rows = await fetch_alone(self.engine, _CLAIM, self.relay_id, self.settings.relay_lease_seconds,
+                                 self.settings.relay_batch)
         return sorted((Claimed(*r) for r in rows), key=lambda c: c.occurred_at or "")
 
     async def publish_batch(self) -> int:
@@ -148,11 +154,11 @@ class OutboxRelay:
         results = await asyncio.gather(*(self._publish(r) for r in rows), return_exceptions=True)
         await self.faults.hit("relay.after_publish")
         if all(r is None for r in results):  # all sent, the usual case: one statement settles the batch
-            await execute_alone(self.engine, self._sent([r.id for r in rows]))
+            await fetch_alone(self.engine, _SENT, [r.id for r in rows], self.relay_id)
             self.published += len(rows)
         else:
-            async with self.engine.begin() as conn:
-                await self._settle(conn, rows, results)
+            async with transaction(self.engine) as db:
+                await self._settle(db, rows, results)
         unavailable = next((r for r in results if isinstance(r, BrokerUnavailable)), None)
         if unavailable is not None:
             raise unavailable
@@ -164,21 +170,14 @@ class OutboxRelay:
         await self.publisher.publish_raw(row.body.encode(), str(row.id), row.type, row.routing_key, row.traceparent,
                                          row.order_id)
 
-    def _sent(self, ids: list[uuid.UUID]) -> sa.Update:
-        return sa.update(OUTBOX).where(OUTBOX.c.id.in_(ids), OUTBOX.c.claimed_by == self.relay_id).values(
-            status=OutboxStatus.SENT, sent_at=sa.func.now(), attempts=OUTBOX.c.attempts + 1, claimed_by=None,
-            claimed_until=None)
-
-    async def _settle(self, conn: AsyncConnection, rows: list[Claimed], results: list[Any]) -> None:
-        mine = OUTBOX.c.claimed_by == self.relay_id
-        released = dict(claimed_by=None, claimed_until=None)
+    async def _settle(self, db: Sql, rows: list[Claimed], results: list[Any]) -> None:
         sent = [r.id for r, res in zip(rows, results, strict=True) if res is None]
         if sent:
-            await conn.execute(self._sent(sent))
+            await db.execute(_SENT, sent, self.relay_id)
             self.published += len(sent)
         waiting = [r.id for r, res in zip(rows, results, strict=True) if res is not None and _worlds_fault(res)]
         if waiting:  # the world's failure: give the rows back untouched
-            await conn.execute(sa.update(OUTBOX).where(OUTBOX.c.id.in_(waiting), mine).values(**released))
+            await db.execute(_RELEASE, waiting, self.relay_id)
         for row, res in zip(rows, results, strict=True):
             if res is None or row.id in waiting:
                 continue
@@ -187,11 +186,8 @@ class OutboxRelay:
             self.refused += 1
             log.warning("outbox row %s attempt %d refused%s: %r", row.id, attempts,
                         " (FAILED: parked until re-sent)" if failed else "", res)
-            await conn.execute(sa.update(OUTBOX).where(OUTBOX.c.id == row.id, mine).values(
-                attempts=attempts, last_error=repr(res)[:500],
-                status=OutboxStatus.FAILED if failed else OutboxStatus.PENDING,
-                next_attempt_at=sa.func.now() + seconds(backoff_seconds(attempts)),
-                **released))
+            await db.execute(_REFUSED, row.id, self.relay_id, attempts, repr(res)[:500],
+                             OutboxStatus.FAILED if failed else OutboxStatus.PENDING, backoff_seconds(attempts))
 
     async def _prune_when_due(self) -> None:
         now = time.monotonic()

@@ -9,6 +9,7 @@ import uuid
 from typing import Annotated, Any
 from urllib.parse import quote
 
+import asyncpg
 import httpx
 import sqlalchemy as sa
 from fastapi import APIRouter, Header, HTTPException, Request, Response
@@ -195,7 +196,7 @@ async def _place_order(rt: Runtime, order_id: uuid.UUID, body: OrderIn, response
         return command.view(exc.created_at) | {
             "note": f"recorded PENDING; its transaction could not be begun yet ({exc}); it will be, and the order "
                     "settled"}, True
-    except sa.exc.IntegrityError:
+    except (sa.exc.IntegrityError, asyncpg.UniqueViolationError):
         # the key's unique constraint: this is a retry (or a concurrent twin) of an order already placed
         if idempotency_key and (replayed := await _replay(rt, idempotency_key, body, response)):
             return replayed, False

@@ -12,10 +12,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.common.db import execute_alone
+from services.common.db import pooled
 from services.common.envelope import Envelope
 from services.order import coordinated, halfmsg
 from services.order.domain import OrderStatus, PaymentAnswer, StockAnswer
@@ -51,29 +50,29 @@ class PlaceOrder:
                 "items": [vars(i) for i in sorted(self.items, key=lambda i: i.sku)]}
 
 
-# The order and its items in one statement; the last part says what else the same statement writes
+# The order and its items in one statement; the last part says what else the same statement writes. asyncpg's
+# own parameters ($1): sent by the engine (exec_driver_sql) or by asyncpg itself (services.common.db.Sql)
 _ORDER = (
     "WITH placed AS (INSERT INTO orders (id, customer_id, pattern, status, total_cents, stock_status, "
-    "payment_status, idempotency_key, request_hash) VALUES (:id, :c, :p, 'PENDING', :t, 'PENDING', 'PENDING', "
-    ":k, :h) RETURNING id, created_at), "
+    "payment_status, idempotency_key, request_hash) VALUES ($1, $2, $3, 'PENDING', $4, 'PENDING', 'PENDING', "
+    "$5, $6) RETURNING id, created_at), "
     "items AS (INSERT INTO order_items (order_id, sku, qty, unit_price_cents) SELECT placed.id, item.* FROM placed, "
-    "unnest(CAST(:skus AS text[]), CAST(:qtys AS integer[]), CAST(:prices AS bigint[])) AS item) ")
-_INSERT_ORDER = sa.text(_ORDER + "SELECT created_at FROM placed")
+    "unnest($7::text[], $8::integer[], $9::bigint[]) AS item) ")
+_INSERT_ORDER = _ORDER + "SELECT created_at FROM placed"
 # ... and its order.created outbox row: atomic without BEGIN and COMMIT. The outbox row's created_at is the
 # order's (now() is the statement's transaction time).
-_PLACE_WITH_OUTBOX = sa.text(
-    _ORDER + "INSERT INTO outbox (id, order_id, routing_key, envelope) SELECT :mid, id, :rk, CAST(:envelope AS jsonb) "
+_PLACE_WITH_OUTBOX = (
+    _ORDER + "INSERT INTO outbox (id, order_id, routing_key, envelope) SELECT $10, id, $11, CAST($12 AS jsonb) "
     "FROM placed RETURNING created_at")
 
 
-def _order_params(cmd: PlaceOrder) -> dict[str, Any]:
-    return {"id": cmd.order_id, "c": cmd.customer_id, "p": cmd.pattern, "t": cmd.total_cents,
-            "k": cmd.idempotency_key, "h": cmd.request_hash, "skus": [i.sku for i in cmd.items],
-            "qtys": [i.qty for i in cmd.items], "prices": [i.unit_price_cents for i in cmd.items]}
+def _order_params(cmd: PlaceOrder) -> tuple[Any, ...]:
+    return (cmd.order_id, cmd.customer_id, cmd.pattern, cmd.total_cents, cmd.idempotency_key, cmd.request_hash,
+            [i.sku for i in cmd.items], [i.qty for i in cmd.items], [i.unit_price_cents for i in cmd.items])
 
 
 async def _insert_order(conn: AsyncConnection, cmd: PlaceOrder) -> datetime:
-    return (await conn.execute(_INSERT_ORDER, _order_params(cmd))).scalar_one()
+    return (await conn.exec_driver_sql(_INSERT_ORDER, _order_params(cmd))).scalar_one()
 
 
 def _created(cmd: PlaceOrder) -> Envelope:
@@ -84,8 +83,9 @@ def _created(cmd: PlaceOrder) -> Envelope:
 
 async def place_with_outbox(rt: Runtime, cmd: PlaceOrder) -> datetime:
     event = _created(cmd)
-    return (await execute_alone(rt.engine, _PLACE_WITH_OUTBOX, _order_params(cmd) | {
-        "mid": event.message_id, "rk": event.type, "envelope": event.to_bytes().decode()})).scalar_one()
+    async with pooled(rt.engine) as db:
+        return await db.fetchval(_PLACE_WITH_OUTBOX, *_order_params(cmd), event.message_id, event.type,
+                                 event.to_bytes().decode())
 
 
 async def place_with_half_message(rt: Runtime, cmd: PlaceOrder) -> datetime:

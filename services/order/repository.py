@@ -6,9 +6,7 @@ import uuid
 from collections.abc import Iterable
 from typing import Protocol
 
-import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
-
+from services.common.db import Sql
 from services.order.domain import Order, OrderStatus, PaymentAnswer, StockAnswer
 
 
@@ -23,8 +21,8 @@ class SqlOrders:
     `flush`: a batch of answers costs two statements, however many orders it touches. `save` writes nothing
     until `flush`, which the unit of work (`uow.repository(SqlOrders)`) calls before it commits."""
 
-    def __init__(self, conn: AsyncConnection) -> None:
-        self.conn = conn
+    def __init__(self, db: Sql) -> None:
+        self.db = db
         self._locked: dict[uuid.UUID, Order | None] = {}
         self._changed: dict[uuid.UUID, Order] = {}
 
@@ -32,10 +30,10 @@ class SqlOrders:
         wanted = sorted(set(order_ids) - self._locked.keys())
         if not wanted:
             return
-        rows = await self.conn.execute(_LOCK, {"ids": wanted})  # locked in id order: no deadlock between batches
+        rows = await self.db.fetch(_LOCK, wanted)  # locked in id order: no deadlock between batches
         self._locked.update(dict.fromkeys(wanted))
-        self._locked.update({r.id: Order(OrderStatus(r.status), StockAnswer(r.stock_status),
-                                         PaymentAnswer(r.payment_status), r.reason) for r in rows})
+        self._locked.update({r["id"]: Order(OrderStatus(r["status"]), StockAnswer(r["stock_status"]),
+                                            PaymentAnswer(r["payment_status"]), r["reason"]) for r in rows})
 
     async def lock(self, order_id: uuid.UUID) -> Order | None:
         await self.lock_all((order_id,))
@@ -48,17 +46,16 @@ class SqlOrders:
         if not self._changed:
             return
         changed, self._changed = self._changed, {}
-        await self.conn.execute(_SAVE, {
-            "ids": list(changed), "statuses": [o.status for o in changed.values()],
-            "stocks": [o.stock for o in changed.values()], "payments": [o.payment for o in changed.values()],
-            "reasons": [o.reason for o in changed.values()]})
+        orders = changed.values()
+        await self.db.execute(_SAVE, list(changed), [o.status for o in orders], [o.stock for o in orders],
+                              [o.payment for o in orders], [o.reason for o in orders])
 
 
-_LOCK = sa.text("SELECT id, status, stock_status, payment_status, reason FROM orders WHERE id = ANY(:ids) "
-                "ORDER BY id FOR UPDATE")
-_SAVE = sa.text(
+_LOCK = ("SELECT id, status, stock_status, payment_status, reason FROM orders WHERE id = ANY($1::uuid[]) "
+         "ORDER BY id FOR UPDATE")
+_SAVE = (
     "UPDATE orders SET status = o.status, stock_status = o.stock, payment_status = o.payment, reason = o.reason, "
     "decided_at = CASE WHEN o.status <> 'PENDING' THEN coalesce(orders.decided_at, statement_timestamp()) END "
-    "FROM unnest(CAST(:ids AS uuid[]), CAST(:statuses AS text[]), CAST(:stocks AS text[]), "
-    "CAST(:payments AS text[]), CAST(:reasons AS text[])) AS o(id, status, stock, payment, reason) "
+    "FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[]) "
+    "AS o(id, status, stock, payment, reason) "
     "WHERE orders.id = o.id")

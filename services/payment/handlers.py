@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from services.common.envelope import Envelope
 from services.messaging.inbox import UnitOfWork
 from services.payment.domain import Payment, decide
@@ -28,7 +30,14 @@ async def apply_payment_event(money: Money, outbox: Outbox, event: Envelope) -> 
 
 
 async def _apply(uow: UnitOfWork, event: Envelope) -> None:
-    await apply_payment_event(SqlMoney(uow.conn), uow, event)
+    await apply_payment_event(uow.repository(SqlMoney), uow, event)
+
+
+async def lock_money(uow: UnitOfWork, events: Sequence[Envelope]) -> None:
+    """Load and lock, in one statement, every payment and balance a batch will read or change (balances in id
+    order)."""
+    customers = {str(e.payload["customer_id"]) for e in events if e.type == "order.created"}
+    await uow.repository(SqlMoney).load(customers, {e.order_id for e in events if e.order_id is not None})
 
 
 HANDLERS = {"order.created": _apply, "order.cancelled": _apply}

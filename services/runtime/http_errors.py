@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncpg
 import psycopg
 import sqlalchemy as sa
 from fastapi import FastAPI, Request
@@ -40,6 +41,18 @@ def install_error_handlers(app: FastAPI) -> None:
         if isinstance(exc, psycopg.DataError):
             return JSONResponse({"detail": "the database refused this input"}, status_code=422)
         return JSONResponse({"detail": "the database could not serve this request"}, status_code=503)
+
+    @app.exception_handler(asyncpg.PostgresError)
+    async def asyncpg_error(_: Request, exc: asyncpg.PostgresError) -> JSONResponse:
+        if isinstance(exc, asyncpg.DataError):  # the statements the pipeline sends with asyncpg itself
+            return JSONResponse({"detail": "the database refused this input"}, status_code=422)
+        return JSONResponse({"detail": "the database could not serve this request"}, status_code=503)
+
+    @app.exception_handler(asyncpg.InterfaceError)
+    async def asyncpg_client_error(_: Request, exc: asyncpg.InterfaceError) -> JSONResponse:
+        if isinstance(exc, ValueError):  # a parameter asyncpg cannot encode: nothing was sent
+            return JSONResponse({"detail": "the database refused this input"}, status_code=422)
+        return JSONResponse({"detail": "the database is unavailable"}, status_code=503)
 
     @app.exception_handler(PoolTimeout)
     async def pg_pool_exhausted(_: Request, exc: PoolTimeout) -> JSONResponse:
