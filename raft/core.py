@@ -421,7 +421,8 @@ class Raft:
             or self._pending_snapshot is not None
             or self.last_index > self._stabled
             or self._commit > self._applied
-            or self._soft() != self._prev_soft
+            or self._lead != self._prev_soft.leader
+            or self._role is not self._prev_soft.role
             or self._term != self._prev_hard.term
             or self._vote != self._prev_hard.vote
         )

@@ -166,6 +166,8 @@ class RaftNode:
         self._reads_ready: list[tuple[int, int, list[asyncio.Future]]] = []  # heap of (index, seq, futures)
         self._ctx = itertools.count(1)
         self._tasks: list[asyncio.Task] = []
+        self._tick_timer: asyncio.TimerHandle | None = None
+        self._next_tick = 0.0
         # What a demo or an operator wants to see happen: role changes, votes, rolled-back entries.
         self.boot_id = f"{io.rng.getrandbits(32):08x}"
         self.events: deque[dict] = deque(maxlen=1000)
@@ -179,9 +181,13 @@ class RaftNode:
     async def start(self) -> None:
         await self.transport.start()
         loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._ticker()), loop.create_task(self._ready_loop())]
+        self._next_tick = loop.time() + TICK_SECONDS
+        self._tick_timer = loop.call_at(self._next_tick, self._tick, loop)
+        self._tasks = [loop.create_task(self._ready_loop())]
 
     async def stop(self) -> None:
+        if self._tick_timer is not None:
+            self._tick_timer.cancel()
         tasks = [*self._tasks, *([self._snapshot_task] if self._snapshot_task else [])]
         for t in tasks:
             t.cancel()
@@ -284,19 +290,21 @@ class RaftNode:
         step = self.core.step
         for m in messages:
             step(m)
-        self._wake.set()
-
-    async def _ticker(self) -> None:
-        loop = asyncio.get_running_loop()
-        next_at = loop.time()
-        while True:
-            # After a stall (a long step on the loop, a GC pause) the missed ticks are dropped, as Go's
-            # time.Ticker drops them for etcd: firing them in a burst would let this node's timeouts expire
-            # before it reads what its peers sent meanwhile (a leader would step down, a follower campaign).
-            next_at = max(next_at + TICK_SECONDS, loop.time())
-            await asyncio.sleep(max(0.0, next_at - loop.time()))
-            self.core.tick()
+        if self.core.has_ready():  # a leader's heartbeat acks mostly ask for nothing
             self._wake.set()
+
+    def _tick(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Tick the core every TICK_SECONDS. A plain timer callback, not a task, and the Ready loop is woken only
+        when the tick gave it work: most ticks only count towards a timeout (measured idle, the ticks were
+        most of a replica's CPU)."""
+        self.core.tick()
+        if self.core.has_ready():
+            self._wake.set()
+        # After a stall (a long step on the loop, a GC pause) the missed ticks are dropped, as Go's
+        # time.Ticker drops them for etcd: firing them in a burst would let this node's timeouts expire
+        # before it reads what its peers sent meanwhile (a leader would step down, a follower campaign).
+        self._next_tick = max(self._next_tick + TICK_SECONDS, loop.time())
+        self._tick_timer = loop.call_at(self._next_tick, self._tick, loop)
 
     async def _ready_loop(self) -> None:
         loop = asyncio.get_running_loop()

@@ -264,6 +264,8 @@ class NodeSim:
             ex.kill()
         node = p.node
         p.node = None
+        if node._tick_timer is not None:
+            node._tick_timer.cancel()
         for t in [*node._tasks, *([node._snapshot_task] if node._snapshot_task else [])]:
             t.cancel()
         p.disk.crash()

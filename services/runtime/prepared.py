@@ -409,7 +409,7 @@ Found = list[tuple[str, str, float]]  # (gid, branch, seconds since it was prepa
 async def prepared_ours(pool: AsyncConnectionPool) -> Found:
     """Our prepared transactions in this database, with their ages."""
     async with pool.connection() as conn:
-        database = (await (await conn.execute("SELECT current_database() AS db")).fetchone()).db
+        database = conn.info.dbname  # known to the connection: no query in a loop that runs twice a second
         xids = await conn.tpc_recover()
     now = datetime.now(UTC)
     return [(*found, (now - xid.prepared).total_seconds()) for xid in xids
