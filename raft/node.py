@@ -297,14 +297,15 @@ class RaftNode:
         """Tick the core every TICK_SECONDS. A plain timer callback, not a task, and the Ready loop is woken only
         when the tick gave it work: most ticks only count towards a timeout (measured idle, the ticks were
         most of a replica's CPU)."""
-        self.core.tick()
-        if self.core.has_ready():
-            self._wake.set()
         # After a stall (a long step on the loop, a GC pause) the missed ticks are dropped, as Go's
         # time.Ticker drops them for etcd: firing them in a burst would let this node's timeouts expire
         # before it reads what its peers sent meanwhile (a leader would step down, a follower campaign).
+        # The next tick is set first: a tick that raised must not stop the clock.
         self._next_tick = max(self._next_tick + TICK_SECONDS, loop.time())
         self._tick_timer = loop.call_at(self._next_tick, self._tick, loop)
+        self.core.tick()
+        if self.core.has_ready():
+            self._wake.set()
 
     async def _ready_loop(self) -> None:
         loop = asyncio.get_running_loop()
