@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import asyncpg
 import psycopg
@@ -62,8 +62,21 @@ async def execute_alone(engine: AsyncEngine, statement: Executable, params: Any 
         return await conn.execute(statement, params)
 
 
+class Queries(Protocol):
+    """What the statements of a use case need: asyncpg's `$1` parameters, rows that unpack like tuples. `Sql`
+    serves it on asyncpg; the participants' prepared transactions serve it on psycopg
+    (`services.runtime.prepared`), so that one set of effects runs in both."""
+
+    async def fetch(self, query: str, *args: Any) -> Sequence[Any]: ...
+
+    async def fetchval(self, query: str, *args: Any) -> Any: ...
+
+    async def execute(self, query: str, *args: Any) -> Any: ...
+
+
 class Sql:
-    """The message pipeline's statements, sent by asyncpg itself on a connection of the service's pool.
+    """The hot path's statements (the message pipeline's, an order's placement, the TCC participants'), sent by
+    asyncpg itself on a connection of the service's pool.
 
     Each statement of the pipeline is small and runs thousands of times a minute. Through SQLAlchemy it cost about
     twice asyncpg's own CPU (compiling and caching the statement, emulating a DB-API cursor, building result rows),
@@ -88,6 +101,10 @@ class Sql:
     async def execute(self, query: str, *args: Any) -> str:
         with statement_span(query):
             return await self.driver.execute(query, *args)
+
+    def savepoint(self) -> asyncpg.transaction.Transaction:
+        """A savepoint in the transaction at hand: `await sp.start()`, then `await sp.commit()` or `rollback()`."""
+        return self.driver.transaction()
 
 
 @contextlib.asynccontextmanager

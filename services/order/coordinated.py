@@ -26,6 +26,7 @@ from pydantic import BaseModel, Field
 
 from services.cache.keys import order_key
 from services.common.auth import require_token
+from services.common.db import pooled
 from services.common.settings import Settings
 from services.coordinator.client import CoordinatorClient, CoordinatorUnavailable
 from services.runtime.state import Runtime, runtime
@@ -91,19 +92,18 @@ async def outcome(body: Outcome, request: Request) -> dict[str, Any]:
     stock = body.branches.get("inventory", BranchOutcome())
     stock_status = "RESERVED" if commit else "REJECTED" if stock.outcome == "REJECTED" else "RELEASED"
     payment_status = "CAPTURED" if commit else "FAILED"
-    async with rt.engine.begin() as conn:
-        changed = await conn.scalar(sa.text(
-            "UPDATE orders SET status = :s, stock_status = :st, payment_status = :ps, reason = :r, decided_at = now() "
-            "WHERE id = :o AND status = 'PENDING' AND pattern = :p RETURNING 1"),
-            {"s": status, "st": stock_status, "ps": payment_status, "r": None if commit else body.reason,
-             "o": order_id, "p": body.pattern})
+    async with pooled(rt.engine) as db:  # one statement, atomic without BEGIN and COMMIT
+        changed = await db.fetchval(
+            "UPDATE orders SET status = $2, stock_status = $3, payment_status = $4, reason = $5, decided_at = now() "
+            "WHERE id = $1 AND status = 'PENDING' AND pattern = $6 RETURNING true",
+            order_id, status, stock_status, payment_status, None if commit else body.reason, body.pattern)
         if changed is None:
-            current = (await conn.execute(sa.text("SELECT status, pattern FROM orders WHERE id = :o"),
-                                          {"o": order_id})).first()
-            if current is None:
+            current = await db.fetch("SELECT status, pattern FROM orders WHERE id = $1", order_id)
+            if not current:
                 raise HTTPException(404, f"no order {order_id}")
-            if current.pattern != body.pattern or current.status != status:
-                raise HTTPException(409, f"order {order_id} is a {current.pattern} order {current.status}; "
+            now_status, pattern = current[0]
+            if pattern != body.pattern or now_status != status:
+                raise HTTPException(409, f"order {order_id} is a {pattern} order {now_status}; "
                                          f"cannot make it {status} by a {body.pattern} transaction")
             return {"order_id": str(order_id), "status": status, "repeated": True}
     with contextlib.suppress(Exception):

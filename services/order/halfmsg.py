@@ -29,6 +29,7 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel
 
 from services.common.auth import require_token
+from services.common.db import Sql
 from services.runtime.state import Runtime, runtime
 
 log = logging.getLogger("txlab.order.halfmsg")
@@ -73,11 +74,11 @@ async def decide(rt: Runtime, message_id: str, decision: str) -> None:
     log.warning("broker unreachable for the %s of %s: its check-back will settle it", decision, message_id)
 
 
-async def bar(conn: sa.ext.asyncio.AsyncConnection, order_id: uuid.UUID) -> None:
+async def bar(db: Sql, order_id: uuid.UUID) -> None:
     """The local transaction's barrier row; raises TooLate if a check-back already rolled the message back."""
-    inserted = await conn.scalar(sa.text(
-        "INSERT INTO halfmsg_barrier (order_id, outcome) VALUES (:o, 'COMMITTED') "
-        "ON CONFLICT (order_id) DO NOTHING RETURNING order_id"), {"o": order_id})
+    inserted = await db.fetchval(
+        "INSERT INTO halfmsg_barrier (order_id, outcome) VALUES ($1, 'COMMITTED') "
+        "ON CONFLICT (order_id) DO NOTHING RETURNING order_id", order_id)
     if inserted is None:
         raise TooLate(f"order {order_id}: a check-back rolled its half message back first")
 

@@ -12,9 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncConnection
-
-from services.common.db import pooled
+from services.common.db import pooled, transaction
 from services.common.envelope import Envelope
 from services.order import coordinated, halfmsg
 from services.order.domain import OrderStatus, PaymentAnswer, StockAnswer
@@ -50,8 +48,8 @@ class PlaceOrder:
                 "items": [vars(i) for i in sorted(self.items, key=lambda i: i.sku)]}
 
 
-# The order and its items in one statement; the last part says what else the same statement writes. asyncpg's
-# own parameters ($1): sent by the engine (exec_driver_sql) or by asyncpg itself (services.common.db.Sql)
+# The order and its items in one statement, sent by asyncpg itself (services.common.db.Sql); the last part says
+# what else the same statement writes
 _ORDER = (
     "WITH placed AS (INSERT INTO orders (id, customer_id, pattern, status, total_cents, stock_status, "
     "payment_status, idempotency_key, request_hash) VALUES ($1, $2, $3, 'PENDING', $4, 'PENDING', 'PENDING', "
@@ -69,10 +67,6 @@ _PLACE_WITH_OUTBOX = (
 def _order_params(cmd: PlaceOrder) -> tuple[Any, ...]:
     return (cmd.order_id, cmd.customer_id, cmd.pattern, cmd.total_cents, cmd.idempotency_key, cmd.request_hash,
             [i.sku for i in cmd.items], [i.qty for i in cmd.items], [i.unit_price_cents for i in cmd.items])
-
-
-async def _insert_order(conn: AsyncConnection, cmd: PlaceOrder) -> datetime:
-    return (await conn.exec_driver_sql(_INSERT_ORDER, _order_params(cmd))).scalar_one()
 
 
 def _created(cmd: PlaceOrder) -> Envelope:
@@ -93,9 +87,9 @@ async def place_with_half_message(rt: Runtime, cmd: PlaceOrder) -> datetime:
     message_id = await halfmsg.send_half(rt, _created(cmd).to_dict())
     await rt.faults.hit("order.after_half_sent")
     try:
-        async with rt.engine.begin() as conn:
-            await halfmsg.bar(conn, cmd.order_id)
-            created_at = await _insert_order(conn, cmd)
+        async with transaction(rt.engine) as db:
+            await halfmsg.bar(db, cmd.order_id)
+            created_at = await db.fetchval(_INSERT_ORDER, *_order_params(cmd))
     except BaseException:
         await halfmsg.decide(rt, message_id, "rollback")
         raise
@@ -106,8 +100,8 @@ async def place_with_half_message(rt: Runtime, cmd: PlaceOrder) -> datetime:
 
 async def place_with_coordinator(rt: Runtime, cmd: PlaceOrder) -> datetime:
     """The order, PENDING, then its global transaction on the coordinator (see services/order/coordinated.py)."""
-    async with rt.engine.begin() as conn:
-        created_at = await _insert_order(conn, cmd)
+    async with pooled(rt.engine) as db:  # one statement: atomic without BEGIN and COMMIT
+        created_at = await db.fetchval(_INSERT_ORDER, *_order_params(cmd))
     try:
         await coordinated.begin(rt, coordinated.begin_body(
             rt.settings, cmd.order_id, cmd.pattern, cmd.customer_id, cmd.total_cents,

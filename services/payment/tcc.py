@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import uuid
 
-import sqlalchemy as sa
 from pydantic import Field
-from sqlalchemy.ext.asyncio import AsyncConnection
 
+from services.common.db import Queries
 from services.common.identifiers import Identifier
 from services.runtime.tcc import Branch, Effects, Tried, tcc_router
 
@@ -20,10 +19,10 @@ class PaymentTry(Branch):
     amount_cents: int = Field(gt=0, le=10**12)
 
 
-async def freeze(conn: AsyncConnection, body: PaymentTry) -> Tried:
-    took = await conn.scalar(sa.text(
-        "UPDATE customers SET balance_cents = balance_cents - :a, frozen_cents = frozen_cents + :a "
-        "WHERE id = :c AND balance_cents >= :a RETURNING 1"), {"c": body.customer_id, "a": body.amount_cents})
+async def freeze(db: Queries, body: PaymentTry) -> Tried:
+    took = await db.fetchval(
+        "UPDATE customers SET balance_cents = balance_cents - $2, frozen_cents = frozen_cents + $2 "
+        "WHERE id = $1 AND balance_cents >= $2 RETURNING true", body.customer_id, body.amount_cents)
     if took is None:
         return Tried("REFUSED", False, {"why": f"customer {body.customer_id} is unknown or cannot pay "
                                                f"{body.amount_cents} cents"})
@@ -31,24 +30,24 @@ async def freeze(conn: AsyncConnection, body: PaymentTry) -> Tried:
                                   "amount_cents": body.amount_cents})
 
 
-async def capture(conn: AsyncConnection, detail: dict) -> None:
-    await conn.execute(sa.text("UPDATE customers SET frozen_cents = frozen_cents - :a WHERE id = :c"),
-                       {"a": detail["amount_cents"], "c": detail["customer_id"]})
-    await conn.execute(sa.text(
-        "INSERT INTO payments (order_id, customer_id, amount_cents, status) VALUES (:o, :c, :a, 'CAPTURED')"),
-        {"o": uuid.UUID(detail["order_id"]), "c": detail["customer_id"], "a": detail["amount_cents"]})
+async def capture(db: Queries, detail: dict) -> None:
+    # one statement: the frozen amount is taken and the payment recorded together
+    await db.execute(
+        "WITH taken AS (UPDATE customers SET frozen_cents = frozen_cents - $3 WHERE id = $2) "
+        "INSERT INTO payments (order_id, customer_id, amount_cents, status) VALUES ($1, $2, $3, 'CAPTURED')",
+        uuid.UUID(detail["order_id"]), detail["customer_id"], detail["amount_cents"])
 
 
-async def unfreeze(conn: AsyncConnection, detail: dict) -> None:
-    await conn.execute(sa.text(
-        "UPDATE customers SET frozen_cents = frozen_cents - :a, balance_cents = balance_cents + :a WHERE id = :c"),
-        {"a": detail["amount_cents"], "c": detail["customer_id"]})
+async def unfreeze(db: Queries, detail: dict) -> None:
+    await db.execute(
+        "UPDATE customers SET frozen_cents = frozen_cents - $2, balance_cents = balance_cents + $2 WHERE id = $1",
+        detail["customer_id"], detail["amount_cents"])
 
 
-async def can_pay(conn: AsyncConnection, body: PaymentTry) -> str | None:
+async def can_pay(db: Queries, body: PaymentTry) -> str | None:
     """3PC can-commit: whether the customer can pay now, read without a lock."""
-    if not await conn.scalar(sa.text("SELECT balance_cents >= :a FROM customers WHERE id = :c"),
-                             {"c": body.customer_id, "a": body.amount_cents}):
+    if not await db.fetchval("SELECT balance_cents >= $2 FROM customers WHERE id = $1", body.customer_id,
+                             body.amount_cents):
         return f"customer {body.customer_id} is unknown or cannot pay {body.amount_cents} cents"
     return None
 

@@ -29,21 +29,21 @@ never heard of, and leaves an undecided one to its coordinator. A prepared trans
 
 import asyncio
 import contextlib
+import functools
 import logging
+import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 import psycopg
-import sqlalchemy as sa
 from fastapi import APIRouter, Depends, HTTPException, Request
 from psycopg import Xid, errors
 from psycopg.rows import namedtuple_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
-from sqlalchemy.dialects.postgresql import psycopg as pg_dialect
 
 from services.common.auth import require_token
 from services.common.settings import Settings
@@ -90,43 +90,44 @@ class Busy(Exception):
 
 
 # ----------------------------------------------------------------------------------------------- SQL
-_DIALECT = pg_dialect.dialect()
+_PARAMETER = re.compile(r"\$(\d+)")
 
 
-class _Rows:
-    def __init__(self, rows: list[Any]) -> None:
-        self._rows = rows
+@functools.lru_cache(maxsize=256)
+def _for_psycopg(query: str) -> tuple[str, tuple[int, ...]]:
+    """asyncpg's `$n` parameters as psycopg's `%s`, and which argument each one takes."""
+    taken: list[int] = []
 
-    def all(self) -> list[Any]:
-        return self._rows
+    def placeholder(match: re.Match[str]) -> str:
+        taken.append(int(match.group(1)) - 1)
+        return "%s"
 
-    def first(self) -> Any:
-        return self._rows[0] if self._rows else None
-
-    def __iter__(self) -> Iterator[Any]:
-        return iter(self._rows)
+    return _PARAMETER.sub(placeholder, query.replace("%", "%%")), tuple(taken)
 
 
-class Sql:
-    """The SQLAlchemy statements of a participant's effects, run on a psycopg connection: the effects are
-    written once, for the TCC participant's SQLAlchemy connection, and run unchanged in a prepared one."""
+class PreparedQueries:
+    """A participant's effects, written with asyncpg's `$1` parameters for TCC, run unchanged on the psycopg
+    connection of a prepared transaction (`services.common.db.Queries`)."""
 
     def __init__(self, conn: psycopg.AsyncConnection[Any]) -> None:
         self.conn = conn
 
-    async def execute(self, clause: sa.TextClause, params: dict[str, Any] | None = None) -> _Rows:
-        compiled = clause.compile(dialect=_DIALECT)
-        with statement_span(str(compiled)):
-            cursor = await self.conn.execute(str(compiled), compiled.construct_params(params or {}))
-            return _Rows(await cursor.fetchall() if cursor.description else [])
+    async def fetch(self, query: str, *args: Any) -> list[Any]:
+        text, taken = _for_psycopg(query)
+        with statement_span(query):
+            cursor = await self.conn.execute(text, [args[i] for i in taken])
+            return await cursor.fetchall() if cursor.description else []
 
-    async def scalar(self, clause: sa.TextClause, params: dict[str, Any] | None = None) -> Any:
-        row = (await self.execute(clause, params)).first()
-        return row[0] if row is not None else None
+    async def fetchval(self, query: str, *args: Any) -> Any:
+        rows = await self.fetch(query, *args)
+        return rows[0][0] if rows else None
+
+    async def execute(self, query: str, *args: Any) -> None:
+        await self.fetch(query, *args)
 
 
 # what a 3PC can-commit checks: None when the work can be done, else why not
-CanDo = Callable[[Sql, Any], Awaitable[str | None]]
+CanDo = Callable[[PreparedQueries, Any], Awaitable[str | None]]
 
 
 @dataclass
@@ -227,7 +228,7 @@ async def _prepare(conn: psycopg.AsyncConnection[Any], name: str, body: Branch, 
     # waiting on hot rows (each holding its own) outlives an outage by many seconds
     wait = max(0.05, min(deadline - time.time(), MAX_LOCK_WAIT))
     await conn.execute(f"SET LOCAL lock_timeout = '{int(wait * 1000)}ms'")
-    sql = Sql(conn)
+    sql = PreparedQueries(conn)
     try:
         tried = await effects.try_(sql, body)
     except errors.LockNotAvailable:
@@ -307,7 +308,7 @@ async def can_commit(pool: AsyncConnectionPool, body: Branch, check: CanDo) -> d
     async with pool.connection() as conn:
         outcome, _ = await _state(conn, body.gid, body.branch, THREE_PC)
         if outcome is None:
-            why = await check(Sql(conn), body)
+            why = await check(PreparedQueries(conn), body)
             vote = VOTED_NO if why else VOTED_YES
             cursor = await conn.execute(
                 "INSERT INTO tcc_barrier (gid, branch, op, outcome) VALUES (%s, %s, '3pc', %s) "
@@ -317,7 +318,8 @@ async def can_commit(pool: AsyncConnectionPool, body: Branch, check: CanDo) -> d
             outcome, _ = await _state(conn, body.gid, body.branch, THREE_PC)
         ready = outcome == VOTED_YES or (outcome or "").startswith(COMMITTED)
         # a repeated "no" gives its reason again when it still holds (the first answer may have been lost)
-        why = None if ready else (outcome == VOTED_NO and await check(Sql(conn), body)) or f"this branch is {outcome}"
+        why = None if ready else (outcome == VOTED_NO and await check(PreparedQueries(conn), body)) or (
+            f"this branch is {outcome}")
     return {"outcome": outcome, "ready": ready, "repeated": True, **({"why": why} if why else {})}
 
 

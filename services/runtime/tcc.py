@@ -23,12 +23,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
-import sqlalchemy as sa
 from fastapi import APIRouter, Depends, HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.common.auth import require_token
+from services.common.db import Queries, Sql, transaction
 from services.common.tracing import about
 from services.runtime.state import runtime
 
@@ -57,11 +56,12 @@ class Tried:
 
 @dataclass(frozen=True)
 class Effects:
-    """A participant's business effects, each run inside the barrier's transaction."""
+    """A participant's business effects, each run inside the barrier's transaction. They are written once, with
+    asyncpg's `$1` parameters, and run on asyncpg for TCC and on psycopg in a prepared transaction (2PC, 3PC)."""
 
-    try_: Callable[[AsyncConnection, Any], Awaitable[Tried]]
-    confirm: Callable[[AsyncConnection, dict[str, Any]], Awaitable[None]]
-    cancel: Callable[[AsyncConnection, dict[str, Any]], Awaitable[None]]
+    try_: Callable[[Queries, Any], Awaitable[Tried]]
+    confirm: Callable[[Queries, dict[str, Any]], Awaitable[None]]
+    cancel: Callable[[Queries, dict[str, Any]], Awaitable[None]]
 
 
 ANSWER_LOST_SECONDS = 20.0  # how long a `drop` fault holds an answer back: past any caller's patience
@@ -77,73 +77,87 @@ class Refused(Exception):
     """A step that cannot be taken (409): nothing was written."""
 
 
-async def _claim(conn: AsyncConnection, gid: str, branch: str, op: str, outcome: str) -> bool:
+@dataclass(frozen=True)
+class Step:
+    """A barrier row: what a step answered, whether its Try holds something, and what Confirm or Cancel needs."""
+
+    outcome: str
+    held: bool
+    detail: dict[str, Any]
+
+
+async def _claim(db: Sql, gid: str, branch: str, op: str, outcome: str) -> bool:
     """Insert the step's barrier row; False when it exists (waiting first for a transaction inserting it)."""
-    row = await conn.scalar(sa.text(
-        "INSERT INTO tcc_barrier (gid, branch, op, outcome) VALUES (:g, :b, :op, :o) "
-        "ON CONFLICT (gid, branch, op) DO NOTHING RETURNING 1"), {"g": gid, "b": branch, "op": op, "o": outcome})
-    return row is not None
+    return await db.fetchval(
+        "INSERT INTO tcc_barrier (gid, branch, op, outcome) VALUES ($1, $2, $3, $4) "
+        "ON CONFLICT (gid, branch, op) DO NOTHING RETURNING true", gid, branch, op, outcome) is not None
 
 
-async def _read(conn: AsyncConnection, gid: str, branch: str, op: str) -> Any:
-    return (await conn.execute(sa.text(
-        "SELECT outcome, held, detail FROM tcc_barrier WHERE gid = :g AND branch = :b AND op = :op"),
-        {"g": gid, "b": branch, "op": op})).first()
+async def _read(db: Sql, gid: str, branch: str, op: str) -> Step | None:
+    rows = await db.fetch("SELECT outcome, held, CAST(detail AS text) FROM tcc_barrier "
+                          "WHERE gid = $1 AND branch = $2 AND op = $3", gid, branch, op)
+    if not rows:
+        return None
+    outcome, held, detail = rows[0]
+    return Step(outcome, held, json.loads(detail) if detail else {})
 
 
-async def _record(conn: AsyncConnection, gid: str, branch: str, op: str, outcome: str, held: bool = False,
+async def _record(db: Sql, gid: str, branch: str, op: str, outcome: str, held: bool = False,
                   detail: dict[str, Any] | None = None) -> None:
-    await conn.execute(sa.text(
-        "UPDATE tcc_barrier SET outcome = :o, held = :h, detail = CAST(:d AS jsonb) "
-        "WHERE gid = :g AND branch = :b AND op = :op"),
-        {"g": gid, "b": branch, "op": op, "o": outcome, "h": held, "d": json.dumps(detail or {})})
+    await db.execute("UPDATE tcc_barrier SET outcome = $4, held = $5, detail = CAST($6 AS jsonb) "
+                     "WHERE gid = $1 AND branch = $2 AND op = $3", gid, branch, op, outcome, held,
+                     json.dumps(detail or {}))
 
 
-async def try_step(conn: AsyncConnection, body: Branch, effects: Effects) -> dict[str, Any]:
-    if not await _claim(conn, body.gid, body.branch, TRY, "RUNNING"):
-        row = await _read(conn, body.gid, body.branch, TRY)
+async def try_step(db: Sql, body: Branch, effects: Effects) -> dict[str, Any]:
+    if not await _claim(db, body.gid, body.branch, TRY, "RUNNING"):
+        row = await _read(db, body.gid, body.branch, TRY)
+        assert row is not None
         if row.outcome == PREVENTED:
             return {"outcome": "SKIPPED", "ready": False,
                     "why": "its Cancel came first: this Try reserves nothing (anti-hanging)"}
         return {"outcome": row.outcome, "ready": row.held, "repeated": True}
-    savepoint = await conn.begin_nested()
-    tried = await effects.try_(conn, body)
+    savepoint = db.savepoint()
+    await savepoint.start()
+    tried = await effects.try_(db, body)
     if tried.held:
         await savepoint.commit()
     else:
         await savepoint.rollback()  # a refused Try leaves no effect, only its barrier row
-    await _record(conn, body.gid, body.branch, TRY, tried.outcome, tried.held, tried.detail)
+    await _record(db, body.gid, body.branch, TRY, tried.outcome, tried.held, tried.detail)
     return {"outcome": tried.outcome, "ready": tried.held,
             **({"why": tried.detail["why"]} if "why" in tried.detail else {})}
 
 
-async def confirm_step(conn: AsyncConnection, body: Branch, effects: Effects) -> dict[str, Any]:
-    tried = await _read(conn, body.gid, body.branch, TRY)
+async def confirm_step(db: Sql, body: Branch, effects: Effects) -> dict[str, Any]:
+    tried = await _read(db, body.gid, body.branch, TRY)
     if tried is None or not tried.held:
         what = "never arrived" if tried is None else f"ended {tried.outcome}"
         raise Refused(f"cannot confirm branch {body.branch} of {body.gid}: its Try {what}")
-    if await _read(conn, body.gid, body.branch, CANCEL) is not None:
+    if await _read(db, body.gid, body.branch, CANCEL) is not None:
         raise Refused(f"cannot confirm branch {body.branch} of {body.gid}: it was cancelled")
-    if not await _claim(conn, body.gid, body.branch, CONFIRM, CONFIRMED):
+    if not await _claim(db, body.gid, body.branch, CONFIRM, CONFIRMED):
         return {"outcome": CONFIRMED, "repeated": True}
-    await effects.confirm(conn, tried.detail)
+    await effects.confirm(db, tried.detail)
     return {"outcome": CONFIRMED}
 
 
-async def cancel_step(conn: AsyncConnection, body: Branch, effects: Effects) -> dict[str, Any]:
-    if await _read(conn, body.gid, body.branch, CONFIRM) is not None:
+async def cancel_step(db: Sql, body: Branch, effects: Effects) -> dict[str, Any]:
+    if await _read(db, body.gid, body.branch, CONFIRM) is not None:
         raise Refused(f"cannot cancel branch {body.branch} of {body.gid}: it was confirmed")
-    if not await _claim(conn, body.gid, body.branch, CANCEL, CANCELLED):
-        row = await _read(conn, body.gid, body.branch, CANCEL)
+    if not await _claim(db, body.gid, body.branch, CANCEL, CANCELLED):
+        row = await _read(db, body.gid, body.branch, CANCEL)
+        assert row is not None
         return {"outcome": row.outcome, "repeated": True}
-    if await _claim(conn, body.gid, body.branch, TRY, PREVENTED):
-        await _record(conn, body.gid, body.branch, CANCEL, EMPTY_ROLLBACK)
+    if await _claim(db, body.gid, body.branch, TRY, PREVENTED):
+        await _record(db, body.gid, body.branch, CANCEL, EMPTY_ROLLBACK)
         return {"outcome": EMPTY_ROLLBACK}
-    tried = await _read(conn, body.gid, body.branch, TRY)
+    tried = await _read(db, body.gid, body.branch, TRY)
+    assert tried is not None
     if not tried.held:
-        await _record(conn, body.gid, body.branch, CANCEL, NOTHING_TO_UNDO)
+        await _record(db, body.gid, body.branch, CANCEL, NOTHING_TO_UNDO)
         return {"outcome": NOTHING_TO_UNDO}
-    await effects.cancel(conn, tried.detail)
+    await effects.cancel(db, tried.detail)
     return {"outcome": CANCELLED}
 
 
@@ -157,8 +171,8 @@ def tcc_router(service: str, try_body: type[Branch], effects: Effects) -> APIRou
         with about(gid=body.gid, order_id=body.gid):  # a transaction's gid is its order's id
             action = await rt.faults.hit(f"{service}.tcc.{op}")
             try:
-                async with rt.engine.begin() as conn:
-                    answer = await step(conn, body, effects)
+                async with transaction(rt.engine) as db:
+                    answer = await step(db, body, effects)
             except Refused as exc:
                 raise HTTPException(409, str(exc)) from None
             if action == "drop":

@@ -122,6 +122,6 @@ async def test_an_order_reserved_and_settled_in_one_batch_is_written_once_as_it_
                              [order, order.caused("order.cancelled", {"reason": "payment"})])
     assert [e.type for e in emitted] == ["stock.reserved", "stock.released"]
     async with transaction(engine) as db:
-        assert tuple(await db.fetch("SELECT available, reserved, sold FROM products WHERE sku = $1", sku))[0] == (
-            5, 0, 0)
+        stock = await db.fetch("SELECT available, reserved, sold FROM products WHERE sku = $1", sku)
+        assert tuple(stock[0]) == (5, 0, 0)
         assert await db.fetchval("SELECT status FROM reservations WHERE order_id = $1", order.order_id) == "RELEASED"
