@@ -26,6 +26,7 @@ from rich.table import Table
 from services.checker import CannotCheck, Report, run_checks, wait_quiet
 from services.common.faults import Arming, parse_spec
 from services.common.settings import Settings
+from services.common.tracing import http_transport
 from services.seed import SeedPlan, reset_and_seed
 from services.supervisor import Supervisor
 
@@ -127,9 +128,10 @@ class Client:
     def __init__(self, settings: Settings, retry_for: float = 60.0, concurrency: int = 16) -> None:
         self.settings = settings
         self.retry_for = retry_for
-        # one connection pool per LANE orders in flight: httpx's pool costs CPU per request in proportion to its
-        # connections, and at 128 in flight one pool made the load generator, not txlab, the bottleneck
-        self._lanes = [httpx.AsyncClient(timeout=10.0, limits=httpx.Limits(max_connections=LANE))
+        # one connection pool per LANE orders in flight, each sending with aiohttp: httpx's own pool costs CPU per
+        # request in proportion to its connections, and at 128 in flight one pool made the load generator, not
+        # txlab, the bottleneck
+        self._lanes = [httpx.AsyncClient(timeout=10.0, transport=http_transport(httpx.Limits(max_connections=LANE)))
                        for _ in range(max(1, -(-concurrency // LANE)))]
         self._next = itertools.cycle(self._lanes)
         self.http = self._lanes[0]

@@ -19,8 +19,10 @@ import uuid
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+import aiohttp
 import httpx
 import structlog
+from httpx_aiohttp import AiohttpTransport
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
@@ -189,9 +191,31 @@ class TracedTransport(httpx.AsyncBaseTransport):
         await self.inner.aclose()
 
 
+class _Aiohttp(AiohttpTransport):
+    """httpx-aiohttp's transport, raising `httpx.ConnectError` for a refused connection as httpx does (0.2 raises
+    ConnectTimeout: its table puts aiohttp's general connection error first). A refused connection is how a caller
+    tells a process that is down (admin leaves out a coordinator replica that is not running)."""
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        try:
+            return await super().handle_async_request(request)
+        except httpx.TimeoutException as exc:
+            cause = exc.__cause__
+            if isinstance(cause, aiohttp.ClientConnectorError) and not isinstance(cause, aiohttp.ServerTimeoutError):
+                raise httpx.ConnectError(str(exc), request=request) from cause
+            raise
+
+
+def http_transport(limits: httpx.Limits) -> httpx.AsyncBaseTransport:
+    """An httpx transport that sends with aiohttp (httpx-aiohttp): httpcore's pool checks every pooled connection's
+    socket on each request, and that was a fifth of the order service's CPU in a tcc run (measured); aiohttp's
+    pool hands a connection out in constant time."""
+    return _Aiohttp(limits=limits)
+
+
 def traced_client(limits: httpx.Limits | None = None, **kwargs: Any) -> httpx.AsyncClient:
-    """An httpx client whose calls are spans of the current trace."""
-    inner = httpx.AsyncHTTPTransport(limits=limits or httpx.Limits(max_connections=100, max_keepalive_connections=20))
+    """An httpx client whose calls are spans of the current trace, sent with aiohttp (`http_transport`)."""
+    inner = http_transport(limits or httpx.Limits(max_connections=100, max_keepalive_connections=20))
     return httpx.AsyncClient(transport=TracedTransport(inner), **kwargs)
 
 

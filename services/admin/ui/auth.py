@@ -52,7 +52,7 @@ def _same_origin(request: Request) -> bool:
     return request.headers.get("hx-request") == "true"
 
 
-def require_login(request: Request) -> None:
+async def require_login(request: Request) -> None:  # async: checked on the loop, not in a worker thread
     if not authorised(request):
         raise LoginRequired
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
