@@ -22,6 +22,8 @@ import math
 import time
 
 import asyncpg
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 log = logging.getLogger("txlab.admission")
 
@@ -59,8 +61,8 @@ class Admission:
             return self.max_pending
         return min(self.max_pending, max(self.floor, int(self.peak * self.target_seconds)))
 
-    def admit(self) -> None:
-        """Raise `Overloaded` when the backlog is at its bound; otherwise count the order as accepted."""
+    def check(self) -> None:
+        """Raise `Overloaded` when the backlog is at its bound."""
         if self.max_pending <= 0:
             return
         backlog, bound = self.pending + self.accepted + self.placing, self.bound
@@ -68,7 +70,12 @@ class Admission:
             self.refused += 1
             raise Overloaded(f"{backlog} orders are still being settled (at most {bound} may be now, "
                              f"up to {self.peak:.0f} decided/s); retry after {RETRY_AFTER_SECONDS} s")
-        self.placing += 1
+
+    def admit(self) -> None:
+        """Raise `Overloaded` when the backlog is at its bound; otherwise count the order as accepted."""
+        self.check()
+        if self.max_pending > 0:
+            self.placing += 1
 
     def placed(self) -> None:
         """An admitted request placed its order (committed): it counts as accepted until a count includes it."""
@@ -122,3 +129,25 @@ class Admission:
         finally:
             if conn is not None:
                 conn.terminate()
+
+
+class RefuseWhenFull:
+    """`POST /orders` refused before its body is read: while the backlog is full a refusal costs a check, not a
+    request (at 128 in flight the clients' retries are several refusals per placed order, and each went through
+    FastAPI's body parsing, validation and error handling first). An order admitted here is counted by
+    `Admission.admit` in the route, which can still refuse it."""
+
+    def __init__(self, app: ASGIApp, admission: Admission) -> None:
+        self.app = app
+        self.admission = admission
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == "/orders":
+            try:
+                self.admission.check()
+            except Overloaded as exc:
+                refusal = JSONResponse({"detail": str(exc)}, status_code=429,
+                                       headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+                await refusal(scope, receive, send)
+                return
+        await self.app(scope, receive, send)

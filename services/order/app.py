@@ -3,7 +3,7 @@ from fastapi import FastAPI
 
 from services.common.settings import get_settings
 from services.order import coordinated, halfmsg
-from services.order.admission import Admission
+from services.order.admission import Admission, RefuseWhenFull
 from services.order.api import router
 from services.order.handlers import HANDLERS, lock_orders
 from services.runtime.app import create_service_app
@@ -35,6 +35,7 @@ def create_app() -> FastAPI:
                              background=[coordinated.recover, admit_while_running], prepare=lock_orders,
                              metrics=metrics)
     app.state.admission = admission
+    app.add_middleware(RefuseWhenFull, admission=admission)
     app.include_router(halfmsg.router)  # the half-message broker's check-back
     app.include_router(coordinated.router)  # the coordinator's reports
     return app

@@ -1,9 +1,11 @@
 """Admission control's arithmetic: the orders counted undecided plus those accepted since the count, against a
 bound of as many orders as are decided in the target time (Little's law), between a floor and a cap."""
 
+import httpx
 import pytest
+from starlette.responses import JSONResponse
 
-from services.order.admission import Admission, Overloaded
+from services.order.admission import Admission, Overloaded, RefuseWhenFull
 
 
 def test_orders_are_refused_once_the_undecided_ones_reach_the_bound():
@@ -82,3 +84,32 @@ def test_an_order_placed_after_the_count_began_is_not_forgotten():
     admission.admit()
     admission.withdraw()  # it placed nothing
     assert (admission.pending, admission.accepted, admission.placing) == (0, 0, 0)
+
+
+async def test_a_full_backlog_refuses_a_post_before_its_body_is_read():
+    reached: list[str] = []
+
+    async def app(scope, receive, send):
+        reached.append(scope["path"])
+        await JSONResponse({"ok": True}, status_code=201)(scope, receive, send)
+
+    async def body_never_read():
+        raise AssertionError("a refused request's body is not read")
+
+    admission = Admission(max_pending=2)
+    admission.pending = 2
+    refuse = RefuseWhenFull(app, admission)
+    sent: list[dict] = []
+
+    async def send(message):
+        sent.append(message)
+
+    await refuse({"type": "http", "method": "POST", "path": "/orders", "headers": []}, body_never_read, send)
+    assert sent[0]["status"] == 429 and (b"retry-after", b"1") in sent[0]["headers"]
+    assert b"2 orders are still being settled" in sent[1]["body"]
+    assert reached == [] and admission.refused == 1
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(refuse), base_url="http://test") as client:
+        assert (await client.get("/orders")).status_code == 201  # reads are never refused
+        admission.pending = 1
+        assert (await client.post("/orders", json={})).status_code == 201  # the route counts it (admit)
+    assert reached == ["/orders", "/orders"]
