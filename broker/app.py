@@ -38,6 +38,7 @@ from services.common.tracing import traced_client
 from services.messaging.connection import BrokerConnection
 from services.messaging.publisher import Publisher
 from services.messaging.topology import topology_of
+from services.runtime.app import exit_if_failed
 from services.runtime.http_errors import install_error_handlers
 from services.runtime.internal_routes import fault_routes
 from services.runtime.telemetry import TELEMETRY, Metric, counter, gauge, install
@@ -177,6 +178,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await store.release_own(engine, me)  # this process's previous run died holding them
         tasks = [asyncio.create_task(st.checkback.run(), name="broker-checkback"),
                  asyncio.create_task(st.delivery.run(), name="broker-delivery")]
+        for task in tasks:  # a loop that stopped would leave messages undelivered behind a healthy /health
+            task.add_done_callback(exit_if_failed)
         try:
             yield
         finally:

@@ -28,6 +28,7 @@ from services.common.faults import FaultInjector, InjectedFault
 from services.common.settings import Settings
 from services.common.tracing import context_of, tracer
 from services.messaging.connection import capped_backoff
+from services.messaging.failures import is_transient
 from services.messaging.publisher import BrokerUnavailable, Publisher, PublishRefused
 
 log = logging.getLogger("txlab.broker")
@@ -49,8 +50,10 @@ class CheckBack:
             try:
                 done = await self.check_due()
                 failures = 0
-            except (OSError, ConnectionError) as exc:  # the database is away: wait it out
-                failures += 1
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise  # the process exits and its supervisor starts it again (broker/app.py)
+                failures += 1  # the database is away or restarting: wait it out
                 log.warning("check-back paused: %r", exc)
                 await asyncio.sleep(capped_backoff(failures, 0.5, 5.0))
                 continue
@@ -120,8 +123,11 @@ class Delivery:
                 await self.publisher.wait_connected()
                 done = await self.deliver_due()
                 failures = 0
-            except (OSError, ConnectionError) as exc:
-                failures += 1
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise  # the process exits and its supervisor starts it again (broker/app.py)
+                failures += 1  # the database is away or restarting (a restart raised SQLAlchemy's errors, which
+                # stopped this loop for good before: committed messages were never delivered)
                 log.warning("delivery paused: %r", exc)
                 await asyncio.sleep(capped_backoff(failures, 0.5, 5.0))
                 continue

@@ -114,9 +114,12 @@ async def pooled(engine: AsyncEngine) -> AsyncIterator[Sql]:
         driver = (await conn.get_raw_connection()).driver_connection
         try:
             yield Sql(driver)
-        except BaseException:
+        except BaseException as exc:
             if driver.is_closed():  # the server went away: the pool must not hand this connection out again
                 await conn.invalidate()
+                if isinstance(exc, asyncpg.InterfaceError):  # "connection is closed": a lost connection, the
+                    # world's trouble (SQLAlchemy said so by invalidating it), not the statement's
+                    raise ConnectionResetError(f"the database connection was lost ({exc})") from exc
             raise
 
 

@@ -81,7 +81,7 @@ async def service_metrics(rt: Runtime) -> list[Metric]:
 log = logging.getLogger("txlab.service")
 
 
-def _exit_if_failed(task: asyncio.Task[None]) -> None:
+def exit_if_failed(task: asyncio.Task[None]) -> None:
     """A loop that stopped for good (the relay, the consumer, a background loop) would leave work undone behind
     a healthy /health: let the supervisor restart the whole process instead."""
     if not task.cancelled() and task.exception() is not None:
@@ -125,11 +125,11 @@ def create_service_app(service: str, router: APIRouter, handlers: dict[str, Even
         await consumer.start()
         broker.start()
         relay_task = asyncio.create_task(relay.run(), name=f"{service}-relay")
-        relay_task.add_done_callback(_exit_if_failed)
+        relay_task.add_done_callback(exit_if_failed)
         loops = [asyncio.create_task(loop(app.state.rt), name=f"{service}-{loop.__name__}") for loop in background]
         for task in (*loops, consumer.worker):
             if task is not None:
-                task.add_done_callback(_exit_if_failed)
+                task.add_done_callback(exit_if_failed)
         try:
             yield
         finally:
