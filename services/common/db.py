@@ -12,9 +12,7 @@ import psycopg
 from alembic import command
 from alembic.config import Config
 from psycopg import sql
-from sqlalchemy.engine import CursorResult
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from sqlalchemy.sql import Executable
 
 from services.common.settings import Settings
 from services.common.tracing import statement_span, trace_engine
@@ -52,14 +50,6 @@ def make_engine(settings: Settings, service: str, pool_size: int = 10) -> AsyncE
     engine = create_async_engine(settings.dsn(service), pool_size=pool_size, max_overflow=pool_size)
     trace_engine(engine)
     return engine
-
-
-async def execute_alone(engine: AsyncEngine, statement: Executable, params: Any = None) -> CursorResult[Any]:
-    """Run one statement as a transaction of its own: PostgreSQL makes a single statement atomic, so it is sent
-    without BEGIN and COMMIT (one round trip instead of three). Its result is buffered."""
-    async with engine.connect() as conn:
-        conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
-        return await conn.execute(statement, params)
 
 
 class Queries(Protocol):
@@ -131,6 +121,7 @@ async def transaction(engine: AsyncEngine) -> AsyncIterator[Sql]:
 
 
 async def fetch_alone(engine: AsyncEngine, query: str, *args: Any) -> list[asyncpg.Record]:
-    """Run one statement as a transaction of its own, without BEGIN and COMMIT (see `execute_alone`)."""
+    """Run one statement as a transaction of its own: PostgreSQL makes a single statement atomic, so it is sent
+    without BEGIN and COMMIT (one round trip instead of three)."""
     async with pooled(engine) as db:
         return await db.fetch(query, *args)
