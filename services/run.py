@@ -9,6 +9,12 @@ import uvicorn
 from services.common.settings import coordinator_node, get_settings
 from services.runtime.telemetry import setup
 
+# How long a process keeps an idle keep-alive connection open: longer than any client here keeps one (httpx 5 s,
+# aiohttp 15 s), so that the client always closes first. When the server's timer ends first (uvicorn's default
+# is 5 s, httpx's expiry too), a request sent on the connection as it closes is answered by a reset, and the
+# caller sees "Connection reset by peer" for a request that was never read.
+KEEP_ALIVE_SECONDS = 65
+
 APPS = {
     "order": "services.order.app:create_app",
     "inventory": "services.inventory.app:create_app",
@@ -27,7 +33,8 @@ def serve(name: str) -> None:
 
         app = create_app(coordinator_node(name), settings)
     uvicorn.run(app, factory=isinstance(app, str), host=settings.host, port=settings.port(name), log_config=None,
-                log_level="warning", access_log=False, timeout_graceful_shutdown=3)
+                log_level="warning", access_log=False, timeout_graceful_shutdown=3,
+                timeout_keep_alive=KEEP_ALIVE_SECONDS)
 
 
 if __name__ == "__main__":
