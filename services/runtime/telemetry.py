@@ -13,22 +13,21 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
 import sys
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 
 import structlog
 from fastapi import APIRouter, Depends, FastAPI, Query, Response
 from fastapi.telemetry import TelemetryConfig
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
-from opentelemetry.trace import SpanKind, StatusCode
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.process_collector import ProcessCollector
@@ -38,6 +37,7 @@ from services.common.auth import require_token
 from services.common.faults import FIRED
 from services.common.settings import Settings
 from services.common.tracing import QUIET_HEADER
+from services.runtime.ring_tracer import Kept, RingTracer, RingTracerProvider
 
 TRACE_ID = r"^[0-9a-f]{32}$"
 KINDS = r"^(spans|logs|faults)(,(spans|logs|faults))*$"  # which of its rings a telemetry request reads
@@ -60,43 +60,11 @@ class Ring:
 RING = Ring()
 
 
-class Kept(NamedTuple):
-    """A finished span as the ring keeps it: a flat tuple of plain values, which the garbage collector stops
-    tracking (thousands of live span objects made every collection, and so every order, dearer)."""
-
-    trace_id: int
-    span_id: int
-    parent_id: int
-    name: str
-    kind: str
-    start_ns: int
-    end_ns: int
-    error: bool
-    attributes: tuple[tuple[str, Any], ...]
-
-    def attribute(self, name: str) -> Any:
-        return next((v for k, v in self.attributes if k == name), None)
-
-
-class _KeepInRing(SpanProcessor):
-    def on_end(self, span: ReadableSpan) -> None:
-        ctx = span.context
-        RING.spans.append(Kept(ctx.trace_id, ctx.span_id, span.parent.span_id if span.parent else 0, span.name,
-                               _KINDS.get(span.kind, "internal"), span.start_time or 0, span.end_time or 0,
-                               span.status.status_code is StatusCode.ERROR,
-                               tuple((k, v if not isinstance(v, tuple | list) else tuple(v))
-                                     for k, v in (span.attributes or {}).items())))
-
-
 def span_dict(span: Kept) -> dict[str, Any]:
     return {"trace_id": f"{span.trace_id:032x}", "span_id": f"{span.span_id:016x}",
             "parent_id": f"{span.parent_id:016x}" if span.parent_id else None, "name": span.name,
             "kind": span.kind, "process": RING.process, "start": span.start_ns / 1e9, "end": span.end_ns / 1e9,
             "status": "error" if span.error else "ok", "attributes": dict(span.attributes)}
-
-
-_KINDS = {SpanKind.SERVER: "server", SpanKind.CLIENT: "client", SpanKind.PRODUCER: "producer",
-          SpanKind.CONSUMER: "consumer", SpanKind.INTERNAL: "internal"}
 
 
 def _with_trace(logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
@@ -126,16 +94,19 @@ def setup(process: str, settings: Settings) -> None:
         return
     _set_up = True
     if settings.tracing:
-        provider = TracerProvider(resource=Resource.create({"service.name": f"txlab-{process}"}))
-        provider.add_span_processor(_KeepInRing())
+        export = None
         if settings.otlp_endpoint:
             from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
             endpoint = settings.otlp_endpoint.rstrip("/")
             if not endpoint.endswith("/v1/traces"):
                 endpoint += "/v1/traces"
-            provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint, timeout=5)))
+            export = BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint, timeout=5))
+        resource = Resource.create({"service.name": f"txlab-{process}"})
+        provider = RingTracerProvider(RingTracer(RING.spans.append, export, resource))
         trace.set_tracer_provider(provider)
+        if export is not None:
+            atexit.register(provider.shutdown)  # what the exporter still holds is sent before the process ends
     shared: list[Any] = [structlog.contextvars.merge_contextvars, structlog.stdlib.add_log_level,
                          structlog.stdlib.add_logger_name, _with_trace,
                          structlog.processors.TimeStamper(fmt="iso", utc=True)]
