@@ -45,9 +45,11 @@ def migrate(settings: Settings, service: str) -> None:
     command.upgrade(cfg, "head")
 
 
-def make_engine(settings: Settings, service: str, pool_size: int = 10) -> AsyncEngine:
-    """The service's engine; its statements are spans of the trace at hand."""
-    engine = create_async_engine(settings.dsn(service), pool_size=pool_size, max_overflow=pool_size)
+def make_engine(settings: Settings, service: str) -> AsyncEngine:
+    """The service's engine (`settings.db_pool_size` connections kept); its statements are spans of the trace at
+    hand."""
+    size = settings.db_pool_size
+    engine = create_async_engine(settings.dsn(service), pool_size=size, max_overflow=max(size // 4, 1))
     trace_engine(engine)
     return engine
 

@@ -41,6 +41,10 @@ class Settings(BaseSettings):
     tracing: bool = True
     otlp_endpoint: str | None = None
     db_prefix: str = "txlab"  # databases are <prefix>_order, <prefix>_inventory, ...
+    # connections each service keeps open to its database (and a quarter more while busy, closed again after):
+    # above what it keeps, every checkout opens a connection (a PostgreSQL process) and closes it afterwards.
+    # With 10, 1,500 tcc orders at 32 in flight opened 1,044 connections; with 32, none beyond the first
+    db_pool_size: int = Field(32, ge=1)
     bus_prefix: str = ""  # prepended to every exchange and queue name (isolates test runs)
     relay_batch: int = 200
     relay_poll_seconds: float = 1.0

@@ -38,7 +38,7 @@ class Counted(Sql):
 async def engines(settings):
     for service in ("inventory", "payment"):
         await asyncio.to_thread(migrate, settings, service)
-    engines = {s: make_engine(settings, s, pool_size=1) for s in ("inventory", "payment")}
+    engines = {s: make_engine(settings.model_copy(update={"db_pool_size": 1}), s) for s in ("inventory", "payment")}
     yield engines
     for engine in engines.values():
         await engine.dispose()

@@ -119,7 +119,7 @@ async def test_the_worlds_errors_never_count_toward_parking(settings, topology, 
 @pytest.fixture(scope="module")
 async def engine(settings):
     await asyncio.to_thread(migrate, settings, "payment")
-    engine = make_engine(settings, "payment", pool_size=1)
+    engine = make_engine(settings.model_copy(update={"db_pool_size": 1}), "payment")
     yield engine
     await engine.dispose()
 
