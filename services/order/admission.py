@@ -117,7 +117,9 @@ class Admission:
                         conn = await asyncpg.connect(dsn, timeout=5)
                     accepted = self.accepted  # placed before the count began: in it
                     pending = await conn.fetchval(_PENDING, timeout=5) or 0
-                except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError,
+                        asyncpg.InternalClientError) as exc:  # the last: a count cut short by a restart left the
+                    # connection mid-operation ("cannot switch to state 12"), and it ended the service once
                     log.debug("cannot count undecided orders (%r)", exc)
                     if conn is not None:
                         conn.terminate()

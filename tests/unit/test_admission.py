@@ -113,3 +113,49 @@ async def test_a_full_backlog_refuses_a_post_before_its_body_is_read():
         admission.pending = 1
         assert (await client.post("/orders", json={})).status_code == 201  # the route counts it (admit)
     assert reached == ["/orders", "/orders"]
+
+
+async def test_the_count_goes_on_after_a_connection_left_mid_operation(monkeypatch):
+    """PostgreSQL restarting during a count can leave asyncpg's connection mid-operation: the next statement
+    raises InternalClientError. The count opens a new connection and goes on; the service goes on."""
+    import asyncio
+
+    import asyncpg
+
+    from services.order import admission as module
+
+    class Conn:
+        def __init__(self, answer):
+            self.answer = answer
+            self.terminated = False
+
+        def is_closed(self):
+            return self.terminated
+
+        def terminate(self):
+            self.terminated = True
+
+        async def fetchval(self, query, timeout=None):
+            if isinstance(self.answer, BaseException):
+                raise self.answer
+            return self.answer
+
+    opened = [Conn(asyncpg.InternalClientError("cannot switch to state 12; another operation (2) is in progress")),
+              Conn(7)]
+
+    async def connect(dsn, timeout=None):
+        return opened.pop(0) if opened else Conn(7)
+
+    monkeypatch.setattr(module.asyncpg, "connect", connect)
+    monkeypatch.setattr(module, "SAMPLE_SECONDS", 0.01)
+    admission = Admission(max_pending=100)
+    admission.admit()
+    admission.placed()  # an order to count
+    watching = asyncio.create_task(admission.watch("postgresql://unused"))
+    for _ in range(200):
+        await asyncio.sleep(0.01)
+        if admission.pending == 7:
+            break
+    assert not watching.done(), watching.exception() if watching.done() else None
+    watching.cancel()
+    assert admission.pending == 7 and not opened
