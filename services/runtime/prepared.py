@@ -1,8 +1,8 @@
 """2PC and 3PC participants: the work of a branch held in a PostgreSQL prepared transaction.
 
-A branch's prepared transaction is named `txlab:<gid>:<branch>`; it is driven with psycopg's two-phase API
-(`tpc_begin`, `tpc_prepare`, `tpc_commit`, `tpc_rollback`, `tpc_recover`), which SQLAlchemy's asyncio layer
-and asyncpg lack. The business effects are the TCC participant's own (`Effects`): the work of Try and of
+A branch's prepared transaction is named `txlab:<gid>:<branch>`; `PREPARE TRANSACTION` ends it (see `Pools`),
+and psycopg's two-phase API (`tpc_commit`, `tpc_rollback`, `tpc_recover`), which SQLAlchemy's asyncio layer and
+asyncpg lack, finishes it. The business effects are the TCC participant's own (`Effects`): the work of Try and of
 Confirm, run in one transaction and prepared, so that COMMIT PREPARED makes it final and ROLLBACK PREPARED
 leaves no trace. The barrier table remembers what happened once the prepared transaction is gone:
 
