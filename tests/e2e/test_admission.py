@@ -2,6 +2,7 @@
 429 with Retry-After and places nothing; the door opens again as the backlog settles."""
 
 import asyncio
+import re
 
 import httpx
 import psycopg
@@ -35,7 +36,11 @@ async def test_a_full_backlog_refuses_with_retry_after_and_places_nothing(settin
         refused = await http.post("/orders", json=BODY, headers={"Idempotency-Key": "refused-once"})
         assert refused.status_code == 429, refused.text
         assert refused.headers["retry-after"] == "1"
-        assert "3 orders are still being settled (at most 3 may be now" in refused.json()["detail"]
+        # 3, or more for a moment: an order committed while the undecided ones were being counted is in the count
+        # and still among those accepted since, until the next count (admission counts an order twice at most,
+        # never not at all)
+        backlog = re.match(r"(\d+) orders are still being settled \(at most 3 may be now", refused.json()["detail"])
+        assert backlog is not None and 3 <= int(backlog.group(1)) <= 6, refused.json()["detail"]
         assert _count(settings) == before, "a refused order is not placed"
         await settled(settings, [r.json()["id"] for r in first], within=30)
         await asyncio.sleep(0.5)  # the next count of undecided orders finds none
