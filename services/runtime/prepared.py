@@ -170,7 +170,7 @@ class Pools:
                     await conn.execute("ROLLBACK")  # an unprepared transaction leaves nothing
             raise
         finally:
-            await self.prepares.putconn(conn)  # the pool closes it if it is still in a transaction
+            await self.prepares.putconn(conn)  # the pool rolls back (or closes) one still in a transaction
 
 
 PREPARES = 10  # prepares at once in a participant
