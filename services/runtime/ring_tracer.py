@@ -26,8 +26,8 @@ from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
-KINDS = {SpanKind.SERVER: "server", SpanKind.CLIENT: "client", SpanKind.PRODUCER: "producer",
-         SpanKind.CONSUMER: "consumer", SpanKind.INTERNAL: "internal"}
+_KIND_NAMES = {SpanKind.SERVER: "server", SpanKind.CLIENT: "client", SpanKind.PRODUCER: "producer",
+                SpanKind.CONSUMER: "consumer", SpanKind.INTERNAL: "internal"}
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 _random_bits = random.getrandbits
 _now = time.time_ns
@@ -147,7 +147,7 @@ class RingTracer(trace.Tracer):
     def finished(self, span: RingSpan, end_ns: int) -> None:
         context, parent = span._context, span._parent
         self.keep(Kept(context.trace_id, context.span_id, parent.span_id if parent else 0, span._name,
-                       KINDS.get(span._kind, "internal"), span._start, end_ns, span._error is not None,
+                       _KIND_NAMES.get(span._kind, "internal"), span._start, end_ns, span._error is not None,
                        tuple(span._attributes.items())))
         if self.export is not None:
             status = Status(StatusCode.ERROR, span._error) if span._error is not None else Status(StatusCode.UNSET)
