@@ -100,6 +100,40 @@ def txlab_cpu_seconds(settings: Settings) -> float:
     return total
 
 
+# the servers' processes, by the name the kernel gives them (/proc/<pid>/stat): PostgreSQL's postmaster and
+# backends, RabbitMQ's Erlang VM and its helpers
+SERVER_PROCESSES = {"postgres": "postgres", "beam.smp": "rabbitmq", "erl_child_setup": "rabbitmq",
+                    "inet_gethost": "rabbitmq"}
+
+
+def server_cpu_seconds() -> dict[str, float]:
+    """CPU time (user + system) used so far by the PostgreSQL and RabbitMQ processes this machine runs, whoever
+    their user, by server. A server in a container or on another machine is not seen (0): its figure is
+    unknown, not zero."""
+    tick = os.sysconf("SC_CLK_TCK")
+    totals = {"postgres": 0.0, "rabbitmq": 0.0}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            head, tail = (proc / "stat").read_text().rsplit(")", 1)
+        except OSError:
+            continue
+        server = SERVER_PROCESSES.get(head.split("(", 1)[1])
+        if server is not None:
+            fields = tail.split()
+            totals[server] += (int(fields[11]) + int(fields[12])) / tick
+    return totals
+
+
+def machine_cpu_seconds() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine so far, from /proc/stat: busy is all but idle and iowait."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    tick = os.sysconf("SC_CLK_TCK")
+    idle = values[3] + (values[4] if len(values) > 4 else 0)
+    return (sum(values) - idle) / tick, sum(values) / tick
+
+
 @dataclass
 class Row:
     """One pattern at one concurrency: what `--json` writes, one object per row."""
@@ -121,6 +155,10 @@ class Row:
     refused: int  # POST /orders answered 429 (admission control), each retried after its Retry-After
     rejected: int  # POST /orders answered another 4xx
     invariants_hold: bool
+    pg_cpu_ms_per_order: float = 0.0  # PostgreSQL's processes (0: not seen from here, e.g. in a container)
+    mq_cpu_ms_per_order: float = 0.0  # RabbitMQ's
+    busy_cores: float = 0.0  # how many of the machine's cores were busy, on average, during the run
+    cores: int = 0
 
 
 @dataclass
@@ -129,11 +167,14 @@ class _Mark:
     messages: int
     cpu: float
     checker: int
+    servers: dict[str, float]
+    machine: tuple[float, float]
 
 
 def _mark(settings: Settings) -> _Mark:
     commits, messages = commits_and_messages(settings)
-    return _Mark(commits, messages, txlab_cpu_seconds(settings), sum(checker.OWN_TRANSACTIONS.values()))
+    return _Mark(commits, messages, txlab_cpu_seconds(settings), sum(checker.OWN_TRANSACTIONS.values()),
+                 server_cpu_seconds(), machine_cpu_seconds())
 
 
 def _row(pattern: str, c: int, tps: float, result: DemoResult, before: _Mark, after: _Mark) -> Row:
@@ -141,12 +182,17 @@ def _row(pattern: str, c: int, tps: float, result: DemoResult, before: _Mark, af
     # (one per database)
     commits = after.commits - before.commits - (after.checker - before.checker) - len(DATABASES)
     n = max(result.placed, 1)
+    busy, total = (a - b for a, b in zip(after.machine, before.machine, strict=True))
+    cores = os.cpu_count() or 1
     return Row(pattern, c, result.settled_per_s, result.throughput, tps, result.settled_per_s / tps,
                percentile(result.post_latencies, 50) * 1000, percentile(result.post_latencies, 99) * 1000,
                percentile(result.e2e_latencies, 50) * 1000, percentile(result.e2e_latencies, 99) * 1000,
                commits / n, (after.messages - before.messages) / n, (after.cpu - before.cpu) * 1000 / n,
                result.placed, result.refused, result.rejected,
-               result.report is not None and result.report.exit_code == 0)
+               result.report is not None and result.report.exit_code == 0,
+               (after.servers["postgres"] - before.servers["postgres"]) * 1000 / n,
+               (after.servers["rabbitmq"] - before.servers["rabbitmq"]) * 1000 / n,
+               busy / total * cores if total > 0 else 0.0, cores)
 
 
 def run(prog: str, argv: list[str], patterns: list[str], reference: str = "", levels: tuple[int, ...] = (8, 32),
@@ -164,7 +210,7 @@ def run(prog: str, argv: list[str], patterns: list[str], reference: str = "", le
     parser.add_argument("--compare", type=Path, default=None,
                         help="rows an earlier run wrote with --json: print each figure before → now")
     args = parser.parse_args(argv)
-    console = Console(width=max(Console().width, 200))
+    console = Console(width=max(Console().width, 240))
     settings = get_settings()
     if args.store:
         settings = settings.model_copy(update={"coordinator_store": args.store})
@@ -191,7 +237,11 @@ def run(prog: str, argv: list[str], patterns: list[str], reference: str = "", le
                   "fast POST /orders accepted them. "
                   "commits/order counts the transactions the service databases and the broker's committed during "
                   "the run (not the checker's); msgs/order the messages published with confirms (outbox rows, "
-                  "half messages); CPU ms/order the user + system time of every txlab process")
+                  "half messages); CPU ms/order the user + system time of every txlab process; PG + MQ ms/order the "
+                  "same for PostgreSQL's and RabbitMQ's processes on this machine (not seen when they run in a "
+                  "container or elsewhere); busy cores how much of the machine was busy during the run, the load "
+                  "generator included. When the cores are all busy, orders/s is what the CPU allows: txlab's, "
+                  "PostgreSQL's and RabbitMQ's milliseconds per order together, into the cores' seconds")
     if reference:
         console.print(reference)
     if args.compare:
@@ -217,15 +267,23 @@ def chart(rows: list[Row], title: str) -> Figure:
 def render_rows(rows: list[Row], title: str) -> Table:
     table = Table(title=title)
     for col in ("pattern", "in flight", "orders/s", "placed/s", "POST p50 / p99", "e2e p50 / p99", "commits/order",
-                "msgs/order", "CPU ms/order", "refused", "pgbench -N tps", "orders/s ÷ tps", "invariants"):
+                "msgs/order", "CPU ms/order", "PG + MQ ms/order", "busy cores", "refused", "pgbench -N tps",
+                "orders/s ÷ tps", "invariants"):
         table.add_column(col, justify="right")
     for r in rows:
         table.add_row(r.pattern, str(r.in_flight), f"{r.orders_per_s:.1f}", f"{r.placed_per_s:.1f}",
                       f"{ms(r.post_p50_ms / 1000)} / {ms(r.post_p99_ms / 1000)}",
                       f"{ms(r.e2e_p50_ms / 1000)} / {ms(r.e2e_p99_ms / 1000)}", f"{r.commits_per_order:.1f}",
-                      f"{r.messages_per_order:.1f}", f"{r.cpu_ms_per_order:.1f}", str(r.refused),
+                      f"{r.messages_per_order:.1f}", f"{r.cpu_ms_per_order:.1f}", _servers(r),
+                      f"{r.busy_cores:.1f} of {r.cores}" if r.cores else "–", str(r.refused),
                       f"{r.pgbench_tps:.0f}", f"{r.ratio:.4f}", "hold" if r.invariants_hold else "[red]VIOLATED[/red]")
     return table
+
+
+def _servers(r: Row) -> str:
+    if not r.pg_cpu_ms_per_order and not r.mq_cpu_ms_per_order:
+        return "not seen"
+    return f"{r.pg_cpu_ms_per_order:.1f} + {r.mq_cpu_ms_per_order:.1f}"
 
 
 def load_rows(path: Path) -> list[Row]:

@@ -125,6 +125,7 @@ def first_decision_after(settings: Settings, since: float) -> float:
     return float(first) - since
 
 
+@pytest.mark.stops_servers
 async def test_rabbitmq_stopped_under_load_every_order_converges_with_no_manual_step(own_settings):
     async def stop_for_a_while() -> float:
         await asyncio.to_thread(servers.stop_rabbitmq)
@@ -141,6 +142,7 @@ async def test_rabbitmq_stopped_under_load_every_order_converges_with_no_manual_
     assert seen.placed_during > 0, "orders are accepted while RabbitMQ is down (the outbox holds their events)"
 
 
+@pytest.mark.stops_servers
 async def test_postgresql_restarted_under_load_every_order_converges(own_settings):
     async def restart() -> None:
         await asyncio.to_thread(servers.restart_postgres)

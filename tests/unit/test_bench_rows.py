@@ -9,7 +9,7 @@ from dataclasses import asdict
 
 from rich.console import Console
 
-from bench.outbox import Row, load_rows, render_comparison, txlab_cpu_seconds
+from bench.outbox import Row, load_rows, machine_cpu_seconds, render_comparison, server_cpu_seconds, txlab_cpu_seconds
 from services.common.settings import Settings
 
 ROWS = [Row(p, c, 40.0 + c, 45.0 + c, 7000.0, (40.0 + c) / 7000.0, 100.0, 300.0, 200.0, 900.0 + c, 11.0, 0.0, 25.0,
@@ -51,3 +51,30 @@ def test_a_comparison_reads_an_earlier_runs_json_and_gives_each_figure_before_an
     text = console.export_text()
     assert "75.0 → 25.0" in text and "0.33" in text, text
     assert text.count("outbox") == 3 and "2pc" not in text, "only rows both runs measured"
+
+
+def test_a_process_the_kernel_names_postgres_counts_as_postgresqls_cpu():
+    """A child that names itself `postgres` (prctl PR_SET_NAME, as the kernel shows a backend) and burns 0.3 s
+    of CPU raises PostgreSQL's figure by about that much."""
+    burn = ("import ctypes, time\nctypes.CDLL(None).prctl(15, b'postgres', 0, 0, 0)\nprint('named', flush=True)\n"
+            "end = time.process_time() + 0.3\nwhile time.process_time() < end: pass\nprint('burnt', flush=True)\n"
+            "time.sleep(30)")
+    before = server_cpu_seconds()
+    proc = subprocess.Popen([sys.executable, "-c", burn], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline() == "named\n" and proc.stdout.readline() == "burnt\n"
+        after = server_cpu_seconds()
+        assert after["postgres"] - before["postgres"] >= 0.25
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_the_machines_busy_time_grows_with_work_and_never_passes_its_total():
+    busy0, total0 = machine_cpu_seconds()
+    end = time.process_time() + 0.2
+    while time.process_time() < end:
+        pass
+    busy1, total1 = machine_cpu_seconds()
+    assert busy1 - busy0 >= 0.15
+    assert 0 < busy1 - busy0 <= total1 - total0

@@ -43,6 +43,7 @@ def local_settings(tmp_path):
     destroy(s)
 
 
+@pytest.mark.stops_servers
 async def test_a_rabbitmq_outage_delays_delivery_and_never_counts_or_parks(local_settings, producer):
     await declare_topology(local_settings)
     async with Supervisor(local_settings, names=("broker",)), httpx.AsyncClient(
