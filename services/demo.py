@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import itertools
 import random
+import signal
 import statistics
 import time
 import uuid
@@ -120,6 +121,7 @@ def retry_after(response: httpx.Response, default: float = 1.0) -> float:
 
 
 LANE = 16
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
 
 class Client:
@@ -206,8 +208,31 @@ async def running_system(settings: Settings, console: Console) -> AsyncIterator[
         return
     console.print("[dim]starting the services (logs in "
                   f"{settings.log_dir})…[/dim]")
-    async with Supervisor(settings) as sup:
-        yield sup
+    # The children run in sessions of their own (a Ctrl-C in the terminal reaches this process alone, which stops
+    # them in order). SIGTERM and SIGHUP would end this process without a word and leave them running, holding
+    # their ports: they stop the run as Ctrl-C does, then exit 128 + the signal.
+    loop, task = asyncio.get_running_loop(), asyncio.current_task()
+    caught: list[int] = []
+
+    def stop_on(sig: int) -> None:
+        caught.append(sig)
+        if task is not None:
+            task.cancel()
+
+    for sig in STOP_SIGNALS:
+        loop.add_signal_handler(sig, stop_on, sig)
+    try:
+        async with Supervisor(settings) as sup:
+            yield sup
+    except asyncio.CancelledError:
+        if caught:
+            console.print(f"[yellow]stopped by {signal.Signals(caught[0]).name}; the services it started are "
+                          "stopped[/yellow]")
+            raise SystemExit(128 + caught[0]) from None
+        raise
+    finally:
+        for sig in STOP_SIGNALS:
+            loop.remove_signal_handler(sig)
 
 
 def e2e_latencies(settings: Settings) -> tuple[dict[str, int], list[float], float]:
