@@ -218,6 +218,40 @@ class ShardedCache:
         stats.hits += 1
         return True, msgpack.unpackb(raw, raw=False)
 
+    async def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
+        """The keys found, with their values: one MGET per owner node, the nodes asked at once; a failing or
+        cooling node's keys read as not found."""
+        by_node: dict[str, list[str]] = {}
+        for key in keys:
+            by_node.setdefault(self._ring.node_for(key), []).append(key)
+
+        async def read(name: str, owned: list[str]) -> list[tuple[str, bytes | None]]:
+            _, raws = await self._call(name, lambda client: client.mget([self._key(k) for k in owned]))
+            return list(zip(owned, raws or [None] * len(owned), strict=True))
+
+        found: dict[str, Any] = {}
+        for name, pairs in zip(by_node, await asyncio.gather(*(read(n, o) for n, o in by_node.items())),
+                               strict=True):
+            stats = self._stats[name]
+            for key, raw in pairs:
+                if raw is None:
+                    stats.misses += 1
+                else:
+                    stats.hits += 1
+                    found[key] = msgpack.unpackb(raw, raw=False)
+        return found
+
+    async def get_or_load_many(self, loads: Mapping[str, Loader], ttl: float | None = None) -> dict[str, Any]:
+        """`get_or_load` for several keys, in one MGET per node for the keys no load is in flight for (an order's
+        catalogue lookups: a round trip per node instead of one per key). A key not found there goes through
+        `get_or_load` (single flight; it reads the node once more before loading)."""
+        values = await self.get_many(k for k in loads if k not in self._flights)
+        rest = [k for k in loads if k not in values]
+        for key, value in zip(rest, await asyncio.gather(*(self.get_or_load(k, loads[k], ttl) for k in rest)),
+                              strict=True):
+            values[key] = value
+        return values
+
     async def set(self, key: str, value: Any, ttl: float | None = None) -> None:
         """Store `value` on the key's owner for `ttl` seconds (capped at max_ttl); given up if it fails."""
         name = self._ring.node_for(key)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import re
 import uuid
@@ -17,6 +16,7 @@ from fastapi.encoders import jsonable_encoder
 from pydantic import AfterValidator, BaseModel, Field, field_validator
 
 from services.cache.keys import CATALOGUE_TTL, ORDER_TTL, customer_key, order_key, product_key
+from services.cache.sharded import Loader
 from services.common.identifiers import Identifier
 from services.common.tracing import about
 from services.order.admission import RETRY_AFTER_SECONDS, Overloaded
@@ -99,22 +99,23 @@ async def _lookup(rt: Runtime, url: str, fields: tuple[str, ...]) -> dict[str, A
     return {f: body[f] for f in fields}
 
 
-async def _product(rt: Runtime, sku: str) -> dict[str, Any] | None:
+def _product(rt: Runtime, sku: str) -> Loader:
     url = f"{rt.settings.url('inventory')}/products/{quote(sku, safe='')}"
-    return await rt.cache.get_or_load(product_key(sku), lambda: _lookup(rt, url, ("sku", "name", "price_cents")),
-                                      ttl=CATALOGUE_TTL)
+    return lambda: _lookup(rt, url, ("sku", "name", "price_cents"))
 
 
-async def _customer(rt: Runtime, customer_id: str) -> dict[str, Any] | None:
+def _customer(rt: Runtime, customer_id: str) -> Loader:
     url = f"{rt.settings.url('payment')}/customers/{quote(customer_id, safe='')}"
-    return await rt.cache.get_or_load(customer_key(customer_id), lambda: _lookup(rt, url, ("id", "name")),
-                                      ttl=CATALOGUE_TTL)
+    return lambda: _lookup(rt, url, ("id", "name"))
 
 
 async def _price_items(rt: Runtime, body: OrderIn) -> list[Item]:
-    """Validate the skus and the customer (read through the sharded cache) and price the items."""
-    *products, customer = await asyncio.gather(*(_product(rt, i.sku) for i in body.items),
-                                               _customer(rt, body.customer_id))
+    """Validate the skus and the customer (read through the sharded cache, a round trip per cache node) and price
+    the items."""
+    loads = {product_key(i.sku): _product(rt, i.sku) for i in body.items}
+    loads[customer_key(body.customer_id)] = _customer(rt, body.customer_id)
+    found = await rt.cache.get_or_load_many(loads, ttl=CATALOGUE_TTL)
+    products, customer = [found[product_key(i.sku)] for i in body.items], found[customer_key(body.customer_id)]
     unknown = [i.sku for i, p in zip(body.items, products, strict=True) if p is None]
     if unknown:
         raise HTTPException(422, f"unknown sku(s): {', '.join(unknown)}")

@@ -179,6 +179,48 @@ async def test_a_node_that_does_not_answer_reads_as_a_miss(prefix: str) -> None:
         assert (stats.errors, stats.skipped) == (1, 2), "start found it failing: the read and the store skip it"
 
 
+async def test_get_or_load_many_reads_each_node_once_and_loads_only_what_is_missing(prefix: str) -> None:
+    async with _cache(prefix) as cache:
+        keys = [f"m{i}" for i in range(12)]
+        assert {cache.ring.node_for(k) for k in keys} == set(NODES), "the keys span every node"
+        for key in keys[:8]:
+            await cache.set(key, {"v": key}, ttl=30)
+        before = {n: (s.hits, s.misses) for n, s in cache.stats().items()}
+        loaders = {k: Counter({"loaded": k}) for k in keys}
+        values = await cache.get_or_load_many(loaders, ttl=30)
+        assert values == {k: {"v": k} for k in keys[:8]} | {k: {"loaded": k} for k in keys[8:]}
+        assert [loaders[k].calls for k in keys] == [0] * 8 + [1] * 4
+        hits = sum(s.hits - before[n][0] for n, s in cache.stats().items())
+        assert hits == 8, "each key found is counted once"
+        assert await cache.get_many(keys) == {k: {"v": k} for k in keys[:8]} | {k: {"loaded": k} for k in keys[8:]}, \
+            "the loaded values were stored"
+
+
+async def test_get_many_sends_one_mget_per_node(prefix: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with _cache(prefix) as cache:
+        keys = [f"n{i}" for i in range(30)]
+        calls: list[str] = []
+        real = cache._call
+
+        async def counted(name, op):
+            calls.append(name)
+            return await real(name, op)
+
+        monkeypatch.setattr(cache, "_call", counted)
+        assert await cache.get_many(keys) == {}
+        assert sorted(calls) == sorted({cache.ring.node_for(k) for k in keys})
+
+
+async def test_get_many_reads_a_node_that_does_not_answer_as_missing(prefix: str) -> None:
+    nodes = {**NODES, "127.0.0.1:1": "redis://127.0.0.1:1"}
+    async with ShardedCache(nodes, prefix=prefix) as cache:
+        dead = next(f"d{i}" for i in range(1000) if cache.ring.node_for(f"d{i}") == "127.0.0.1:1")
+        live = next(f"d{i}" for i in range(1000) if cache.ring.node_for(f"d{i}") != "127.0.0.1:1")
+        await cache.set(live, 1, ttl=30)
+        values = await cache.get_or_load_many({dead: Counter("fresh"), live: Counter("unused")})
+        assert values == {dead: "fresh", live: 1}
+
+
 async def test_ring_info_describes_nodes_points_and_shares(prefix: str) -> None:
     async with _cache(prefix) as cache:
         info = cache.ring_info()
