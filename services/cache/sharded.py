@@ -243,13 +243,13 @@ class ShardedCache:
 
     async def get_or_load_many(self, loads: Mapping[str, Loader], ttl: float | None = None) -> dict[str, Any]:
         """`get_or_load` for several keys, in one MGET per node for the keys no load is in flight for (an order's
-        catalogue lookups: a round trip per node instead of one per key). A key not found there goes through
-        `get_or_load` (single flight; it reads the node once more before loading)."""
-        values = await self.get_many(k for k in loads if k not in self._flights)
-        rest = [k for k in loads if k not in values]
-        for key, value in zip(rest, await asyncio.gather(*(self.get_or_load(k, loads[k], ttl) for k in rest)),
-                              strict=True):
-            values[key] = value
+        catalogue lookups: a round trip per node instead of one per key). A key not found there is loaded as by
+        `get_or_load` (single flight), without reading it again."""
+        asked = [k for k in loads if k not in self._flights]
+        values = await self.get_many(asked)
+        rest, missed = [k for k in loads if k not in values], set(asked)  # rest: missed, or in flight before
+        loaded = await asyncio.gather(*(self._get_or_load(k, loads[k], ttl, read=k not in missed) for k in rest))
+        values.update(zip(rest, loaded, strict=True))
         return values
 
     async def set(self, key: str, value: Any, ttl: float | None = None) -> None:
@@ -263,10 +263,15 @@ class ShardedCache:
 
     async def get_or_load(self, key: str, loader: Loader, ttl: float | None = None) -> Any:
         """The cached value, or the loader's (stored for `ttl`); one load per key at a time."""
+        return await self._get_or_load(key, loader, ttl, read=True)
+
+    async def _get_or_load(self, key: str, loader: Loader, ttl: float | None, read: bool) -> Any:
+        """`get_or_load`; a flight started here reads the node first only if `read` (False: the caller has just
+        read the key and missed)."""
         flight = self._flights.get(key)
         if flight is None:
             flight = _Flight()
-            flight.task = asyncio.ensure_future(self._fetch(key, loader, ttl, flight))
+            flight.task = asyncio.ensure_future(self._fetch(key, loader, ttl, flight, read))
             self._flights[key] = flight
             flight.task.add_done_callback(lambda _task, key=key, flight=flight: self._land(key, flight))
         else:
@@ -278,10 +283,11 @@ class ShardedCache:
         if self._flights.get(key) is flight:
             del self._flights[key]
 
-    async def _fetch(self, key: str, loader: Loader, ttl: float | None, flight: _Flight) -> Any:
-        found, value = await self.get(key)
-        if found:
-            return value
+    async def _fetch(self, key: str, loader: Loader, ttl: float | None, flight: _Flight, read: bool) -> Any:
+        if read:
+            found, value = await self.get(key)
+            if found:
+                return value
         value = await loader()
         if not flight.stale:
             await self.set(key, value, ttl)

@@ -191,9 +191,19 @@ async def test_get_or_load_many_reads_each_node_once_and_loads_only_what_is_miss
         assert values == {k: {"v": k} for k in keys[:8]} | {k: {"loaded": k} for k in keys[8:]}
         assert [loaders[k].calls for k in keys] == [0] * 8 + [1] * 4
         hits = sum(s.hits - before[n][0] for n, s in cache.stats().items())
-        assert hits == 8, "each key found is counted once"
+        misses = sum(s.misses - before[n][1] for n, s in cache.stats().items())
+        assert (hits, misses) == (8, 4), "each key is read once: found or missed"
         assert await cache.get_many(keys) == {k: {"v": k} for k in keys[:8]} | {k: {"loaded": k} for k in keys[8:]}, \
             "the loaded values were stored"
+
+
+async def test_get_or_load_many_joins_a_load_already_in_flight(prefix: str) -> None:
+    async with _cache(prefix) as cache:
+        first, second = Counter("first", delay=0.1), Counter("second")
+        running = asyncio.ensure_future(cache.get_or_load("f1", first, ttl=30))
+        await asyncio.sleep(0.02)  # its flight has begun
+        assert await cache.get_or_load_many({"f1": second}, ttl=30) == {"f1": "first"}
+        assert await running == "first" and (first.calls, second.calls) == (1, 0)
 
 
 async def test_get_many_sends_one_mget_per_node(prefix: str, monkeypatch: pytest.MonkeyPatch) -> None:
