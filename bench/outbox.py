@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import subprocess
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -79,24 +80,34 @@ def main(argv: list[str]) -> int:
 ALL_PATTERNS = ["outbox", "halfmsg", "tcc", "2pc", "3pc"]
 
 
-def txlab_cpu_seconds(settings: Settings) -> float:
-    """CPU time (user + system) used so far by every process of this installation: the services, the broker,
-    the coordinator's replicas and admin (each runs `-m services.run` with this installation's
-    TXLAB_DB_PREFIX). Not the load generator, not PostgreSQL or RabbitMQ."""
+def _cpu_by_process() -> Iterator[tuple[Path, str, float]]:
+    """Each process's directory under /proc, its name as the kernel gives it, and the CPU time (user + system) it
+    has used so far."""
     tick = os.sysconf("SC_CLK_TCK")
-    mine = f"TXLAB_DB_PREFIX={settings.db_prefix}".encode()
-    total = 0.0
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
         try:
-            if b"services.run" not in (proc / "cmdline").read_bytes() or mine not in (
+            head, tail = (proc / "stat").read_text().rsplit(")", 1)
+        except OSError:  # gone meanwhile
+            continue
+        fields = tail.split()
+        yield proc, head.split("(", 1)[1], (int(fields[11]) + int(fields[12])) / tick  # utime, stime (14 and 15)
+
+
+def txlab_cpu_seconds(settings: Settings) -> float:
+    """CPU time (user + system) used so far by every process of this installation: the services, the broker,
+    the coordinator's replicas and admin (each runs `-m services.run` with this installation's
+    TXLAB_DB_PREFIX). Not the load generator, not PostgreSQL or RabbitMQ."""
+    mine = f"TXLAB_DB_PREFIX={settings.db_prefix}".encode()
+    total = 0.0
+    for proc, _, seconds in _cpu_by_process():
+        try:
+            if b"services.run" in (proc / "cmdline").read_bytes() and mine in (
                     proc / "environ").read_bytes().split(b"\0"):
-                continue
-            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+                total += seconds
         except OSError:  # gone meanwhile, or not ours to read
             continue
-        total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime (fields 14 and 15 of stat)
     return total
 
 
@@ -110,19 +121,11 @@ def server_cpu_seconds() -> dict[str, float]:
     """CPU time (user + system) used so far by the PostgreSQL and RabbitMQ processes this machine runs, whoever
     their user, by server. A server in a container or on another machine is not seen (0): its figure is
     unknown, not zero."""
-    tick = os.sysconf("SC_CLK_TCK")
     totals = {"postgres": 0.0, "rabbitmq": 0.0}
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            head, tail = (proc / "stat").read_text().rsplit(")", 1)
-        except OSError:
-            continue
-        server = SERVER_PROCESSES.get(head.split("(", 1)[1])
+    for _, name, seconds in _cpu_by_process():
+        server = SERVER_PROCESSES.get(name)
         if server is not None:
-            fields = tail.split()
-            totals[server] += (int(fields[11]) + int(fields[12])) / tick
+            totals[server] += seconds
     return totals
 
 

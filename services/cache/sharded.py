@@ -210,8 +210,12 @@ class ShardedCache:
     async def get(self, key: str) -> tuple[bool, Any]:
         """(found, value) from the key's owner; a failing or cooling node reads as not found."""
         name = self._ring.node_for(key)
-        stats = self._stats[name]
         _, raw = await self._call(name, lambda client: client.get(self._key(key)))
+        return self._received(name, raw)
+
+    def _received(self, name: str, raw: bytes | None) -> tuple[bool, Any]:
+        """(found, value) of a key's reply from node `name` (None: not there, or the node failed), counted."""
+        stats = self._stats[name]
         if raw is None:
             stats.misses += 1
             return False, None
@@ -232,13 +236,10 @@ class ShardedCache:
         found: dict[str, Any] = {}
         for name, pairs in zip(by_node, await asyncio.gather(*(read(n, o) for n, o in by_node.items())),
                                strict=True):
-            stats = self._stats[name]
             for key, raw in pairs:
-                if raw is None:
-                    stats.misses += 1
-                else:
-                    stats.hits += 1
-                    found[key] = msgpack.unpackb(raw, raw=False)
+                there, value = self._received(name, raw)
+                if there:
+                    found[key] = value
         return found
 
     async def get_or_load_many(self, loads: Mapping[str, Loader], ttl: float | None = None) -> dict[str, Any]:
