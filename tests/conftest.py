@@ -83,13 +83,7 @@ def own_redis_servers(count: int) -> Iterator[list[OwnRedis]]:
     started: list[OwnRedis] = []
     try:
         for _ in range(count):
-            port = free_port()
-            process = subprocess.Popen(
-                ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
-            started.append(OwnRedis(port, process))
-        for server in started:
-            _wait_answers(server)
+            started.append(_start_redis())
         yield started
     finally:
         for server in started:
@@ -103,18 +97,34 @@ def own_redis_servers(count: int) -> Iterator[list[OwnRedis]]:
                 server.process.wait()
 
 
-def _wait_answers(server: OwnRedis, within: float = 10.0) -> None:
+def _start_redis(tries: int = 5) -> OwnRedis:
+    """A redis-server of ours, answering on its port. A free port can be taken by another process (another lane's
+    server, say) before redis-server binds it: then ours exits, or the one that answers is not ours (its
+    process id says), and another port is tried."""
+    for _ in range(tries):
+        port = free_port()
+        process = subprocess.Popen(
+            ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+        server = OwnRedis(port, process)
+        if _answers(server):
+            return server
+        process.kill()
+        process.wait()
+    raise RuntimeError(f"no redis-server of ours started in {tries} tries")
+
+
+def _answers(server: OwnRedis, within: float = 10.0) -> bool:
+    """True once our redis-server answers on its port; False if it exited, or another process answers there."""
     deadline = time.monotonic() + within
     client = redis.Redis(host="127.0.0.1", port=server.port, socket_timeout=1, socket_connect_timeout=1)
     try:
-        while True:
+        while server.process.poll() is None and time.monotonic() < deadline:
             try:
-                client.ping()
-                return
+                return int(client.info("server")["process_id"]) == server.process.pid
             except (redis.RedisError, OSError):
-                if server.process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"redis-server on port {server.port} did not start") from None
                 time.sleep(0.05)
+        return False
     finally:
         client.close()
 
