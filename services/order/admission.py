@@ -12,11 +12,21 @@ accepted order waits about the target for the orders ahead of it, whichever patt
 The backlog is counted every `SAMPLE_SECONDS`, plus the orders accepted since, so a burst cannot slip in
 between two counts; the rate of decisions comes from the same counts. `TXLAB_ADMISSION_MAX_PENDING=0` turns
 admission control off.
+
+A request that finds the backlog full waits in line, first come first served, for at most
+`TXLAB_ADMISSION_WAIT_SECONDS` (2 s): each count that finds orders decided lets as many waiting requests in as
+there is room, in the order they came, and a request that comes while others wait queues behind them. Only a
+request that waited that long, or finds as many others waiting as `max_pending`, is answered 429 with
+Retry-After. Waiting costs a parked coroutine; a refusal costs the client a retry, and at 128 in flight the
+retries were several requests per placed order, each a fresh draw in which an unlucky client could lose many
+times in a row (POST's p99 reached 8 to 17 s). A waiting request is not accepted: nothing is placed until it
+is let in, and the backlog's bound holds as before. `TXLAB_ADMISSION_WAIT_SECONDS=0` refuses at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import math
 import time
@@ -41,10 +51,13 @@ class Overloaded(Exception):
 
 
 class Admission:
-    def __init__(self, max_pending: int, target_seconds: float = 0.5, floor: int = FLOOR) -> None:
+    def __init__(self, max_pending: int, target_seconds: float = 0.5, floor: int = FLOOR,
+                 wait_seconds: float = 0.0) -> None:
         self.max_pending = max_pending
         self.target_seconds = target_seconds
         self.floor = floor
+        self.wait_seconds = wait_seconds  # how long a request may wait in line for room before it is refused
+        self.waiting: collections.deque[asyncio.Future[None]] = collections.deque()  # first come, first let in
         self.pending = 0  # at the last count
         self.accepted = 0  # placed since the last count
         # admitted and not yet placed: a count whose snapshot came before their commit misses them, and they
@@ -61,21 +74,52 @@ class Admission:
             return self.max_pending
         return min(self.max_pending, max(self.floor, int(self.peak * self.target_seconds)))
 
-    def check(self) -> None:
-        """Raise `Overloaded` when the backlog is at its bound."""
+    @property
+    def backlog(self) -> int:
+        return self.pending + self.accepted + self.placing
+
+    def _refuse(self, waited: float = 0.0) -> Overloaded:
+        self.refused += 1
+        backlog, bound = self.backlog, self.bound
+        after = f" after waiting {waited:.1f} s" if waited else ""
+        return Overloaded(f"{backlog} orders are still being settled (at most {bound} may be now, "
+                          f"up to {self.peak:.0f} decided/s){after}; retry after {RETRY_AFTER_SECONDS} s")
+
+    async def enter(self) -> None:
+        """Count the order as accepted once there is room for it, waiting in line for at most `wait_seconds`;
+        raise `Overloaded` when it waited that long, or the line is full."""
         if self.max_pending <= 0:
             return
-        backlog, bound = self.pending + self.accepted + self.placing, self.bound
-        if backlog >= bound:
-            self.refused += 1
-            raise Overloaded(f"{backlog} orders are still being settled (at most {bound} may be now, "
-                             f"up to {self.peak:.0f} decided/s); retry after {RETRY_AFTER_SECONDS} s")
-
-    def admit(self) -> None:
-        """Raise `Overloaded` when the backlog is at its bound; otherwise count the order as accepted."""
-        self.check()
-        if self.max_pending > 0:
+        if not self.waiting and self.backlog < self.bound:
             self.placing += 1
+            return
+        if self.wait_seconds <= 0 or len(self.waiting) >= self.max_pending:
+            raise self._refuse()
+        turn = asyncio.get_running_loop().create_future()
+        self.waiting.append(turn)
+        try:
+            async with asyncio.timeout(self.wait_seconds):
+                await turn
+        except BaseException as exc:  # waited its limit (TimeoutError), or the client went away (cancelled)
+            if turn.done() and not turn.cancelled():  # it had been let in: its place is counted
+                if isinstance(exc, TimeoutError):
+                    return  # let in at the last moment: it goes ahead
+                self.withdraw()  # gone: its place goes to the next in line
+                raise
+            if turn in self.waiting:
+                self.waiting.remove(turn)
+            if isinstance(exc, TimeoutError):
+                raise self._refuse(self.wait_seconds) from None
+            raise
+
+    def _let_in(self) -> None:
+        """Let waiting requests in, first come first, while there is room."""
+        bound = self.bound
+        while self.waiting and self.backlog < bound:
+            turn = self.waiting.popleft()
+            if not turn.done():  # one cancelled a moment ago is still in line until its request leaves it
+                self.placing += 1
+                turn.set_result(None)
 
     def placed(self) -> None:
         """An admitted request placed its order (committed): it counts as accepted until a count includes it."""
@@ -87,6 +131,7 @@ class Admission:
         """An admitted request placed nothing (it failed, or replayed an earlier order): do not count it."""
         if self.max_pending > 0:
             self.placing -= 1
+            self._let_in()
 
     def counted(self, pending: int, accepted: int, seconds: float) -> None:
         """Take a new count: `pending` orders undecided, `accepted` of them admitted since the count before,
@@ -99,6 +144,7 @@ class Admission:
         self.peak = max(self.rate, self.peak * math.exp(-seconds / PEAK_SECONDS))
         self.pending = pending
         self.accepted -= accepted  # those were committed before the count, or are in it
+        self._let_in()
 
     async def watch(self, dsn: str) -> None:
         """Count the undecided orders until cancelled, on a connection of its own (a count waiting behind busy
@@ -133,23 +179,51 @@ class Admission:
                 conn.terminate()
 
 
-class RefuseWhenFull:
-    """`POST /orders` refused before its body is read: while the backlog is full a refusal costs a check, not a
-    request (at 128 in flight the clients' retries are several refusals per placed order, and each went through
-    FastAPI's body parsing, validation and error handling first). An order admitted here is counted by
-    `Admission.admit` in the route, which can still refuse it."""
+TICKET = "txlab.admission"  # the scope key under which the route finds its request's `Ticket`
+
+
+class Ticket:
+    """An admitted request's place in the backlog: the route says `placed` once its order committed; otherwise,
+    when the request ends (it failed, replayed an earlier order, or its body was refused), the place is given
+    back to the next in line."""
+
+    def __init__(self, admission: Admission) -> None:
+        self.admission = admission
+        self.settled = False
+
+    def placed(self) -> None:
+        if not self.settled:
+            self.settled = True
+            self.admission.placed()
+
+    def withdraw(self) -> None:
+        if not self.settled:
+            self.settled = True
+            self.admission.withdraw()
+
+
+class AdmitInTurn:
+    """`POST /orders` admitted, made to wait its turn, or refused, before its body is read: while the backlog is
+    full a request waits in line (`Admission.enter`), and a refusal costs a check, not a request (FastAPI's body
+    parsing, validation and error handling come after). The route finds the request's `Ticket` in the scope."""
 
     def __init__(self, app: ASGIApp, admission: Admission) -> None:
         self.app = app
         self.admission = admission
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == "/orders":
-            try:
-                self.admission.check()
-            except Overloaded as exc:
-                refusal = JSONResponse({"detail": str(exc)}, status_code=429,
-                                       headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
-                await refusal(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
+        if not (scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == "/orders"):
+            await self.app(scope, receive, send)
+            return
+        try:
+            await self.admission.enter()
+        except Overloaded as exc:
+            refusal = JSONResponse({"detail": str(exc)}, status_code=429,
+                                   headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+            await refusal(scope, receive, send)
+            return
+        ticket = scope[TICKET] = Ticket(self.admission)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            ticket.withdraw()

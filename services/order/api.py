@@ -19,7 +19,7 @@ from services.cache.keys import CATALOGUE_TTL, ORDER_TTL, customer_key, order_ke
 from services.cache.sharded import Loader
 from services.common.identifiers import Identifier
 from services.common.tracing import about
-from services.order.admission import RETRY_AFTER_SECONDS, Overloaded
+from services.order.admission import TICKET
 from services.order.coordinated import NotBegun
 from services.order.domain import OrderStatus
 from services.order.halfmsg import BrokerRefused, TooLate
@@ -156,21 +156,12 @@ async def create_order(body: OrderIn, request: Request, response: Response,
 
     An Idempotency-Key is 1 to 200 printable ASCII characters (`!` to `~`, spaces only between them); an
     empty, blank, longer or non-ASCII one is a 422 and places nothing. While too many orders are undecided
-    (`TXLAB_ADMISSION_MAX_PENDING`) the answer is 429 with Retry-After, and nothing is placed."""
-    admission = request.app.state.admission
-    try:
-        admission.admit()
-    except Overloaded as exc:
-        raise HTTPException(429, str(exc), headers={"Retry-After": str(RETRY_AFTER_SECONDS)}) from exc
-    try:
-        order, placed = await _place(runtime(request), body, response, idempotency_key)
-    except BaseException:
-        admission.withdraw()
-        raise
-    if placed:
-        admission.placed()
-    else:  # a replay of an order placed before
-        admission.withdraw()
+    (`TXLAB_ADMISSION_MAX_PENDING`) the request waits its turn for up to `TXLAB_ADMISSION_WAIT_SECONDS`, then
+    the answer is 429 with Retry-After, and nothing is placed."""
+    order, placed = await _place(runtime(request), body, response, idempotency_key)
+    ticket = request.scope.get(TICKET)
+    if placed and ticket is not None:  # a replay placed nothing: its place goes back when the request ends
+        ticket.placed()
     return order
 
 

@@ -3,7 +3,7 @@ from fastapi import FastAPI
 
 from services.common.settings import get_settings
 from services.order import coordinated, halfmsg
-from services.order.admission import Admission, RefuseWhenFull
+from services.order.admission import Admission, AdmitInTurn
 from services.order.api import router
 from services.order.handlers import HANDLERS, lock_orders
 from services.runtime.app import create_service_app
@@ -15,7 +15,8 @@ _BY_PATTERN_AND_STATE = sa.text("SELECT pattern, status, count(*) AS n FROM orde
 
 def create_app() -> FastAPI:
     settings = get_settings()
-    admission = Admission(settings.admission_max_pending, settings.admission_target_seconds)
+    admission = Admission(settings.admission_max_pending, settings.admission_target_seconds,
+                          wait_seconds=settings.admission_wait_seconds)
 
     async def admit_while_running(rt: Runtime) -> None:
         await admission.watch(rt.settings.raw_dsn("order"))
@@ -29,13 +30,15 @@ def create_app() -> FastAPI:
                         [((), admission.refused)]),
                 gauge("admission_bound", "undecided orders admitted at most, now", [], [((), admission.bound)]),
                 gauge("orders_undecided", "orders not yet decided, at the last count", [],
-                      [((), admission.pending)])]
+                      [((), admission.pending)]),
+                gauge("admission_waiting", "POST /orders waiting in line for room, now", [],
+                      [((), len(admission.waiting))])]
 
     app = create_service_app("order", router, HANDLERS, settings,
                              background=[coordinated.recover, admit_while_running], prepare=lock_orders,
                              metrics=metrics)
     app.state.admission = admission
-    app.add_middleware(RefuseWhenFull, admission=admission)
+    app.add_middleware(AdmitInTurn, admission=admission)
     app.include_router(halfmsg.router)  # the half-message broker's check-back
     app.include_router(coordinated.router)  # the coordinator's reports
     return app
