@@ -23,6 +23,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from services.common.db import fetch_alone
+
 
 class State(enum.StrEnum):
     HALF = "HALF"
@@ -68,21 +70,35 @@ class Claimed:
 async def _history(conn: AsyncConnection, message_id: uuid.UUID, kind: str, **detail: Any) -> None:
     await conn.execute(sa.text("INSERT INTO half_message_history (message_id, kind, detail) "
                                "VALUES (:id, :kind, CAST(:detail AS jsonb))"),
-                       {"id": message_id, "kind": kind, "detail": json.dumps(detail)})
+                       {"id": message_id, "kind": kind, "detail": _detail(**detail)})
+
+
+# A message and its first history row, in one statement (PostgreSQL makes it atomic: no BEGIN and COMMIT)
+_CREATE = (
+    "WITH m AS (INSERT INTO half_messages (id, topic, body, producer, check_url, state, next_check_at) "
+    "VALUES ($1, $2, $3::text::jsonb, $4, $5, 'HALF', now() + make_interval(secs => $6)) RETURNING id) "
+    "INSERT INTO half_message_history (message_id, kind, detail) SELECT id, 'transition', $7::text::jsonb FROM m")
+# A decision and its history row, in one statement; the state read beside them is the one before (a
+# statement's parts share one snapshot), which is what a call that changed nothing reports
+_DECIDE = (
+    "WITH d AS (UPDATE half_messages SET state = $2::text, updated_at = now(), claimed_by = NULL, "
+    "claimed_until = NULL, next_delivery_at = CASE WHEN $2::text = 'COMMITTED' THEN now() END "
+    "WHERE id = $1 AND state IN ('HALF', 'PARKED') RETURNING id), "
+    "h AS (INSERT INTO half_message_history (message_id, kind, detail) SELECT id, 'transition', $3::text::jsonb "
+    "FROM d) "
+    "SELECT EXISTS (SELECT FROM d) AS changed, (SELECT state FROM half_messages WHERE id = $1) AS state")
+
+
+def _detail(**detail: Any) -> str:
+    return json.dumps(detail)
 
 
 async def create(engine: AsyncEngine, topic: str, body: dict[str, Any], producer: str, check_url: str,
                  immunity_seconds: float) -> uuid.UUID:
     """Store a HALF message; its first check-back falls due after the immunity time."""
     message_id = uuid.uuid4()
-    async with engine.begin() as conn:
-        await conn.execute(sa.text(
-            "INSERT INTO half_messages (id, topic, body, producer, check_url, state, next_check_at) "
-            "VALUES (:id, :topic, CAST(:body AS jsonb), :producer, :url, 'HALF', "
-            "now() + make_interval(secs => :immunity))"),
-            {"id": message_id, "topic": topic, "body": json.dumps(body), "producer": producer, "url": check_url,
-             "immunity": immunity_seconds})
-        await _history(conn, message_id, "transition", to=State.HALF, by=producer)
+    await fetch_alone(engine, _CREATE, message_id, topic, json.dumps(body), producer, check_url,
+                      float(immunity_seconds), _detail(to=State.HALF, by=producer))
     return message_id
 
 
@@ -90,19 +106,14 @@ async def decide(engine: AsyncEngine, message_id: uuid.UUID, decision: Decision,
     """Commit or roll back an undecided message. Returns its state and whether this call changed it (False:
     the same decision was taken before). Raises NotFound, or Conflict if the opposite decision was."""
     to = OUTCOME[decision]
-    async with engine.begin() as conn:
-        row = (await conn.execute(sa.text(
-            "UPDATE half_messages SET state = :to, updated_at = now(), claimed_by = NULL, claimed_until = NULL, "
-            "next_delivery_at = CASE WHEN :to = 'COMMITTED' THEN now() END "
-            "WHERE id = :id AND state IN ('HALF', 'PARKED') RETURNING state"),
-            {"id": message_id, "to": to.value})).first()
-        if row is not None:
-            await _history(conn, message_id, "transition", to=to, by=by)
-            return to, True
-        state = await _state(conn, message_id)
+    (changed, state), = await fetch_alone(engine, _DECIDE, message_id, to.value, _detail(to=to, by=by))
+    if changed:
+        return to, True
+    if state is None:
+        raise NotFound(str(message_id))
     if state in ALREADY[decision]:
-        return state, False
-    raise Conflict(state)
+        return State(state), False
+    raise Conflict(State(state))
 
 
 async def _state(conn: AsyncConnection, message_id: uuid.UUID) -> State:
@@ -162,30 +173,48 @@ async def record_check(engine: AsyncEngine, me: str, message_id: uuid.UUID, answ
         return State(row.state)
 
 
-async def claim_deliveries(engine: AsyncEngine, me: str, lease_seconds: float, limit: int) -> list[Claimed]:
-    async with engine.begin() as conn:
-        rows = (await conn.execute(sa.text(
-            "UPDATE half_messages SET claimed_by = :me, claimed_until = now() + make_interval(secs => :lease) "
-            "WHERE id IN (SELECT id FROM half_messages "
-            "  WHERE state = 'COMMITTED' AND next_delivery_at <= now() "
-            "  AND (claimed_until IS NULL OR claimed_until < now()) "
-            "  ORDER BY next_delivery_at LIMIT :limit FOR UPDATE SKIP LOCKED) "
-            "RETURNING id, topic, body, check_url, delivery_attempts"),
-            {"me": me, "lease": lease_seconds, "limit": limit})).all()
-    return [Claimed(r.id, r.topic, r.body, r.check_url, r.delivery_attempts) for r in rows]
+@dataclass(frozen=True)
+class Due:
+    """A COMMITTED message claimed for delivery: its body as PostgreSQL prints the JSONB, published as it is."""
+
+    id: uuid.UUID
+    topic: str
+    body: str
+    message_id: str | None  # an envelope's own id (consumers dedupe on it), its trace and its order
+    traceparent: str | None
+    order_id: str | None
+    attempts: int  # delivery attempts RabbitMQ refused so far
 
 
-async def delivered(engine: AsyncEngine, me: str, message_id: uuid.UUID) -> bool:
-    async with engine.begin() as conn:
-        row = (await conn.execute(sa.text(
-            "UPDATE half_messages SET state = 'DELIVERED', updated_at = now(), claimed_by = NULL, "
-            "claimed_until = NULL, last_error = NULL, next_delivery_at = NULL "
-            "WHERE id = :id AND state = 'COMMITTED' AND claimed_by = :me RETURNING id"),
-            {"id": message_id, "me": me})).first()
-        if row is not None:
-            await _history(conn, message_id, "delivery", ok=True, by=me)
-            await _history(conn, message_id, "transition", to=State.DELIVERED, by=me)
-        return row is not None
+_CLAIM_DELIVERIES = (
+    "UPDATE half_messages SET claimed_by = $1, claimed_until = now() + make_interval(secs => $2) "
+    "WHERE id IN (SELECT id FROM half_messages WHERE state = 'COMMITTED' AND next_delivery_at <= now() "
+    "AND (claimed_until IS NULL OR claimed_until < now()) ORDER BY next_delivery_at LIMIT $3 FOR UPDATE SKIP LOCKED) "
+    "RETURNING id, topic, CAST(body AS text), body->>'message_id', body->>'traceparent', body->>'order_id', "
+    "delivery_attempts")
+# A batch marked DELIVERED, with each message's two history rows (the delivery, then the transition), in one
+# statement
+_DELIVERED = (
+    "WITH d AS (UPDATE half_messages SET state = 'DELIVERED', updated_at = now(), claimed_by = NULL, "
+    "claimed_until = NULL, last_error = NULL, next_delivery_at = NULL "
+    "WHERE id = ANY($1::uuid[]) AND state = 'COMMITTED' AND claimed_by = $2 RETURNING id) "
+    "INSERT INTO half_message_history (message_id, kind, detail) "
+    "SELECT d.id, e.kind, e.detail FROM d CROSS JOIN (VALUES (1, 'delivery', $3::text::jsonb), "
+    "(2, 'transition', $4::text::jsonb)) AS e(n, kind, detail) ORDER BY d.id, e.n "
+    "RETURNING message_id")
+
+
+async def claim_deliveries(engine: AsyncEngine, me: str, lease_seconds: float, limit: int) -> list[Due]:
+    rows = await fetch_alone(engine, _CLAIM_DELIVERIES, me, float(lease_seconds), limit)
+    return [Due(*r) for r in rows]
+
+
+async def delivered(engine: AsyncEngine, me: str, message_ids: list[uuid.UUID]) -> int:
+    """Mark the messages this process claimed and published DELIVERED; return how many were (a message whose
+    claim ran out and went to another process meanwhile is left to it)."""
+    rows = await fetch_alone(engine, _DELIVERED, message_ids, me, _detail(ok=True, by=me),
+                             _detail(to=State.DELIVERED, by=me))
+    return len(rows) // 2
 
 
 async def delivery_failed(engine: AsyncEngine, me: str, message_id: uuid.UUID, error: str, retry_in: float,

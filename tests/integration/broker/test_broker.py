@@ -30,8 +30,26 @@ async def test_a_half_message_reaches_consumers_only_once_committed(broker, prod
     assert received.bodies == [{"n": "1", "note": "caf\u00e9"}]  # the body, unchanged
     assert await eventually(lambda: _delivered(broker, mid))
     history = (await broker.get(f"/messages/{mid}")).json()["history"]
-    assert [h.get("to") for h in history if h["kind"] == "transition"] == ["HALF", "COMMITTED", "DELIVERED"]
+    assert [(h["kind"], h.get("to") or h.get("ok")) for h in history] == [
+        ("transition", "HALF"), ("transition", "COMMITTED"), ("delivery", True), ("transition", "DELIVERED")]
     assert all(h["at"] for h in history)
+    assert [h["at"] for h in history] == sorted(h["at"] for h in history)
+
+
+async def test_a_batch_of_committed_messages_is_delivered_each_once(broker, producer, received):
+    producer.answers = {}
+    ids = [(await broker.post("/messages", json=half(producer, f"batch-{i}"))).json()["id"] for i in range(20)]
+    for mid in ids:
+        assert (await broker.post(f"/messages/{mid}/commit")).status_code == 200
+    for mid in ids:
+        assert await eventually(lambda mid=mid: _delivered(broker, mid))
+    batch = {f"batch-{i}" for i in range(20)}
+    await eventually(lambda: batch <= received.ids().keys(), what="every message received")
+    await asyncio.sleep(0.5)  # time for a second copy to arrive, were one sent
+    assert {n: c for n, c in received.ids().items() if n in batch} == dict.fromkeys(batch, 1), "each once"
+    for mid in ids:
+        history = (await broker.get(f"/messages/{mid}")).json()["history"]
+        assert [h["kind"] for h in history] == ["transition", "transition", "delivery", "transition"], history
 
 
 async def _delivered(broker: httpx.AsyncClient, mid: str) -> bool:
