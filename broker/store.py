@@ -78,15 +78,16 @@ _CREATE = (
     "WITH m AS (INSERT INTO half_messages (id, topic, body, producer, check_url, state, next_check_at) "
     "VALUES ($1, $2, $3::text::jsonb, $4, $5, 'HALF', now() + make_interval(secs => $6)) RETURNING id) "
     "INSERT INTO half_message_history (message_id, kind, detail) SELECT id, 'transition', $7::text::jsonb FROM m")
-# A decision and its history row, in one statement; the state read beside them is the one before (a
-# statement's parts share one snapshot), which is what a call that changed nothing reports
+# A decision and its history row, in one statement
 _DECIDE = (
     "WITH d AS (UPDATE half_messages SET state = $2::text, updated_at = now(), claimed_by = NULL, "
     "claimed_until = NULL, next_delivery_at = CASE WHEN $2::text = 'COMMITTED' THEN now() END "
-    "WHERE id = $1 AND state IN ('HALF', 'PARKED') RETURNING id), "
-    "h AS (INSERT INTO half_message_history (message_id, kind, detail) SELECT id, 'transition', $3::text::jsonb "
-    "FROM d) "
-    "SELECT EXISTS (SELECT FROM d) AS changed, (SELECT state FROM half_messages WHERE id = $1) AS state")
+    "WHERE id = $1 AND state IN ('HALF', 'PARKED') RETURNING id) "
+    "INSERT INTO half_message_history (message_id, kind, detail) SELECT id, 'transition', $3::text::jsonb FROM d "
+    "RETURNING message_id")
+# read on its own, not in the statement above: its snapshot would show the state from before a decision that
+# committed while the statement waited for the row (a check-back's), and report a conflict that is none
+_STATE = "SELECT state FROM half_messages WHERE id = $1"
 
 
 def _detail(**detail: Any) -> str:
@@ -106,21 +107,15 @@ async def decide(engine: AsyncEngine, message_id: uuid.UUID, decision: Decision,
     """Commit or roll back an undecided message. Returns its state and whether this call changed it (False:
     the same decision was taken before). Raises NotFound, or Conflict if the opposite decision was."""
     to = OUTCOME[decision]
-    (changed, state), = await fetch_alone(engine, _DECIDE, message_id, to.value, _detail(to=to, by=by))
-    if changed:
+    if await fetch_alone(engine, _DECIDE, message_id, to.value, _detail(to=to, by=by)):
         return to, True
-    if state is None:
+    rows = await fetch_alone(engine, _STATE, message_id)
+    if not rows:
         raise NotFound(str(message_id))
+    state = State(rows[0][0])
     if state in ALREADY[decision]:
-        return State(state), False
-    raise Conflict(State(state))
-
-
-async def _state(conn: AsyncConnection, message_id: uuid.UUID) -> State:
-    row = (await conn.execute(sa.text("SELECT state FROM half_messages WHERE id = :id"), {"id": message_id})).first()
-    if row is None:
-        raise NotFound(str(message_id))
-    return State(row.state)
+        return state, False
+    raise Conflict(state)
 
 
 async def claim_checks(engine: AsyncEngine, me: str, lease_seconds: float, limit: int,

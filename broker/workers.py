@@ -139,10 +139,13 @@ class Delivery:
         """Publish a batch of due messages together (their confirms pipelined), then mark the ones published
         DELIVERED in one statement."""
         claimed = await store.claim_deliveries(self.engine, self.me, self.settings.broker_lease_seconds, BATCH)
-        published = await asyncio.gather(*(self.deliver(m) for m in claimed))
-        sent = [m.id for m, ok in zip(claimed, published, strict=True) if ok]
-        if sent:
+        published = await asyncio.gather(*(self.deliver(m) for m in claimed), return_exceptions=True)
+        sent = [m.id for m, ok in zip(claimed, published, strict=True) if ok is True]
+        if sent:  # whatever happened to the others: those published are marked, not published again
             await store.delivered(self.engine, self.me, sent)
+        error = next((e for e in published if isinstance(e, BaseException)), None)
+        if error is not None:  # the loop waits it out (a server away) or ends the process (a bug)
+            raise error
         return len(claimed)
 
     async def deliver(self, m: Due) -> bool:

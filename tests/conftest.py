@@ -107,8 +107,13 @@ def _start_redis(tries: int = 5) -> OwnRedis:
             ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
         server = OwnRedis(port, process)
-        if _answers(server):
-            return server
+        try:
+            if _answers(server):
+                return server
+        except BaseException:
+            process.kill()
+            process.wait()
+            raise
         process.kill()
         process.wait()
     raise RuntimeError(f"no redis-server of ours started in {tries} tries")

@@ -53,8 +53,9 @@ class Settings(BaseSettings):
     publish_confirm_timeout: float = Field(5.0, gt=0)
     consumer_prefetch: int = 64
     consumer_batch: int = 64  # most messages a consumer applies in one transaction
-    # POST /orders waits in line, then answers 429 (Retry-After), while more orders are undecided than are decided in the target
-    # time at the present rate (never fewer than 32), and at most this many; 0: never (services/order/admission.py)
+    # While more orders are undecided than are decided in the target time at the present rate (never fewer than
+    # 32), and at most this many, POST /orders waits in line, then answers 429 (Retry-After); 0: never
+    # (services/order/admission.py)
     admission_max_pending: int = Field(200, ge=0)
     admission_target_seconds: float = Field(0.5, ge=0)
     admission_wait_seconds: float = Field(2.0, ge=0)  # a request waits in line this long for room, then 429

@@ -56,7 +56,7 @@ async def test_a_request_waits_its_turn_and_is_placed_once_the_backlog_settles(s
     async with httpx.AsyncClient(base_url=settings.url("order"), timeout=10.0) as http, \
             httpx.AsyncClient(base_url=settings.url("admin"), timeout=10.0,
                               headers={"authorization": f"Bearer {settings.admin_token}"}) as admin:
-        first = await _three_held(http, admin, 1000)  # undecided for a second: less than the wait
+        first = await _three_held(http, admin, 2000)  # undecided for 2 s: less than the wait
         started = time.monotonic()
         waited = await http.post("/orders", json=BODY)
         assert waited.status_code == 201, waited.text
