@@ -223,8 +223,12 @@ class KVApi:
     async def _change_membership(self, req: Request) -> Response:
         body = _body(req)
         op, target = _field(body, "op"), _field(body, "node")
-        if op not in CONF_CHANGE_OPS or not isinstance(target, int) or target < 1:
+        if op not in CONF_CHANGE_OPS or not isinstance(target, int) or isinstance(target, bool) or target < 1:
             raise BadRequest('use {"op": "add-learner" | "promote" | "remove" | "add", "node": <id >= 1>}')
+        top = self.node.cfg.max_node_id
+        if target > top:  # its ports would not exist, or be another node's: no such node can be a member
+            raise BadRequest(f"node ids here are 1 to {top} (node i serves on ports {self.node.cfg.base_port} + i - 1 "
+                             f"and {self.node.cfg.raft_port(1)} + i - 1), not {target}")
         try:
             await self.node.change_membership(ConfChange(op, target))
         except NotLeader as exc:

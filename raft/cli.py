@@ -18,7 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from raft.cluster import LocalCluster, admin_token
+from raft.cluster import LocalCluster, admin_token, taken_ports
 from raft.types import CONF_CHANGE_OPS
 
 app = typer.Typer(help="Replicated KV store on Raft: run nodes and clusters.", no_args_is_help=True,
@@ -70,6 +70,10 @@ def node(
         raise typer.BadParameter(f"--id must be in 1..{nodes}, or above {nodes} with --join")
     if quorum not in ("majority", "all"):
         raise typer.BadParameter("--quorum must be majority or all")
+    taken = taken_ports([base_port + id - 1, base_port + 100 + id - 1])
+    if taken:  # checked before the node opens its files: another node may be writing them
+        console.print(f"[red]node {id}'s port {taken[0]} is already in use[/red] (is node {id} running already?)")
+        raise typer.Exit(2)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     cfg = NodeConfig(id=id, nodes=nodes, base_port=base_port, data_dir=data_dir or _default_data_dir(),
                      commit_quorum=quorum, election_tick=election_tick, snapshot_every=snapshot_every,
@@ -93,6 +97,11 @@ def up(
     """Start a local cluster of N node processes and restart any that exits, unless the dashboard's kill holds
     it down (DATA_DIR/run/node-I.held); Ctrl-C stops them."""
     cluster = LocalCluster(nodes, data_dir or _default_data_dir(), base_port, quorum, supervised=True)
+    taken = cluster.ports_in_use()
+    if taken:  # another cluster runs there: starting over it would only crash-loop on its ports and its files
+        console.print(f"[red]ports {', '.join(map(str, taken))} are already in use[/red] (is another `txlab raft "
+                      "up` running? stop it, or choose --base-port)")
+        raise typer.Exit(2)
     cluster.forget_control_files()  # no hold of an earlier run keeps a node down
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # a SIGTERM stops the nodes too, as Ctrl-C does
     try:

@@ -35,6 +35,16 @@ def _ephemeral_floor() -> int:
         return 32_768
 
 
+def taken_ports(ports: list[int]) -> list[int]:
+    """Those of `ports` that something accepts connections on at 127.0.0.1."""
+    taken = []
+    for port in ports:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                taken.append(port)
+    return taken
+
+
 def free_base_port(nodes: int = 3) -> int:
     """A base port such that base..base+n-1 (HTTP) and base+100..base+100+n-1 (Raft) are free right now.
 
@@ -109,6 +119,11 @@ class LocalCluster:
 
     def http_url(self, i: int) -> str:
         return f"http://127.0.0.1:{self.base_port + i - 1}"
+
+    def ports_in_use(self) -> list[int]:
+        """The HTTP and Raft ports of this cluster's nodes that something answers on now (another cluster)."""
+        return taken_ports([p for i in range(1, self.nodes + 1) for p in (self.base_port + i - 1,
+                                                                         self.base_port + 100 + i - 1)])
 
     def command(self, i: int) -> list[str]:
         """The `txlab raft node` command line of node i (ids above `nodes` join an existing cluster)."""

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from raft.types import (
+    MAX_NODE_ID,
     NONE,
     ConfChange,
     ConfState,
@@ -305,6 +306,8 @@ class Raft:
         cluster unable to commit until it does (thesis §4.2.1).
         """
         self._check_leader()
+        if not 1 <= cc.node <= MAX_NODE_ID:  # an id the log's codec cannot hold would stop every replica for good
+            raise ValueError(f"node ids are 1 to {MAX_NODE_ID}, not {cc.node}")
         if any(idx > self._commit for idx, _ in self._conf_log):
             raise ValueError("a membership change is already in progress")
         if self._commit < self._term_start:

@@ -78,6 +78,13 @@ class NodeConfig:
         return f"http://{self.host}:{self.http_port(node_id)}"
 
     @property
+    def max_node_id(self) -> int:
+        """The highest node id whose ports exist and are its own: with the default layout node 101's HTTP port
+        would be node 1's Raft port."""
+        top = 65_535 - max(self.base_port, self.raft_port(1)) + 1
+        return min(top, 100) if self.raft_base_port is None else top
+
+    @property
     def node_dir(self) -> str:
         return os.path.join(self.data_dir, f"node-{self.id}")
 

@@ -75,10 +75,13 @@ class ConfState:
 CONF_CHANGE_OPS = ("add", "add-learner", "promote", "remove")
 
 
+MAX_NODE_ID = 65_535  # a node id names ports (raft/node.py, NodeConfig): no id beyond a port number
+
+
 @dataclass(slots=True, frozen=True)
 class ConfChange:
     op: str  # one of CONF_CHANGE_OPS
-    node: int
+    node: int  # 1 to MAX_NODE_ID
 
     def encode(self) -> bytes:
         return f"{self.op}:{self.node}".encode()

@@ -71,6 +71,7 @@ class Supervisor:
         self.children = {name: Child(name) for name in names or all_processes(settings)}
         self._watchers: list[asyncio.Task[None]] = []
         self._stopping = False
+        self._owns_control_files = False  # only once its ports were found free: a refused run touches nothing
 
     def migrate(self) -> None:
         for database in DATABASES:
@@ -94,6 +95,7 @@ class Supervisor:
 
     async def start(self, health_timeout: float = 60.0) -> None:
         self._check_ports_free()
+        self._owns_control_files = True
         self.settings.log_dir.mkdir(parents=True, exist_ok=True)
         self.settings.save_token()
         # faults armed in an earlier run must not break this one
@@ -181,7 +183,10 @@ class Supervisor:
         self._forget_control_files()
 
     def _forget_control_files(self) -> None:
-        """Remove this supervisor's children's pid and hold files (another supervisor may share the dir)."""
+        """Remove this supervisor's children's pid and hold files (another supervisor may share the dir); a
+        supervisor refused at the start (its ports in use) leaves the running one's alone."""
+        if not self._owns_control_files:
+            return
         for name in self.children:
             pid_file(self.settings, name).unlink(missing_ok=True)
             hold_file(self.settings, name).unlink(missing_ok=True)

@@ -55,3 +55,37 @@ async def test_a_loop_stops_on_an_error_of_its_own(monkeypatch, tmp_path):
     worker = workers.Delivery(None, Connected(), Settings(), "me", FaultInjector("broker", tmp_path))
     with pytest.raises(ValueError, match="a bug"):
         await asyncio.wait_for(worker.run(), 5)
+
+
+async def test_a_batch_marks_what_it_published_whatever_befell_the_others(monkeypatch, tmp_path):
+    """One message of a batch failing in an unexpected way (here: giving its claim back fails as the database
+    goes away) must not leave the others, published already, to be published again once their claims run out."""
+    import uuid
+
+    from services.messaging.publisher import BrokerUnavailable
+
+    batch = [store.Due(uuid.uuid4(), "t", "{}", None, None, None, 0) for _ in range(3)]
+    marked: list[list] = []
+
+    class Publisher(Connected):
+        async def publish_raw(self, body, message_id, type, routing_key, traceparent=None, order_id=None):
+            if message_id == str(batch[1].id):
+                raise BrokerUnavailable("channel closed")
+
+    async def claim(*args, **kwargs):
+        return batch
+
+    async def delivery_failed(*args, **kwargs):
+        raise ConnectionResetError("the database connection was lost")
+
+    async def delivered(engine, me, ids):
+        marked.append(ids)
+        return len(ids)
+
+    monkeypatch.setattr(store, "claim_deliveries", claim)
+    monkeypatch.setattr(store, "delivery_failed", delivery_failed)
+    monkeypatch.setattr(store, "delivered", delivered)
+    worker = workers.Delivery(None, Publisher(), Settings(), "me", FaultInjector("broker", tmp_path))
+    with pytest.raises(ConnectionResetError):
+        await worker.deliver_due()
+    assert marked == [[batch[0].id, batch[2].id]]

@@ -39,3 +39,12 @@ def test_membership_requests_are_validated(make_cluster):
     url, auth = c.http_url(c.wait_leader()), c.admin_headers()
     assert httpx.post(f"{url}/raft/members", json={"op": "grow", "node": 4}, headers=auth).status_code == 400
     assert httpx.post(f"{url}/raft/members", json={"op": "add", "node": 2}, headers=auth).status_code == 409
+    # an id beyond what the log's codec holds once stopped every replica for good (each restart replayed it); ids
+    # whose ports do not exist or are another node's are refused too, and nothing reaches the log
+    for node in (18446744073709551616, 99999999999999999999, 70000, 101, True):
+        r = httpx.post(f"{url}/raft/members", json={"op": "add-learner", "node": node}, headers=auth)
+        assert r.status_code == 400, (node, r.text)
+        if node == 101:
+            assert "node ids here are 1 to 100" in r.text, r.text
+    assert httpx.put(f"{url}/kv/still", json={"value": "serving"}).status_code == 200
+    assert sorted(c.status(c.wait_leader())["voters"]) == [1, 2, 3]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
+import sys
 
 from raft.cluster import free_base_port, hold_file, pid_file
 from tests.polling import eventually
@@ -17,6 +19,15 @@ async def test_raft_up_restarts_a_killed_node_unless_it_is_held_and_stops_the_no
         pids = await eventually(lambda: [node_pid(data_dir, i) for i in (1, 2, 3)] if all(
             node_status(base, i) and node_pid(data_dir, i) for i in (1, 2, 3)) else None, within=60.0,
             what="three nodes up, each with its pid file")
+
+        # a second `raft up` over the running cluster is refused and touches nothing (it once crash-looped on the
+        # cluster's ports, overwrote its pid files and opened its nodes' files)
+        second = await asyncio.to_thread(
+            subprocess.run, [sys.executable, "-m", "raft.cli", "up", "--nodes", "3", "--base-port", str(base),
+                             "--data-dir", str(data_dir)], capture_output=True, text=True, timeout=60,
+            env={**os.environ, "TXLAB_ADMIN_TOKEN": "kv-token", "COLUMNS": "200"})
+        assert second.returncode == 2 and "already in use" in second.stdout, second.stdout + second.stderr
+        assert [node_pid(data_dir, i) for i in (1, 2, 3)] == pids
 
         os.kill(pids[0], signal.SIGKILL)
         restarted = await eventually(lambda: (pid := node_pid(data_dir, 1)) not in (None, pids[0]) and pid,

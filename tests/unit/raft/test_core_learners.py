@@ -6,7 +6,7 @@ import pytest
 
 from raft.core import Config, Raft
 from raft.testing.sim import Cluster, kv_command
-from raft.types import ConfChange, Entry, EntryType, HardState, Message, MsgType, Role
+from raft.types import MAX_NODE_ID, ConfChange, Entry, EntryType, HardState, Message, MsgType, Role
 
 
 def _put(cl: Cluster, ldr: int, key: str, value: str) -> int:
@@ -159,3 +159,14 @@ def test_a_removed_learner_learns_its_removal_and_is_no_longer_replicated_to() -
     term = cl.raft(4).term
     cl.tick(300)
     assert cl.raft(4).role is Role.FOLLOWER and cl.raft(4).term == term
+
+
+def test_a_node_id_beyond_what_a_node_can_be_is_refused_before_it_reaches_the_log():
+    cl = Cluster(3, seed=5)
+    ldr = cl.wait_leader()
+    cl.tick(5)
+    last = cl.raft(ldr).last_index
+    for node in (0, MAX_NODE_ID + 1, 2**64):
+        with pytest.raises(ValueError, match="node ids are 1 to 65535"):
+            cl.raft(ldr).propose_conf_change(ConfChange("add-learner", node))
+    assert cl.raft(ldr).last_index == last
