@@ -16,6 +16,7 @@ from redis.exceptions import RedisError
 
 from services.admin import control
 from services.admin.ui import install_ui
+from services.cache.config import node_name
 from services.cache.membership import current_nodes, save_nodes
 from services.cache.sharded import ShardedCache
 from services.checker import CannotCheck, run_checks
@@ -342,6 +343,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         cache: ShardedCache = request.app.state.cache
         if body.name in cache.nodes:
             raise HTTPException(409, f"cache node {body.name!r} is already on the ring")
+        try:
+            server = node_name(body.url)
+        except ValueError as exc:
+            raise HTTPException(422, str(exc)) from exc
+        twin = next((name for name, url in cache.nodes.items() if node_name(url) == server), None)
+        if twin is not None:  # one server as two members: the join would purge the live node's keys
+            raise HTTPException(409, f"{body.url} is already on the ring as cache node {twin!r}")
         probe = aioredis.Redis.from_url(body.url, socket_timeout=3)
         try:
             await probe.ping()

@@ -26,7 +26,7 @@ from urllib.parse import quote
 import aiohttp
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
 
 from services.common.auth import require_token
 from services.common.faults import FaultInjector
@@ -61,7 +61,7 @@ class Begin(BaseModel):
     gid: str = Field(min_length=1, max_length=128, pattern=GID)
     pattern: str = Field(pattern=f"^({'|'.join(PATTERNS)})$")
     branches: list[BranchIn] = Field(min_length=1, max_length=len(BRANCHES))
-    deadline_ms: int = Field(gt=0, lt=2**53)
+    deadline_ms: StrictInt = Field(gt=0, lt=2**53)
 
 
 class Redirect(Exception):

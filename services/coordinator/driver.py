@@ -216,6 +216,12 @@ class Driver:
                 record = self.store.book.get(gid)
                 if record is None or record["state"] != p.rounds[number].state or record.get("round", 0) != number:
                     return  # decided meanwhile: this failure is not phase 2's
+                if exc.refused:  # a 4xx: the participant read the request and will never take it; asking again
+                    # until the deadline would only delay the abort, and name the wrong cause
+                    await self.store.propose({"op": "answered", "gid": gid, "branch": name, "round": number,
+                                              "ok": False, "outcome": "REFUSED", "why": str(exc)[:300],
+                                              "now": time.time()})
+                    return
                 attempt += 1
                 pause = self._backoff(attempt)
                 await self.store.propose({"op": "failed", "gid": gid, "branch": name, "error": str(exc),
@@ -287,7 +293,11 @@ class Driver:
         except (aiohttp.ClientError, TimeoutError) as exc:
             await self._failed(record, "report", f"order service unreachable ({exc.__class__.__name__})")
             return
-        if status != 200:
+        if status == 404:  # the order service has no order by this gid (begun by hand, or reseeded since): no
+            # one waits for this outcome, and retrying would only leave the transaction STUCK
+            log.warning("no order %s to report its outcome (%s) to: the order service answered 404", gid,
+                        record["decision"])
+        elif status != 200:
             await self._failed(record, "report", f"order service answered {status}: {text[:200]}")
             return
         await self.store.propose({"op": "reported", "gid": gid, "now": time.time()})
@@ -325,7 +335,8 @@ class Driver:
         if status < 500:
             self.answered[branch] = time.monotonic()
         if status != 200:
-            raise CallFailed(f"{branch} answered {op} with {status}: {text[:200]}", refused=status < 500)
+            raise CallFailed(f"{branch} answered {op} with {status}: {text[:200]}",
+                             refused=status < 500 and status not in (408, 429))  # those two: ask again later
         try:
             answer = json.loads(text)
         except ValueError as exc:

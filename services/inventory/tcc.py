@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import uuid
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from services.common.db import Queries
 from services.common.identifiers import Identifier
@@ -16,7 +16,7 @@ class TccItem(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     sku: Identifier
-    qty: int = Field(ge=1, le=10_000)
+    qty: StrictInt = Field(ge=1, le=10_000)
 
 
 class InventoryTry(Branch):

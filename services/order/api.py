@@ -13,7 +13,7 @@ import httpx
 import sqlalchemy as sa
 from fastapi import APIRouter, Header, HTTPException, Request, Response
 from fastapi.encoders import jsonable_encoder
-from pydantic import AfterValidator, BaseModel, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, field_validator
 
 from services.cache.keys import CATALOGUE_TTL, ORDER_TTL, customer_key, order_key, product_key
 from services.cache.sharded import Loader
@@ -45,11 +45,15 @@ IdempotencyKey = Annotated[str, AfterValidator(valid_idempotency_key)]
 
 
 class ItemIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     sku: Identifier
-    qty: int = Field(ge=1, le=10_000)
+    qty: StrictInt = Field(ge=1, le=10_000)  # "1", true and 2.0 are not quantities
 
 
 class OrderIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     customer_id: Identifier
     items: list[ItemIn] = Field(min_length=1, max_length=50)
     pattern: str = "outbox"

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import uuid
 
-from pydantic import Field
+from pydantic import Field, StrictInt
 
 from services.common.db import Queries
 from services.common.identifiers import Identifier
@@ -16,7 +16,7 @@ from services.runtime.tcc import Branch, Effects, Tried, tcc_router
 class PaymentTry(Branch):
     order_id: uuid.UUID
     customer_id: Identifier
-    amount_cents: int = Field(gt=0, le=10**12)
+    amount_cents: StrictInt = Field(gt=0, le=10**12)
 
 
 async def freeze(db: Queries, body: PaymentTry) -> Tried:

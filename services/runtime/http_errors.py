@@ -71,12 +71,9 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse({"detail": "the database is unavailable"}, status_code=503)
 
 
-class BodyTooLarge(Exception):
-    pass
-
-
 class BodyLimit:
-    """Refuse bodies over `max_bytes` with 413, by Content-Length or while streaming (pure ASGI: cheap)."""
+    """Refuse bodies over `max_bytes` with 413: by Content-Length, or, for a chunked body, once more than that came
+    (pure ASGI: cheap)."""
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
@@ -91,17 +88,32 @@ class BodyLimit:
         if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
             await refuse(scope, receive, send)
             return
+        if length is not None:  # the server holds the body to its Content-Length: nothing more can come
+            await self.app(scope, receive, send)
+            return
+        # no Content-Length (chunked): read the body here, up to the limit, and hand it on as one message. Raising
+        # from the app's receive instead would reach FastAPI's body parser, which answers 400, not 413
+        chunks: list[bytes] = []
         seen = 0
-
-        async def limited() -> Message:
-            nonlocal seen
+        while True:
             message = await receive()
-            seen += len(message.get("body", b""))
+            if message["type"] != "http.request":  # the client went away: no one to answer
+                return
+            chunks.append(message.get("body", b""))
+            seen += len(chunks[-1])
             if seen > self.max_bytes:
-                raise BodyTooLarge
-            return message
+                await refuse(scope, receive, send)
+                return
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        handed = False
 
-        try:
-            await self.app(scope, limited, send)
-        except BodyTooLarge:
-            await refuse(scope, receive, send)
+        async def replay() -> Message:
+            nonlocal handed
+            if not handed:
+                handed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()  # after the body: a disconnect, when the client goes away
+
+        await self.app(scope, replay, send)

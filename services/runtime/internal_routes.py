@@ -9,7 +9,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from fastapi import APIRouter, Depends, HTTPException, Request
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt
 
 from services.common.auth import require_token
 from services.common.faults import POINTS, Arming, FaultInjector, FaultSpecError, process_kind
@@ -19,16 +19,21 @@ from services.runtime.state import runtime
 
 
 class CacheNode(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     name: str = Field(min_length=1, max_length=200)
     url: str = Field(pattern=r"^rediss?://", max_length=500)
 
 
 class ArmRequest(BaseModel):
+    # strict numbers and no unknown fields: {"p": 0} (the CLI's spelling) once armed a fault that fires always
+    model_config = ConfigDict(extra="forbid")
+
     point: str
     action: str
-    delay_ms: int = Field(0, ge=0, le=60_000)
-    times: int | None = Field(None, ge=1)
-    probability: float = Field(1.0, gt=0.0, le=1.0)
+    delay_ms: StrictInt = Field(0, ge=0, le=60_000)
+    times: StrictInt | None = Field(None, ge=1)
+    probability: StrictFloat = Field(1.0, gt=0.0, le=1.0)
 
 
 class ArmInService(ArmRequest):

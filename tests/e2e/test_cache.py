@@ -68,6 +68,10 @@ async def test_admin_refuses_bad_cache_changes(client, settings):
         ("POST", "/cache/nodes", {"name": "x", "url": "http://127.0.0.1:6380"}, 422),
         ("POST", "/cache/nodes", {"name": next(iter(parse_nodes(settings.cache_nodes))),
                                   "url": settings.cache_nodes.split(",")[0]}, 409),
+        # a server already on the ring under another name (it would be two members, and its join purges it)
+        ("POST", "/cache/nodes", {"name": "twin", "url": settings.cache_nodes.split(",")[0]}, 409),
+        ("POST", "/cache/nodes", {"name": "x", "url": "redis://", "extra": 1}, 422),
+        ("POST", "/cache/nodes", {"name": "x", "url": "redis://"}, 422),
         ("DELETE", "/cache/nodes/nowhere:1", None, 404),
     ]:
         with pytest.raises(httpx.HTTPStatusError) as err:

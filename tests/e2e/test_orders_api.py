@@ -77,6 +77,12 @@ async def final(http, order_id: str, within: float = 30.0) -> dict:
     ({"customer_id": RICH, "items": [{"sku": PLENTY, "qty": 1}], "pattern": "magic"}, 422, "not available"),
     ({"items": [{"sku": PLENTY, "qty": 1}]}, 422, "customer_id"),
     ({"customer_id": RICH, "items": [{"sku": PLENTY, "qty": "many"}]}, 422, "valid integer"),
+    # a quantity of another type is not coerced (each of these once placed an order)
+    ({"customer_id": RICH, "items": [{"sku": PLENTY, "qty": "1"}]}, 422, "valid integer"),
+    ({"customer_id": RICH, "items": [{"sku": PLENTY, "qty": True}]}, 422, "valid integer"),
+    ({"customer_id": RICH, "items": [{"sku": PLENTY, "qty": 2.0}]}, 422, "valid integer"),
+    ({"customer_id": RICH, "items": [{"sku": PLENTY, "qty": 1}], "coupon": "FREE"}, 422, "Extra inputs"),
+    ({"customer_id": RICH, "items": [{"sku": PLENTY, "qty": 1, "price_cents": 1}]}, 422, "Extra inputs"),
     ({"customer_id": RICH, "items": [{"sku": "x" * 70_000, "qty": 1}]}, 413, "larger than"),
     ({"customer_id": RICH, "items": [{"sku": "bad\u0000sku", "qty": 1}]}, 422, "pattern"),
     ({"customer_id": "nul\u0000", "items": [{"sku": PLENTY, "qty": 1}]}, 422, "pattern"),
@@ -160,7 +166,11 @@ async def test_admin_api_answers_401_without_the_token(settings, system):
 async def test_admin_refuses_bad_fault_arming_with_a_reason(client):
     for body, message in [({"point": "nowhere", "action": "crash"}, "unknown fault point"),
                           ({"point": "bus.publish", "action": "crash"}, "supports"),
-                          ({"point": "relay.after_publish", "action": "crash", "service": "admin"}, "exists only in")]:
+                          ({"point": "relay.after_publish", "action": "crash", "service": "admin"}, "exists only in"),
+                          # the CLI's spelling is not the API's: {"p": 0} once armed a crash that always fires
+                          ({"point": "relay.after_publish", "action": "crash", "p": 0}, "Extra inputs"),
+                          ({"point": "relay.after_publish", "action": "crash", "probability": "0.5"}, "valid number"),
+                          ({"point": "relay.after_publish", "action": "crash", "times": True}, "valid integer")]:
         with pytest.raises(httpx.HTTPStatusError) as err:
             await client.admin("POST", "/faults", json=body)
         assert err.value.response.status_code == 422 and message in err.value.response.text

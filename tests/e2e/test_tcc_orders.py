@@ -21,6 +21,7 @@ import pytest
 
 from services.checker import check_coordinated, run_checks
 from services.coordinator.client import leading_replica
+from services.coordinator.model import FINAL_STATES, STUCK
 from services.demo import Client
 from tests.polling import eventually
 
@@ -253,6 +254,32 @@ async def test_bad_input_changes_nothing(settings, admin):
         moved = await http.get(f"{settings.url(f'coordinator-{follower}')}/transactions", headers=token)
         assert moved.status_code == 307 and moved.headers["location"] == f"{url}/transactions"
     assert (await admin.get("/transactions")).json()["total"] == before
+
+
+@RAFT_STORE
+async def test_a_transaction_begun_by_hand_whose_try_is_refused_aborts_at_once_and_ends(settings, admin):
+    """A token holder begins a transaction with no order behind it, and a branch body the participant refuses
+    (422). The refusal is an answer: the transaction aborts at once, naming it (it was asked again until the
+    deadline, then blamed on the deadline); and the order service's 404 to its report ends it (it went STUCK,
+    and `txlab check` failed until a reseed)."""
+    import time
+
+    gid = f"by-hand-{uuid.uuid4().hex[:8]}"
+    lead, _ = await leader(settings)
+    async with httpx.AsyncClient(timeout=10.0) as http:
+        begun = await http.post(f"{settings.url(f'coordinator-{lead}')}/transactions", json={
+            "gid": gid, "pattern": "tcc", "deadline_ms": int((time.time() + 30) * 1000),
+            "branches": [{"branch": "inventory", "order_id": str(uuid.uuid4()), "items": "garbage"}]},
+            headers={"Authorization": f"Bearer {settings.admin_token}"})
+    assert begun.status_code == 201, begun.text
+    record = await eventually(lambda: _final(admin, gid), within=20.0, what="the transaction ends")
+    assert record["decision"] == "abort" and record["state"] != "STUCK", record
+    assert "refused by inventory" in record["reason"] and "422" in record["reason"], record["reason"]
+
+
+async def _final(admin: httpx.AsyncClient, gid: str) -> dict | None:
+    record = await transaction(admin, gid)
+    return record if record["state"] in FINAL_STATES | {STUCK} else None
 
 
 @RAFT_STORE
