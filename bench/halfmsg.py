@@ -7,4 +7,4 @@ from bench.outbox import run
 
 
 def main(argv: list[str]) -> int:
-    return run("txlab bench halfmsg", argv, ["outbox", "halfmsg"])
+    return run("txlab bench halfmsg", argv, ["outbox", "halfmsg"], doc=__doc__)

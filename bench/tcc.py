@@ -11,4 +11,4 @@ DTM = ("DTM publishes about 0.26 of raw database TPS for TCC with its barrier (G
 
 
 def main(argv: list[str]) -> int:
-    return run("txlab bench tcc", argv, ["tcc"], reference=DTM)
+    return run("txlab bench tcc", argv, ["tcc"], reference=DTM, doc=__doc__)

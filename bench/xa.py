@@ -13,8 +13,12 @@ NOTE = ("every order is two prepared transactions: {prepare, PREPARE TRANSACTION
 
 
 def two_phase(argv: list[str]) -> int:
-    return run("txlab bench 2pc", argv, ["2pc"], reference=NOTE)
+    """orders/s and latency of 2pc (each branch's work held in a PostgreSQL prepared transaction until the
+    coordinator's decision) beside `pgbench -N` measured in the same run."""
+    return run("txlab bench 2pc", argv, ["2pc"], reference=NOTE, doc=__doc__)
 
 
 def three_phase(argv: list[str]) -> int:
-    return run("txlab bench 3pc", argv, ["2pc", "3pc"], reference=NOTE)
+    """orders/s and latency of 3pc beside 2pc's, in the same run: 3PC pays a round more (can-commit) for the
+    liveness it buys; both beside `pgbench -N`."""
+    return run("txlab bench 3pc", argv, ["2pc", "3pc"], reference=NOTE, doc=__doc__)

@@ -30,6 +30,7 @@ from services.common.faults import parse_spec
 from services.common.settings import Settings
 from services.coordinator.client import leading_replica
 from services.coordinator.model import FINAL_STATES, STUCK
+from services.coordinator.store import store_spec
 from services.demo import Client
 from services.seed import SeedPlan, reset_and_seed
 from services.supervisor import Supervisor
@@ -188,19 +189,22 @@ async def _run(settings: Settings, story_of: Callable[[Story], Awaitable[list[Cl
 def _main(argv: list[str], name: str, story: Callable[[Story], Awaitable[list[Claim]]], title: str,
           broken: tuple[str, ...] = (), **timings: Any) -> int:
     p = argparse.ArgumentParser(prog=f"txlab scenario {name}", description=title)
-    p.add_argument("--store", default="raft", help="the coordinator's store: raft, or etcd://host:port")
+    p.add_argument("--store", type=store_spec, default="raft", help="the coordinator's store: raft, or etcd://host:port")
     args = p.parse_args(argv)
     with own_settings(name, coordinator_store=args.store, **(TIMINGS | timings)) as settings:
         return asyncio.run(_run(settings, story, title, broken))
 
 
 def empty_rollback_main(argv: list[str]) -> int:
+    """TCC empty rollback: a Cancel whose Try never ran is recorded and answered, and holds nothing."""
     return _main(argv, "tcc-empty-rollback", empty_rollback, "TCC empty rollback: a Cancel whose Try never ran")
 
 
 def hanging_main(argv: list[str]) -> int:
+    """TCC anti-hanging: a Try that arrives after its Cancel is refused by the barrier, and holds nothing."""
     return _main(argv, "tcc-hanging", hanging, "TCC anti-hanging: a Try that arrives after its Cancel")
 
 
 def failover_main(argv: list[str]) -> int:
+    """The coordinator's leader dies mid-transaction; a new leader finishes it from the replicated record."""
     return _main(argv, "coordinator-failover", failover, "the coordinator's leader dies mid-transaction")

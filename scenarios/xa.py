@@ -182,10 +182,14 @@ TIMINGS = {"tcc_deadline_seconds": 2.0, "threepc_timeout_seconds": 3.0, "indoubt
 
 
 def coordinator_crash_main(argv: list[str]) -> int:
+    """2PC blocks: the coordinator's leader dies after every prepare, before the decision; the participants hold
+    their locks until a new leader decides."""
     return _main(argv, "2pc-coordinator-crash", coordinator_crash,
                  "2PC blocks: the coordinator dies between the prepares and the decision", **TIMINGS)
 
 
 def partition_main(argv: list[str]) -> int:
+    """3PC under a partition: the coordinator aborts while a participant it cannot reach commits on its own after
+    the timeout; `txlab check` reports the split (by design)."""
     return _main(argv, "3pc-partition", partition, "3PC under a partition: a participant commits on its own",
                  broken=("agreement", "coordinated"), **TIMINGS)

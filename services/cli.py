@@ -18,6 +18,7 @@ from rich.table import Table
 
 from services.checker import CannotCheck, run_checks
 from services.common.db import migrate as run_migrations
+from services.common.docs import summary
 from services.common.faults import FaultSpecError, parse_spec
 from services.common.settings import DATABASES, Settings, get_settings
 from services.demo import fault_plan, render, render_report, run_demo
@@ -55,6 +56,20 @@ SCENARIOS = {
 }
 
 
+def _listing(kind: str, entries: dict[str, str]) -> None:
+    """`txlab bench --help` and `txlab scenario --help`: each name with the first paragraph of its docstring."""
+    table = Table(title=f"txlab {kind} NAME [OPTIONS]   (txlab {kind} NAME --help: its options)", show_lines=True)
+    table.add_column("NAME", no_wrap=True)
+    table.add_column("what it does")
+    for name, target in entries.items():
+        module_name, _, func_name = target.partition(":")
+        module = importlib.import_module(module_name)
+        func = getattr(module, func_name or "main")
+        text = summary(func.__doc__ if func_name and func.__doc__ else module.__doc__)
+        table.add_row(name, text.replace(f"`txlab {kind} {name}`: ", ""))
+    _console().print(table)
+
+
 def _run_entry(target: str, argv: list[str]) -> int:
     module_name, _, func_name = target.partition(":")
     module = importlib.import_module(module_name)
@@ -63,7 +78,10 @@ def _run_entry(target: str, argv: list[str]) -> int:
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []})
 def bench(ctx: typer.Context, name: str = typer.Argument(..., help=f"one of: {', '.join(BENCHES)}")) -> None:
-    """Run a benchmark and print its table (extra options go to the benchmark)."""
+    """Run a benchmark and print its table (extra options go to the benchmark; --help lists them)."""
+    if name in ("--help", "-h", "help"):
+        _listing("bench", BENCHES)
+        return
     if name not in BENCHES:
         raise typer.BadParameter(f"unknown benchmark {name!r}; choose from {', '.join(BENCHES)}")
     raise typer.Exit(_run_entry(BENCHES[name], list(ctx.args)))
@@ -72,7 +90,10 @@ def bench(ctx: typer.Context, name: str = typer.Argument(..., help=f"one of: {',
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []})
 def scenario(ctx: typer.Context,
              name: str = typer.Argument(..., help=f"one of: {', '.join(SCENARIOS)}")) -> None:
-    """Reproduce one of the seed's claims on real processes, with narrated output."""
+    """Reproduce one of the seed's claims on real processes, with narrated output (--help lists them)."""
+    if name in ("--help", "-h", "help"):
+        _listing("scenario", SCENARIOS)
+        return
     if name not in SCENARIOS:
         raise typer.BadParameter(f"unknown scenario {name!r}; choose from {', '.join(SCENARIOS)}")
     raise typer.Exit(_run_entry(SCENARIOS[name], list(ctx.args)))

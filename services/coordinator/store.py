@@ -11,9 +11,12 @@ Either way the records are changed only by `TxnBook.apply`, and only by the lead
 
 from __future__ import annotations
 
+import argparse
+import socket
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 import msgpack
 
@@ -161,6 +164,27 @@ class RaftStore:
             self.node.transport.block({i for i in range(1, self.cfg.nodes + 1) if i != self.node_id})
         else:
             self.node.transport.unblock()
+
+
+def store_spec(value: str) -> str:
+    """`--store` of a command line: `raft`, or `etcd://host:port` of an etcd that answers now; otherwise a one-line
+    error (argparse prints it with the usage and exits 2), not a traceback from deep inside the run."""
+    if value == "raft":
+        return value
+    parts = urlsplit(value)
+    try:
+        port = parts.port or 2379
+    except ValueError:
+        port = None
+    if parts.scheme != "etcd" or not parts.hostname or port is None or parts.path not in ("", "/"):
+        raise argparse.ArgumentTypeError(f"use raft or etcd://host:port, not {value!r}")
+    try:
+        with socket.create_connection((parts.hostname, port), timeout=2):
+            pass
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(f"no etcd answers at {parts.hostname}:{port} ({exc.strerror or exc}); "
+                                         "scripts/local-services starts one on 127.0.0.1:2379") from None
+    return value
 
 
 def open_store(settings: Settings, node_id: int) -> Store:
