@@ -249,8 +249,11 @@ class KVApi:
         if name == "partition":
             if req.method == "POST":
                 block = _field(_body(req), "block")
-                if not isinstance(block, list) or not all(isinstance(i, int) and i > 0 for i in block):
+                if not isinstance(block, list) or not all(isinstance(i, int) and not isinstance(i, bool) and i > 0
+                                                          for i in block):
                     raise BadRequest('"block" must be a list of node ids, e.g. {"block": [2, 3]}')
+                if node.cfg.id in block:
+                    raise BadRequest(f"node {node.cfg.id} cannot be cut off from itself; name the other nodes")
                 node.transport.block(set(block))
                 return _json(200, {"blocked": sorted(node.transport.blocked)})
             if req.method == "DELETE":

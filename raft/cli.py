@@ -11,6 +11,7 @@ import gc
 import logging
 import os
 import signal
+import sys
 import time
 
 import httpx
@@ -23,7 +24,7 @@ from raft.types import CONF_CHANGE_OPS
 
 app = typer.Typer(help="Replicated KV store on Raft: run nodes and clusters.", no_args_is_help=True,
                   add_completion=False)
-console = Console()
+console = Console() if sys.stdout.isatty() else Console(width=150)  # piped: the tables whole, as txlab's
 
 
 def _default_data_dir() -> str:

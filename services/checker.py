@@ -102,7 +102,7 @@ def check_stock(settings: Settings) -> Invariant:
 
 
 def check_money(settings: Settings) -> Invariant:
-    inv = Invariant("money: balances + frozen + captured - refunded = initial, never negative")
+    inv = Invariant("money: balances + frozen + captured = initial, never negative")
     customers, payments = _snapshot(settings, "payment",
                                     "SELECT id, initial_cents, balance_cents, frozen_cents FROM customers",
                                     "SELECT customer_id, amount_cents, status FROM payments")

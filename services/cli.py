@@ -173,7 +173,7 @@ def seed(products: int = typer.Option(50, min=1, max=100_000), customers: int = 
 
 
 @app.command()
-def check(wait: float = typer.Option(30.0, help="seconds to wait for a quiet system (outages included) first"),
+def check(wait: float = typer.Option(30.0, min=0, help="seconds to wait for a quiet system (outages included) first"),
           as_json: bool = typer.Option(False, "--json")) -> None:
     """Check the invariants; exit 0 when all hold, 1 on a violation, 2 when the system cannot be checked."""
     told: list[str] = []
@@ -230,8 +230,12 @@ def _admin(method: str, path: str, **kwargs: Any) -> Any:
                           headers={"authorization": f"Bearer {settings.admin_token}"}, **kwargs)
     except httpx.HTTPError as exc:
         _fail(f"admin API at {settings.url('admin')} is unreachable ({exc.__class__.__name__}); is `txlab up` running?")
-    if r.status_code >= 400:
-        _fail(f"{r.status_code}: {r.json().get('detail', r.text)}", 1)
+    if r.status_code >= 400:  # refused (4xx) is the caller's input, as a spec that does not parse: exit 2
+        try:
+            detail = r.json().get("detail", r.text)
+        except ValueError:
+            detail = r.text
+        _fail(f"{r.status_code}: {detail}", 2 if r.status_code < 500 else 1)
     return r.json()
 
 

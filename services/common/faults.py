@@ -88,7 +88,8 @@ POINTS: dict[str, FaultPoint] = {p.name: p for p in (
     *(FaultPoint(f"{svc}.3pc.pre_commit", f"3pc: {svc} pre-committed (prepared) its branch, the acknowledgement not "
                  "yet sent (drop: the acknowledgement is lost)", (svc,), _BASIC | {"drop"})
       for svc in ("inventory", "payment")),
-    *(FaultPoint(f"{svc}.3pc.{op}", f"3pc: {svc} received a {op.replace('_', '-')}", (svc,))
+    *(FaultPoint(f"{svc}.3pc.{op}", f"3pc: {svc} received {'an' if op == 'abort' else 'a'} {op.replace('_', '-')}",
+                 (svc,))
       for svc in ("inventory", "payment") for op in ("do_commit", "abort")),
     FaultPoint("coordinator.2pc.after_prepare_one", "2pc: one branch answered its prepare (crash: the leader dies)",
                ("coordinator",)),

@@ -11,7 +11,7 @@ from urllib.parse import quote
 import asyncpg
 import httpx
 import sqlalchemy as sa
-from fastapi import APIRouter, Header, HTTPException, Request, Response
+from fastapi import APIRouter, Header, HTTPException, Query, Request, Response
 from fastapi.encoders import jsonable_encoder
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, field_validator
 
@@ -217,11 +217,12 @@ async def get_order(order_id: uuid.UUID, request: Request) -> dict[str, Any]:
 
 
 @router.get("/orders")
-async def list_orders(request: Request, status: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+async def list_orders(request: Request, status: str | None = None,
+                      limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[dict[str, Any]]:
     if status is not None and status not in OrderStatus.__members__:
         raise HTTPException(422, f"status must be one of {', '.join(OrderStatus)}")
     query = f"SELECT {ORDER_COLUMNS} FROM orders" + (" WHERE status = :s" if status else "")
     async with runtime(request).engine.connect() as conn:
         rows = await conn.execute(sa.text(query + " ORDER BY created_at DESC LIMIT :n"),
-                                  {"s": status, "n": max(1, min(limit, 1000))})
+                                  {"s": status, "n": limit})
         return [dict(r._mapping) for r in rows]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import sqlalchemy as sa
-from fastapi import APIRouter, HTTPException, Path, Request
+from fastapi import APIRouter, HTTPException, Path, Query, Request
 
 from services.common.identifiers import Identifier
 from services.runtime.state import runtime
@@ -14,10 +14,11 @@ router = APIRouter()
 
 
 @router.get("/customers")
-async def list_customers(request: Request, limit: int = 100) -> list[dict[str, Any]]:
+async def list_customers(request: Request,
+                         limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[dict[str, Any]]:
     async with runtime(request).engine.connect() as conn:
         rows = await conn.execute(sa.text(
-            "SELECT id, name, balance_cents FROM customers ORDER BY id LIMIT :n"), {"n": max(1, min(limit, 1000))})
+            "SELECT id, name, balance_cents FROM customers ORDER BY id LIMIT :n"), {"n": limit})
         return [dict(r._mapping) for r in rows]
 
 

@@ -22,6 +22,8 @@ def test_fault_commands_arm_list_and_clear_through_the_admin_api(settings, syste
     assert "relay.after_publish" in listed.stdout and "delay:5" in listed.stdout
     refused = txlab(settings, "fault", "arm", "relay.after_publish=explode")
     assert refused.returncode == 2 and "supports" in refused.stderr
+    unknown = txlab(settings, "fault", "clear", "nosuch.point")  # refused by the API: the caller's input, as above
+    assert unknown.returncode == 2 and "nosuch.point" in unknown.stderr, unknown.stderr
     cleared = txlab(settings, "fault", "clear")
     assert cleared.returncode == 0
     assert "relay.after_publish" not in txlab(settings, "fault", "list").stdout

@@ -149,6 +149,15 @@ async def test_malformed_json_and_bad_ids_are_4xx_not_500(http):
     assert (await http.get("/orders/not-a-uuid")).status_code == 422
     assert (await http.get("/orders/00000000-0000-0000-0000-000000000000")).status_code == 404
     assert (await http.get("/orders", params={"status": "WEIRD"})).status_code == 422
+    for limit in (-1, 0, 1001, "ten"):  # they were quietly clamped: -1 gave one order
+        assert (await http.get("/orders", params={"limit": limit})).status_code == 422, limit
+
+
+async def test_a_customer_listing_refuses_a_limit_out_of_range(settings, system):
+    async with httpx.AsyncClient(base_url=settings.url("payment"), timeout=5.0) as payment:
+        for limit in (-1, 0, 1001):
+            assert (await payment.get("/customers", params={"limit": limit})).status_code == 422, limit
+        assert len((await payment.get("/customers", params={"limit": 2})).json()) == 2
 
 
 async def test_admin_api_answers_401_without_the_token(settings, system):

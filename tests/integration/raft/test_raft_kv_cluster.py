@@ -57,7 +57,8 @@ def test_status_reports_role_term_leader_commit_applied_and_peers(cluster):
 
 
 def test_bad_input_gets_a_4xx_with_a_message_never_a_500(cluster):
-    url = cluster.http_url(cluster.wait_leader())
+    leader = cluster.wait_leader()
+    url = cluster.http_url(leader)
     cases = [
         httpx.put(f"{url}/kv/k", content=b"{not json"),
         httpx.put(f"{url}/kv/k", json={"val": 1}),
@@ -68,6 +69,8 @@ def test_bad_input_gets_a_4xx_with_a_message_never_a_500(cluster):
         httpx.get(f"{url}/nope"),
         httpx.put(f"{url}/kv/{'k' * 2000}", json={"value": 1}),
         httpx.post(f"{url}/raft/partition", json={"block": "everyone"}, headers=cluster.admin_headers()),
+        httpx.post(f"{url}/raft/partition", json={"block": [leader]}, headers=cluster.admin_headers()),
+        httpx.post(f"{url}/raft/partition", json={"block": [True]}, headers=cluster.admin_headers()),
         httpx.put(f"{url}/kv/k", content=b"[" * 100_000),
         httpx.put(f"{url}/kv/k", content=b'{"value": NaN}'),
         httpx.put(f"{url}/kv/k", json={"value": 1}, headers={"X-Session-Id": "1", "X-Request-Seq": "x"}),
