@@ -105,6 +105,8 @@ def up(
         raise typer.Exit(2)
     cluster.forget_control_files()  # no hold of an earlier run keeps a node down
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # a SIGTERM stops the nodes too, as Ctrl-C does
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # and a SIGINT even when started where it was ignored
+    # (a shell script's background job)
     try:
         cluster.start()
         leader = cluster.wait_leader()

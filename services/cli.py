@@ -200,7 +200,8 @@ def demo(pattern: str = typer.Option("outbox"), orders: int = typer.Option(200, 
          faults: list[str] = typer.Option(["none"], help="none | random | point=action[:ms][,times=N][,p=P]"),
          converge_timeout: float = typer.Option(300.0, help="seconds to wait for the system to converge, "
                                                 "outages of RabbitMQ or PostgreSQL included")) -> None:
-    """Run the e-commerce scenario (starting the system when it is not running) and print the results."""
+    """Run the e-commerce scenario (starting the system when it is not running) and print the results. The shop is
+    reseeded first (as `txlab seed` does): what was loaded before is replaced."""
     console = _console()
     console.print(f"[dim]orders are retried and convergence awaited for up to {converge_timeout:.0f}s, "
                   "through outages of RabbitMQ or PostgreSQL[/dim]")

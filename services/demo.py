@@ -25,7 +25,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from services.checker import CannotCheck, Report, run_checks, wait_quiet
-from services.common.faults import Arming, parse_spec
+from services.common.faults import Arming, FaultSpecError, parse_spec
 from services.common.settings import Settings
 from services.common.tracing import http_transport
 from services.seed import SeedPlan, reset_and_seed
@@ -71,6 +71,8 @@ def fault_plan(specs: list[str], pattern: str = "outbox") -> list[Arming]:
         return []
     if specs == ["random"]:
         specs = list(RANDOM_FAULTS[pattern])
+    elif {"none", "random"} & set(specs):
+        raise FaultSpecError("none and random stand alone: give one of them, or point=action specs only")
     return [parse_spec(s) for s in specs]
 
 

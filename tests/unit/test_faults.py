@@ -163,3 +163,12 @@ def test_crash_with_times_1_armed_in_two_processes_crashes_one_of_them_once(tmp_
     codes = [subprocess.run([sys.executable, "-c", script, name], capture_output=True, text=True).returncode
              for name in ("order", "inventory", "order", "inventory")]
     assert codes.count(CRASH_EXIT_CODE) == 1 and codes.count(0) == 3, codes
+
+
+def test_none_and_random_stand_alone_in_a_fault_plan():
+    from services.demo import fault_plan
+
+    assert fault_plan(["none"]) == [] and len(fault_plan(["random"], "outbox")) > 0
+    for specs in (["random", "relay.after_publish=crash"], ["relay.after_publish=crash", "none"]):
+        with pytest.raises(FaultSpecError, match="none and random stand alone"):
+            fault_plan(specs)
