@@ -30,7 +30,7 @@ async def test_a_half_message_reaches_consumers_only_once_committed(broker, prod
     assert received.bodies == [{"n": "1", "note": "caf\u00e9"}]  # the body, unchanged
     assert await eventually(lambda: _delivered(broker, mid))
     history = (await broker.get(f"/messages/{mid}")).json()["history"]
-    assert [(h["kind"], h.get("to") or h.get("ok")) for h in history] == [
+    assert [(h["kind"], h.get("to") or h.get("ok")) for h in history if h["kind"] != "check"] == [
         ("transition", "HALF"), ("transition", "COMMITTED"), ("delivery", True), ("transition", "DELIVERED")]
     assert all(h["at"] for h in history)
     assert [h["at"] for h in history] == sorted(h["at"] for h in history)
@@ -49,7 +49,9 @@ async def test_a_batch_of_committed_messages_is_delivered_each_once(broker, prod
     assert {n: c for n, c in received.ids().items() if n in batch} == dict.fromkeys(batch, 1), "each once"
     for mid in ids:
         history = (await broker.get(f"/messages/{mid}")).json()["history"]
-        assert [h["kind"] for h in history] == ["transition", "transition", "delivery", "transition"], history
+        steps = [(h["kind"], h.get("to")) for h in history if h["kind"] != "check"]  # a check-back may come between
+        assert steps == [("transition", "HALF"), ("transition", "COMMITTED"), ("delivery", None),
+                         ("transition", "DELIVERED")], history
 
 
 async def _delivered(broker: httpx.AsyncClient, mid: str) -> bool:
