@@ -31,7 +31,7 @@ from rich.table import Table
 from bench.plot import Panel, figure, save
 from scenarios.own import own_settings
 from services.checker import run_checks
-from services.common.docs import summary as first_paragraph
+from services.common.docs import first_paragraph
 from services.coordinator.client import leading_replica
 from services.coordinator.store import store_spec
 from services.demo import Client, e2e_latencies, order_bodies, percentile, render_report
@@ -141,7 +141,8 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="txlab bench failover", description=first_paragraph(__doc__))
     parser.add_argument("--kills", type=int, default=20)
     parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--store", type=store_spec, default="raft", help="the coordinator's store: raft, or etcd://host:port")
+    parser.add_argument("--store", type=store_spec, default="raft",
+                        help="the coordinator's store: raft, or etcd://host:port")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows to this file, as JSON")
     parser.add_argument("--plot", type=Path, default=None, help="also draw p50/p99/max of each measure to this PNG")
     args = parser.parse_args(argv)

@@ -208,7 +208,8 @@ def run(prog: str, argv: list[str], patterns: list[str], reference: str = "", le
     parser.add_argument("--concurrency", type=int, nargs="+", default=list(levels))
     parser.add_argument("--pgbench-seconds", type=int, default=10)
     parser.add_argument("--patterns", nargs="+", default=patterns, choices=ALL_PATTERNS)
-    parser.add_argument("--store", type=store_spec, default=None, help="the coordinator's store: raft (default) or etcd://host:port")
+    parser.add_argument("--store", type=store_spec, default=None,
+                        help="the coordinator's store: raft (default) or etcd://host:port")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows to this file, as JSON")
     parser.add_argument("--plot", type=Path, default=None, help="also draw orders/s and e2e p99 to this PNG")
     parser.add_argument("--compare", type=Path, default=None,

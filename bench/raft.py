@@ -42,7 +42,7 @@ from rich.table import Table
 from bench.plot import Panel, figure, save
 from bench.raft_frontends import FRONTENDS
 from raft.cluster import LocalCluster
-from services.common.docs import summary
+from services.common.docs import first_paragraph
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -319,7 +319,7 @@ def _write(json_path: Path | None, rows: Any, plot_path: Path | None, draw: Call
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="txlab bench raft", description=summary(__doc__))
+    p = argparse.ArgumentParser(prog="txlab bench raft", description=first_paragraph(__doc__))
     p.add_argument("--levels", default="1,64,256", help="requests in flight, comma list")
     p.add_argument("--seconds", type=float, default=5.0, help="measured seconds per level")
     p.add_argument("--kills", type=int, default=20, help="leader kills for the failover measurement")

@@ -71,14 +71,14 @@ def node(
         raise typer.BadParameter(f"--id must be in 1..{nodes}, or above {nodes} with --join")
     if quorum not in ("majority", "all"):
         raise typer.BadParameter("--quorum must be majority or all")
-    taken = taken_ports([base_port + id - 1, base_port + 100 + id - 1])
+    cfg = NodeConfig(id=id, nodes=nodes, base_port=base_port, data_dir=data_dir or _default_data_dir(),
+                     commit_quorum=quorum, election_tick=election_tick, snapshot_every=snapshot_every,
+                     check_quorum=check_quorum, pre_vote=pre_vote)
+    taken = taken_ports([cfg.http_port(id), cfg.raft_port(id)])
     if taken:  # checked before the node opens its files: another node may be writing them
         console.print(f"[red]node {id}'s port {taken[0]} is already in use[/red] (is node {id} running already?)")
         raise typer.Exit(2)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    cfg = NodeConfig(id=id, nodes=nodes, base_port=base_port, data_dir=data_dir or _default_data_dir(),
-                     commit_quorum=quorum, election_tick=election_tick, snapshot_every=snapshot_every,
-                     check_quorum=check_quorum, pre_vote=pre_vote)
     with contextlib.suppress(ImportError):
         import uvloop
 

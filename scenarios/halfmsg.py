@@ -26,7 +26,7 @@ from rich.console import Console
 
 from scenarios.own import own_settings, verdict
 from services.checker import run_checks
-from services.common.docs import summary
+from services.common.docs import first_paragraph
 from services.common.faults import parse_spec
 from services.common.settings import Settings
 from services.demo import Client, order_bodies
@@ -140,7 +140,7 @@ async def _run(settings: Settings) -> int:
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="txlab scenario halfmsg-checkback", description=summary(__doc__))
+    p = argparse.ArgumentParser(prog="txlab scenario halfmsg-checkback", description=first_paragraph(__doc__))
     p.parse_args(argv)
     with own_settings("halfmsg", **TIMINGS) as settings:
         return asyncio.run(_run(settings))

@@ -189,7 +189,8 @@ async def _run(settings: Settings, story_of: Callable[[Story], Awaitable[list[Cl
 def _main(argv: list[str], name: str, story: Callable[[Story], Awaitable[list[Claim]]], title: str,
           broken: tuple[str, ...] = (), **timings: Any) -> int:
     p = argparse.ArgumentParser(prog=f"txlab scenario {name}", description=title)
-    p.add_argument("--store", type=store_spec, default="raft", help="the coordinator's store: raft, or etcd://host:port")
+    p.add_argument("--store", type=store_spec, default="raft",
+                   help="the coordinator's store: raft, or etcd://host:port")
     args = p.parse_args(argv)
     with own_settings(name, coordinator_store=args.store, **(TIMINGS | timings)) as settings:
         return asyncio.run(_run(settings, story, title, broken))

@@ -7,6 +7,8 @@ import importlib
 import json
 import signal
 import sys
+from collections.abc import Callable
+from types import ModuleType
 from typing import Any, NoReturn
 
 import httpx
@@ -18,7 +20,7 @@ from rich.table import Table
 
 from services.checker import CannotCheck, run_checks
 from services.common.db import migrate as run_migrations
-from services.common.docs import summary
+from services.common.docs import first_paragraph
 from services.common.faults import FaultSpecError, parse_spec
 from services.common.settings import DATABASES, Settings, get_settings
 from services.demo import fault_plan, render, render_report, run_demo
@@ -62,18 +64,21 @@ def _listing(kind: str, entries: dict[str, str]) -> None:
     table.add_column("NAME", no_wrap=True)
     table.add_column("what it does")
     for name, target in entries.items():
-        module_name, _, func_name = target.partition(":")
-        module = importlib.import_module(module_name)
-        func = getattr(module, func_name or "main")
-        text = summary(func.__doc__ if func_name and func.__doc__ else module.__doc__)
+        module, func = _entry(target)
+        text = first_paragraph(func.__doc__ if ":" in target and func.__doc__ else module.__doc__)
         table.add_row(name, text.replace(f"`txlab {kind} {name}`: ", ""))
     _console().print(table)
 
 
-def _run_entry(target: str, argv: list[str]) -> int:
+def _entry(target: str) -> tuple[ModuleType, Callable[[list[str]], int | None]]:
+    """The module and the function that `module:function` (or `module`, for its `main`) names."""
     module_name, _, func_name = target.partition(":")
     module = importlib.import_module(module_name)
-    return int(getattr(module, func_name or "main")(argv) or 0)
+    return module, getattr(module, func_name or "main")
+
+
+def _run_entry(target: str, argv: list[str]) -> int:
+    return int(_entry(target)[1](argv) or 0)
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []})

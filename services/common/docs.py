@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 
 
-def summary(doc: str | None) -> str:
+def first_paragraph(doc: str | None) -> str:
     """The docstring's first paragraph as one line (its first line alone can stop mid-sentence)."""
     paragraph = inspect.cleandoc(doc or "").split("\n\n")[0]
     return " ".join(paragraph.split())

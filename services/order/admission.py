@@ -100,17 +100,22 @@ class Admission:
         try:
             async with asyncio.timeout(self.wait_seconds):
                 await turn
-        except BaseException as exc:  # waited its limit (TimeoutError), or the client went away (cancelled)
-            if turn.done() and not turn.cancelled():  # it had been let in: its place is counted
-                if isinstance(exc, TimeoutError):
-                    return  # let in at the last moment: it goes ahead
-                self.withdraw()  # gone: its place goes to the next in line
-                raise
-            if turn in self.waiting:
-                self.waiting.remove(turn)
-            if isinstance(exc, TimeoutError):
-                raise self._refuse(self.wait_seconds) from None
+        except TimeoutError:
+            if self._let_in_already(turn):
+                return  # let in at the last moment: it goes ahead
+            raise self._refuse(self.wait_seconds) from None
+        except BaseException:  # the client went away (cancelled)
+            if self._let_in_already(turn):
+                self.withdraw()  # its place goes to the next in line
             raise
+
+    def _let_in_already(self, turn: asyncio.Future[None]) -> bool:
+        """Whether a request that stopped waiting had been let in (its place counted); if not, it leaves the line."""
+        if turn.done() and not turn.cancelled():
+            return True
+        if turn in self.waiting:
+            self.waiting.remove(turn)
+        return False
 
     def _let_in(self) -> None:
         """Let waiting requests in, first come first, while there is room."""
