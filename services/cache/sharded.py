@@ -172,6 +172,9 @@ class ShardedCache:
         The first call after a cool-down is the node's trial (the others keep skipping until it is
         over): it deletes the keys whose delete missed the node before `op` runs."""
         stats = self._stats[name]
+        client = self._clients.get(name)
+        if client is None:  # removed from the ring since the caller chose it (a change while it awaited)
+            return False, None
         until = self._down_until.get(name)
         if until is not None:
             now = self.clock()
@@ -179,7 +182,6 @@ class ShardedCache:
                 stats.skipped += 1
                 return False, None
             self._down_until[name] = now + self.cooldown  # this call is the trial
-        client = self._clients[name]
         try:
             if until is not None:
                 await self._redeliver(name, client)
@@ -203,6 +205,8 @@ class ShardedCache:
             missed.difference_update(batch)
 
     def _remember_missed(self, name: str, key: str) -> None:
+        if name not in self._clients:  # off the ring: it joins again empty (add_node purges it)
+            return
         missed = self._missed.setdefault(name, set())
         if len(missed) < MAX_MISSED:  # beyond it, the TTL bounds how long the entry stays stale
             missed.add(key)
